@@ -1,0 +1,140 @@
+"""Model configuration whose field names are transformers' `ModernBertConfig` names.
+
+Keeping HF's names means a config.json read from any transformers version maps onto
+fields one-to-one, and one written here loads in transformers 4.x and 5.x alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+
+# Fields that only steer how this project computes (not part of the checkpoint).
+RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModernBertConfig:
+    vocab_size: int = 50368
+    hidden_size: int = 768
+    intermediate_size: int = 1152
+    num_hidden_layers: int = 22
+    num_attention_heads: int = 12
+    max_position_embeddings: int = 8192
+    hidden_activation: str = "gelu"
+    classifier_activation: str = "gelu"
+    norm_eps: float = 1e-5
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    classifier_bias: bool = False
+    decoder_bias: bool = True
+    tie_word_embeddings: bool = True
+    local_attention: int = 128
+    layer_types: tuple[str, ...] | None = None
+    global_attn_every_n_layers: int = 3
+    global_rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    initializer_range: float = 0.02
+    initializer_cutoff_factor: float = 2.0
+    embedding_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    mlp_dropout: float = 0.0
+    pad_token_id: int = 50283
+    bos_token_id: int = 50281
+    eos_token_id: int = 50282
+    cls_token_id: int = 50281
+    sep_token_id: int = 50282
+    # Runtime policy: compute dtype ("float32" | "bfloat16"; params stay float32),
+    # attention backend (see neobert_jax.model.attention), and rematerialization.
+    dtype: str = "float32"
+    attn_implementation: str = "xla"
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.layer_types is None:
+            every = self.global_attn_every_n_layers
+            types = tuple(FULL if i % every == 0 else SLIDING for i in range(self.num_hidden_layers))
+            object.__setattr__(self, "layer_types", types)
+        else:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is {self.num_hidden_layers}"
+            )
+        bad = sorted(set(self.layer_types) - {FULL, SLIDING})
+        if bad:
+            raise ValueError(f"unknown layer_types {bad}; expected {FULL!r} or {SLIDING!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_activation != "gelu" or self.classifier_activation != "gelu":
+            raise ValueError("only the exact (erf) 'gelu' activation of ModernBERT is supported")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def replace(self, **changes: Any) -> "ModernBertConfig":
+        if "num_hidden_layers" in changes and "layer_types" not in changes:
+            changes["layer_types"] = None
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ HF I/O
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json", **runtime: Any) -> "ModernBertConfig":
+        """Reads a transformers config dict, v5 (`layer_types`, `rope_parameters`) or v4 style."""
+        model_type = d.get("model_type")
+        if model_type != "modernbert":
+            raise ValueError(f"{source}: model_type is {model_type!r}, expected 'modernbert'")
+        names = {f.name for f in dataclasses.fields(cls)} - set(RUNTIME_FIELDS)
+        kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        rope = d.get("rope_parameters") or {}
+        if isinstance(rope.get(FULL), dict) and "rope_theta" in rope[FULL]:
+            kwargs["global_rope_theta"] = float(rope[FULL]["rope_theta"])
+        if isinstance(rope.get(SLIDING), dict) and "rope_theta" in rope[SLIDING]:
+            kwargs["local_rope_theta"] = float(rope[SLIDING]["rope_theta"])
+        for rope_cfg in rope.values():
+            if isinstance(rope_cfg, dict) and rope_cfg.get("rope_type", "default") != "default":
+                raise ValueError(f"{source}: rope_type {rope_cfg['rope_type']!r} is not supported (only 'default')")
+        if "layer_types" in kwargs:
+            kwargs["layer_types"] = tuple(kwargs["layer_types"])
+        return cls(**kwargs, **runtime)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A config.json that both transformers 4.x and 5.x read to the same model."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUNTIME_FIELDS}
+        d["layer_types"] = list(self.layer_types)
+        d["rope_parameters"] = {
+            FULL: {"rope_type": "default", "rope_theta": self.global_rope_theta},
+            SLIDING: {"rope_type": "default", "rope_theta": self.local_rope_theta},
+        }
+        d.update(architectures=["ModernBertForMaskedLM"], model_type="modernbert", torch_dtype="float32")
+        return d
+
+    @classmethod
+    def from_json_file(cls, path: str, **runtime: Any) -> "ModernBertConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(d, source=path, **runtime)
+
+    def save_json(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)

@@ -1,0 +1,144 @@
+"""Project checkpoints (orbax) and `load_pretrained`, which reads them or HF dirs.
+
+A project model dir is `config.json` (HF names) + `params/` (an orbax PyTree of the NNX
+parameters) + tokenizer files. A training run's output dir holds `config.json` and orbax
+steps under `checkpoints/<step>/params`; both are accepted wherever a checkpoint is.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from neobert_jax.config import ModernBertConfig
+from neobert_jax.hf.io import atomic_output_dir, copy_tokenizer_files, read_hf_config, read_hf_state_dict, write_hf_dir
+from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
+from neobert_jax.model import ModernBertForMaskedLM
+
+PARAMS = "params"
+
+
+def save_hf_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_dir: str | None = None,
+                overwrite: bool = False) -> None:
+    write_hf_dir(state_dict_from_model(model), model.config, out_dir, tokenizer_dir=tokenizer_dir,
+                 overwrite=overwrite)
+
+
+def save_checkpoint_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_dir: str | None = None,
+                        overwrite: bool = False) -> None:
+    import orbax.checkpoint as ocp
+
+    with atomic_output_dir(out_dir, overwrite) as tmp:
+        model.config.save_json(os.path.join(tmp, "config.json"))
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(tmp, PARAMS), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+            checkpointer.wait_until_finished()
+        copy_tokenizer_files(tokenizer_dir, tmp)
+
+
+def find_params_dir(path: str) -> str | None:
+    """The orbax params item inside a model dir, a step dir, or a run dir (latest step)."""
+    if os.path.isdir(os.path.join(path, PARAMS)):
+        return os.path.join(path, PARAMS)
+    steps_dir = os.path.join(path, "checkpoints")
+    if os.path.isdir(steps_dir):
+        steps = sorted((int(s) for s in os.listdir(steps_dir) if s.isdigit()), reverse=True)
+        for step in steps:
+            candidate = os.path.join(steps_dir, str(step), PARAMS)
+            if os.path.isdir(candidate):
+                return candidate
+    return None
+
+
+def _find_config(path: str) -> str:
+    probe = os.path.abspath(path)
+    for _ in range(4):  # model dir, step dir, checkpoints dir, run dir
+        if os.path.isfile(os.path.join(probe, "config.json")):
+            return os.path.join(probe, "config.json")
+        probe = os.path.dirname(probe)
+    raise FileNotFoundError(f"{path}: no config.json here or in the parent dirs")
+
+
+def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForMaskedLM, list[str]]:
+    """Model from an HF dir or a project checkpoint; returns (model, newly initialized HF names).
+
+    runtime: ModernBertConfig runtime fields (dtype, attn_implementation, remat).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    params_dir = find_params_dir(path)
+    if params_dir is None:
+        config = read_hf_config(path, **runtime)
+        model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed))
+        newly_initialized, _ = load_state_dict_into_model(model, read_hf_state_dict(path), source=path)
+        return model, newly_initialized
+    config = ModernBertConfig.from_json_file(_find_config(path), **runtime)
+    abstract = nnx.eval_shape(lambda: ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    restored = restore_params(params_dir, nnx.to_pure_dict(abstract_state))
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return nnx.merge(graphdef, abstract_state), []
+
+
+def restore_params(params_dir: str, target: dict) -> dict:
+    """Restores a params PyTree, checking names and shapes against `target` (abstract or real)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        meta = checkpointer.metadata(params_dir)
+        saved_tree = getattr(meta, "item_metadata", meta)
+        saved = {"/".join(map(str, k)): v.shape for k, v in _flatten(saved_tree).items()}
+        wanted = {"/".join(map(str, k)): v.shape for k, v in _flatten(target).items()}
+        for name in sorted(set(saved) | set(wanted)):
+            if name not in saved:
+                raise ValueError(f"{params_dir}: tensor {name} is missing from the checkpoint")
+            if name not in wanted:
+                raise ValueError(f"{params_dir}: tensor {name} is not a parameter of this model")
+            if tuple(saved[name]) != tuple(wanted[name]):
+                raise ValueError(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
+                                 f"the model expects {tuple(wanted[name])}")
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), target)
+        return checkpointer.restore(params_dir, abstract)
+
+
+def _flatten(tree) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path): leaf for path, leaf in leaves}
+
+
+class Pretrained:
+    """A loaded model with jit-compiled inference: `model(input_ids, attention_mask)` -> logits."""
+
+    def __init__(self, module: ModernBertForMaskedLM, newly_initialized: list[str]):
+        self.module = module
+        self.config = module.config
+        self.newly_initialized = newly_initialized
+        graphdef, self._state = nnx.split(module)
+
+        def logits(state, ids, mask):
+            return nnx.merge(graphdef, state)(ids, mask)
+
+        def encode(state, ids, mask):
+            return nnx.merge(graphdef, state).encode(ids, mask)
+
+        self._logits, self._encode = jax.jit(logits), jax.jit(encode)
+
+    @staticmethod
+    def _inputs(input_ids, attention_mask):
+        ids = np.asarray(input_ids, dtype=np.int32)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int32)
+        return ids, mask
+
+    def __call__(self, input_ids, attention_mask=None) -> jax.Array:
+        return self._logits(self._state, *self._inputs(input_ids, attention_mask))
+
+    def encode(self, input_ids, attention_mask=None) -> jax.Array:
+        return self._encode(self._state, *self._inputs(input_ids, attention_mask))
+
+
+def from_pretrained(path: str, **runtime) -> Pretrained:
+    """`neobert_jax.from_pretrained(path)(input_ids, attention_mask)` -> (B, T, V) logits."""
+    return Pretrained(*load_pretrained(path, **runtime))

@@ -1,0 +1,64 @@
+"""One attention entry point with an `implementation` switch.
+
+Every backend computes the same function: token i attends to token j iff both belong to the
+same document (segment id, 0 = padding) and, on local layers, |i - j| <= window. Padding
+queries return zeros. `xla` is the reference; faster kernels register under other names.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+_MASKED = -1e30  # finite, so a fully masked row gives uniform weights rather than NaN
+
+
+def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+    """Reference: explicit (B, N, T, T) logits, softmax in float32."""
+    logits_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BTNH, preferred_element_type=jnp.float32) * scale
+    seg_q_BT1 = segment_ids_BT[:, :, None]
+    seg_k_B1S = segment_ids_BT[:, None, :]
+    visible_BTS = (seg_q_BT1 == seg_k_B1S) & (seg_k_B1S != 0)
+    if window is not None:
+        t = jnp.arange(segment_ids_BT.shape[1])
+        visible_BTS &= (jnp.abs(t[:, None] - t[None, :]) <= window)[None]
+    logits_BNTS = jnp.where(visible_BTS[:, None], logits_BNTS, _MASKED)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BNTS.shape)
+        probs_BNTS = jnp.where(keep, probs_BNTS / (1.0 - dropout_rate), 0.0)
+    out_BTNH = jnp.einsum("bnts,bsnh->btnh", probs_BNTS.astype(v_BTNH.dtype), v_BTNH)
+    return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
+
+
+_BACKENDS: dict[str, Callable] = {"xla": xla_attention}
+
+
+def register_backend(name: str, fn: Callable) -> None:
+    """Adds a kernel with xla_attention's signature under `name`."""
+    _BACKENDS[name] = fn
+
+
+def backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, implementation: str = "xla",
+              dropout_rate: float = 0.0, dropout_rng=None):
+    """Scaled dot-product attention over (batch, seq, heads, head_dim) inputs.
+
+    window: half-width of a two-sided local window (inclusive), or None for full attention.
+    Attention-probability dropout is only applied by backends that support it; the others
+    fall back to `xla` when dropout is active so that training semantics never change silently.
+    """
+    scale = q_BTNH.shape[-1] ** -0.5
+    if implementation not in _BACKENDS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; available: {backends()}")
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        implementation = "xla"
+    return _BACKENDS[implementation](
+        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
+        dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+    )

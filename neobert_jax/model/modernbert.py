@@ -1,0 +1,266 @@
+"""Flax NNX ModernBERT encoder and MLM head, numerically matching transformers' torch model.
+
+Parameter names follow the HF state dict (`model.layers.3.attn.Wqkv` ...) so conversion is a
+rename plus a transpose. Every parameter carries `logical_axes` metadata that the trainer maps
+onto mesh axes. Shapes are in names: B batch, T sequence, D hidden, N heads, H head dim,
+F intermediate, V vocab, M masked positions per row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from neobert_jax.config import SLIDING, ModernBertConfig
+from neobert_jax.model.attention import attention
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _trunc_normal(key, shape, std: float, cutoff: float):
+    """torch.nn.init.trunc_normal_(std=std, a=-cutoff*std, b=cutoff*std)."""
+    return jax.random.truncated_normal(key, -cutoff, cutoff, shape, jnp.float32) * std
+
+
+def _dropout(x, rate: float, rng):
+    if rate <= 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _fold(rng, i: int):
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias); kernel is (in, out), the transpose of torch's weight."""
+
+    def __init__(self, d_in: int, d_out: int, *, std: float, config: ModernBertConfig, use_bias: bool,
+                 axes: tuple[str, str], rngs: nnx.Rngs):
+        self.kernel = nnx.Param(
+            _trunc_normal(rngs.params(), (d_in, d_out), std, config.initializer_cutoff_factor), logical_axes=axes
+        )
+        self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32), logical_axes=axes[1:]) if use_bias else None
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """torch LayerNorm (biased variance), computed in float32, optional bias (ModernBERT has none)."""
+
+    def __init__(self, dim: int, config: ModernBertConfig):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32), logical_axes=("norm",)) if config.norm_bias else None
+        self.eps = config.norm_eps
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, config: ModernBertConfig, rngs: nnx.Rngs):
+        shape = (config.vocab_size, config.hidden_size)
+        self.tok_embeddings = nnx.Param(
+            _trunc_normal(rngs.params(), shape, config.initializer_range, config.initializer_cutoff_factor),
+            logical_axes=("vocab", "embed"),
+        )
+        self.norm = LayerNorm(config.hidden_size, config)
+        self.pad_token_id = config.pad_token_id
+        self.dropout = config.embedding_dropout
+
+    def __call__(self, ids_BT, dropout_rng):
+        x_BTD = jnp.take(self.tok_embeddings[...], ids_BT, axis=0)
+        # torch's padding_idx: the lookup sends no gradient to the pad row (the tied decoder still does).
+        x_BTD = jnp.where((ids_BT == self.pad_token_id)[..., None], jax.lax.stop_gradient(x_BTD), x_BTD)
+        return _dropout(self.norm(x_BTD), self.dropout, dropout_rng)
+
+
+def rope_cos_sin(positions_BT, head_dim: int, theta: float):
+    """Non-interleaved (rotate-half) RoPE tables in float32, shaped (B, T, 1, H)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    emb_BTH = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)[:, :, None, :]
+    return jnp.cos(emb_BTH), jnp.sin(emb_BTH)
+
+
+def apply_rope(x_BTNH, cos, sin):
+    x32 = x_BTNH.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModernBertConfig, layer_idx: int, stds: dict, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.Wqkv = Linear(d, 3 * d, std=stds["in"], config=config, use_bias=config.attention_bias,
+                           axes=("embed", "qkv"), rngs=rngs)
+        self.Wo = Linear(d, d, std=stds["out"], config=config, use_bias=config.attention_bias,
+                         axes=("heads", "embed"), rngs=rngs)
+        local = config.layer_types[layer_idx] == SLIDING
+        self.window = config.local_attention // 2 if local else None
+        self.theta = config.local_rope_theta if local else config.global_rope_theta
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.attention_dropout
+        self.implementation = config.attn_implementation
+
+    def __call__(self, x_BTD, segment_ids_BT, positions_BT, dropout_rng):
+        B, T, _ = x_BTD.shape
+        qkv_BT3NH = self.Wqkv(x_BTD).reshape(B, T, 3, self.num_heads, self.head_dim)
+        q_BTNH, k_BTNH, v_BTNH = qkv_BT3NH[:, :, 0], qkv_BT3NH[:, :, 1], qkv_BT3NH[:, :, 2]
+        cos, sin = rope_cos_sin(positions_BT, self.head_dim, self.theta)
+        q_BTNH, k_BTNH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTNH, cos, sin)
+        o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=self.window,
+                           implementation=self.implementation, dropout_rate=self.dropout,
+                           dropout_rng=_fold(dropout_rng, 0))
+        return _dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
+
+
+class MLP(nnx.Module):
+    """GeGLU: `input, gate = Wi(x).chunk(2)`; GELU applies to the first half."""
+
+    def __init__(self, config: ModernBertConfig, stds: dict, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        self.Wi = Linear(d, 2 * f, std=stds["in"], config=config, use_bias=config.mlp_bias,
+                         axes=("embed", "mlp"), rngs=rngs)
+        self.Wo = Linear(f, d, std=stds["out"], config=config, use_bias=config.mlp_bias,
+                         axes=("mlp", "embed"), rngs=rngs)
+        self.dropout = config.mlp_dropout
+
+    def __call__(self, x_BTD, dropout_rng):
+        input_BTF, gate_BTF = jnp.split(self.Wi(x_BTD), 2, axis=-1)
+        h_BTF = jax.nn.gelu(input_BTF, approximate=False) * gate_BTF
+        return self.Wo(_dropout(h_BTF, self.dropout, dropout_rng))
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, config: ModernBertConfig, layer_idx: int, stds: dict, rngs: nnx.Rngs):
+        self.attn_norm = LayerNorm(config.hidden_size, config) if layer_idx > 0 else None
+        self.attn = Attention(config, layer_idx, stds, rngs)
+        self.mlp_norm = LayerNorm(config.hidden_size, config)
+        self.mlp = MLP(config, stds, rngs)
+
+    def __call__(self, h_BTD, segment_ids_BT, positions_BT, dropout_rng):
+        x_BTD = self.attn_norm(h_BTD) if self.attn_norm is not None else h_BTD
+        h_BTD = h_BTD + self.attn(x_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, 0))
+        return h_BTD + self.mlp(self.mlp_norm(h_BTD), _fold(dropout_rng, 1))
+
+
+def _call_layer(layer: EncoderLayer, *args):
+    return layer(*args)
+
+
+def _init_stds(config: ModernBertConfig) -> dict:
+    return {
+        "in": config.initializer_range,
+        "out": config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers),
+    }
+
+
+def resolve_inputs(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT):
+    """Segment ids and positions for either packed rows or the unpacked (attention_mask) form."""
+    if segment_ids_BT is None:
+        if attention_mask_BT is None:
+            segment_ids_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
+        else:
+            segment_ids_BT = (jnp.asarray(attention_mask_BT) != 0).astype(jnp.int32)
+    if positions_BT is None:
+        positions_BT = jnp.broadcast_to(jnp.arange(input_ids_BT.shape[1], dtype=jnp.int32), input_ids_BT.shape)
+    return jnp.asarray(segment_ids_BT, jnp.int32), jnp.asarray(positions_BT, jnp.int32)
+
+
+class ModernBertModel(nnx.Module):
+    def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs):
+        stds = _init_stds(config)
+        self.config = config
+        self.embeddings = Embeddings(config, rngs)
+        self.layers = nnx.List([EncoderLayer(config, i, stds, rngs) for i in range(config.num_hidden_layers)])
+        self.final_norm = LayerNorm(config.hidden_size, config)
+
+    def __call__(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
+                 dropout_rng=None):
+        segment_ids_BT, positions_BT = resolve_inputs(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT)
+        h_BTD = self.embeddings(input_ids_BT, _fold(dropout_rng, -1))
+        apply_layer = _call_layer
+        if self.config.remat != "none":
+            apply_layer = nnx.remat(_call_layer, policy=_REMAT_POLICIES[self.config.remat])
+        for i, layer in enumerate(self.layers):
+            h_BTD = apply_layer(layer, h_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, i))
+        return self.final_norm(h_BTD)
+
+
+class PredictionHead(nnx.Module):
+    def __init__(self, config: ModernBertConfig, stds: dict, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.dense = Linear(d, d, std=stds["out"], config=config, use_bias=config.classifier_bias,
+                            axes=("embed", "mlp"), rngs=rngs)
+        self.norm = LayerNorm(d, config)
+
+    def __call__(self, x):
+        return self.norm(jax.nn.gelu(self.dense(x), approximate=False))
+
+
+class ModernBertForMaskedLM(nnx.Module):
+    """Encoder + MLM head; the decoder is tied to the token embedding and has its own bias."""
+
+    def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs):
+        if not config.tie_word_embeddings:
+            raise ValueError("only tied decoder weights are supported (tie_word_embeddings=True)")
+        self.config = config
+        self.model = ModernBertModel(config, rngs=rngs)
+        self.head = PredictionHead(config, _init_stds(config), rngs)
+        self.decoder_bias = (
+            nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), logical_axes=("vocab",))
+            if config.decoder_bias else None
+        )
+
+    def encode(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
+               dropout_rng=None):
+        """Final hidden states (after final_norm) in float32."""
+        h = self.model(input_ids_BT, attention_mask_BT, segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
+                       dropout_rng=dropout_rng)
+        return h.astype(jnp.float32)
+
+    def __call__(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
+                 masked_positions_BM=None, dropout_rng=None):
+        """MLM logits for every token (B, T, V), or only at `masked_positions_BM` (B, M, V)."""
+        h_BTD = self.model(input_ids_BT, attention_mask_BT, segment_ids_BT=segment_ids_BT,
+                           positions_BT=positions_BT, dropout_rng=dropout_rng)
+        if masked_positions_BM is not None:
+            h_BTD = jnp.take_along_axis(h_BTD, jnp.asarray(masked_positions_BM)[..., None], axis=1)
+        x = self.head(h_BTD)
+        dtype = jnp.dtype(self.config.dtype)
+        embedding_VD = self.model.embeddings.tok_embeddings[...].astype(dtype)
+        logits = jnp.einsum("...d,vd->...v", x, embedding_VD)
+        if self.decoder_bias is not None:
+            logits = logits + self.decoder_bias[...].astype(dtype)
+        return logits
+
+
+def logical_axes(state: nnx.State):
+    """Pytree (same structure as `state`) of logical axis-name tuples, one per parameter."""
+    return jax.tree.map(
+        lambda v: v.get_metadata().get("logical_axes", (None,) * v[...].ndim),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )

@@ -1,0 +1,110 @@
+"""The Flax model computes what transformers' torch ModernBertForMaskedLM computes."""
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from hf_models import hf_model
+
+from neobert_jax.config import ModernBertConfig
+from neobert_jax.hf import load_state_dict_into_model
+from neobert_jax.model import ModernBertForMaskedLM
+
+
+def converted(hf, **runtime):
+    config = ModernBertConfig.from_hf_dict(hf.config.to_dict(), **runtime)
+    model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(1))
+    newly, ignored = load_state_dict_into_model(model, {k: v.numpy() for k, v in hf.state_dict().items()})
+    assert newly == [] and ignored == []
+    return model
+
+
+def torch_logits(hf, ids, mask):
+    with torch.no_grad():
+        return hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+def random_batch(vocab, batch, seq, pad_from, seed=0):
+    ids = np.random.RandomState(seed).randint(5, vocab, (batch, seq)).astype(np.int32)
+    mask = np.ones_like(ids)
+    for row, start in enumerate(pad_from):
+        mask[row, start:] = 0
+        ids[row, start:] = 3
+    return ids, mask
+
+
+CONFIGS = {
+    "default_layout": dict(),
+    "biases_every_2nd_global": dict(hidden_size=48, num_attention_heads=3, intermediate_size=80, local_attention=8,
+                                    global_attn_every_n_layers=2, norm_bias=True, attention_bias=True,
+                                    mlp_bias=True, classifier_bias=True, num_hidden_layers=3),
+    "v4_style_thetas": dict(num_hidden_layers=3, global_rope_theta=50000.0, local_rope_theta=500.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_logits_match_torch_with_padding(name):
+    hf = hf_model(**CONFIGS[name])
+    window = hf.config.local_attention
+    seq = 3 * window + 12  # several local windows, so local layers really differ from global ones
+    ids, mask = random_batch(hf.config.vocab_size, 3, seq, pad_from=[seq, seq - 17, 2 * window])
+    ours = np.asarray(converted(hf)(ids, mask))
+    diff = np.abs(ours - torch_logits(hf, ids, mask))[mask.astype(bool)]
+    assert diff.max() <= 1e-4, diff.max()
+
+
+def test_v4_and_v5_config_dicts_read_the_same():
+    v5 = hf_model(num_hidden_layers=3, global_rope_theta=50000.0, local_rope_theta=500.0).config.to_dict()
+    v4 = {k: v for k, v in v5.items() if k not in ("layer_types", "rope_parameters")}
+    v4.update(global_attn_every_n_layers=3, global_rope_theta=50000.0, local_rope_theta=500.0)
+    a, b = ModernBertConfig.from_hf_dict(v5), ModernBertConfig.from_hf_dict(v4)
+    assert a.layer_types == b.layer_types == ("full_attention", "sliding_attention", "sliding_attention")
+    assert (a.global_rope_theta, a.local_rope_theta) == (b.global_rope_theta, b.local_rope_theta) == (50000.0, 500.0)
+
+
+def test_student_shape_matches_torch():
+    hf = hf_model(vocab_size=50368, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                  intermediate_size=768, local_attention=128, pad_token_id=50283, bos_token_id=50281,
+                  eos_token_id=50282, cls_token_id=50281, sep_token_id=50282)
+    assert sum(p.numel() for p in hf.parameters()) == 37_243_840  # the 37.24M student
+    ids, mask = random_batch(50368, 1, 3 * 128 + 16, pad_from=[3 * 128])
+    ids[mask == 0] = 50283
+    ours = np.asarray(converted(hf)(ids, mask))
+    diff = np.abs(ours - torch_logits(hf, ids, mask))[mask.astype(bool)]
+    assert diff.max() <= 1e-4, diff.max()
+
+
+def test_packed_row_equals_documents_run_alone():
+    model = converted(hf_model())
+    lengths = [20, 37, 5, 50]  # two documents longer than the 8-token half window
+    docs = [np.random.RandomState(i).randint(5, 300, n).astype(np.int32) for i, n in enumerate(lengths)]
+    seq = sum(lengths) + 8
+    ids = np.full((1, seq), 3, np.int32)
+    seg = np.zeros((1, seq), np.int32)
+    pos = np.zeros((1, seq), np.int32)
+    start = 0
+    for i, doc in enumerate(docs):
+        ids[0, start:start + len(doc)] = doc
+        seg[0, start:start + len(doc)] = i + 1
+        pos[0, start:start + len(doc)] = np.arange(len(doc))
+        start += len(doc)
+    packed = np.asarray(model(ids, segment_ids_BT=seg, positions_BT=pos))
+    start = 0
+    for doc in docs:
+        alone = np.asarray(model(doc[None]))[0]
+        np.testing.assert_allclose(packed[0, start:start + len(doc)], alone, atol=2e-5, rtol=0)
+        start += len(doc)
+
+
+def test_masked_only_head_equals_gathered_full_logits_and_bf16_is_close():
+    hf = hf_model()
+    ids, mask = random_batch(300, 2, 56, pad_from=[56, 40])
+    full = np.asarray(converted(hf)(ids, mask))
+    positions = np.array([[0, 5, 55, 7], [1, 39, 2, 2]], np.int32)
+    masked = np.asarray(converted(hf)(ids, mask, masked_positions_BM=positions))
+    assert masked.shape == (2, 4, 300)
+    np.testing.assert_allclose(masked, np.take_along_axis(full, positions[..., None], axis=1), atol=1e-6, rtol=0)
+    bf16 = np.asarray(converted(hf, dtype="bfloat16")(ids, mask)).astype(np.float32)
+    # bf16 keeps 8 mantissa bits; over 4 layers the logits stay within 2% of their range.
+    err = np.abs(bf16 - full)[mask.astype(bool)].max() / np.abs(full).max()
+    assert err < 0.02, err
