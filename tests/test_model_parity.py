@@ -108,3 +108,28 @@ def test_masked_only_head_equals_gathered_full_logits_and_bf16_is_close():
     # bf16 keeps 8 mantissa bits; over 4 layers the logits stay within 2% of their range.
     err = np.abs(bf16 - full)[mask.astype(bool)].max() / np.abs(full).max()
     assert err < 0.02, err
+
+
+def test_dropout_only_with_a_key_and_remat_keeps_gradients():
+    import jax
+
+    hf = hf_model(num_hidden_layers=2)
+    base = ModernBertConfig.from_hf_dict(hf.config.to_dict())
+    ids, mask = random_batch(300, 2, 24, pad_from=[24, 20])
+
+    def grads(config, key):
+        model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(7))
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            return nnx.merge(graphdef, state)(ids, mask, dropout_rng=key).astype("float32").mean()
+
+        return jax.value_and_grad(loss)(state)
+
+    dropout = base.replace(embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1)
+    plain, _ = grads(dropout, None)
+    assert plain == grads(base, None)[0]  # no key: dropout is off
+    assert grads(dropout, jax.random.key(0))[0] != plain
+    (v1, g1), (v2, g2) = grads(base, None), grads(base.replace(remat="full"), None)
+    assert v1 == v2
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)

@@ -200,12 +200,12 @@ class ModernBertModel(nnx.Module):
     def __call__(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
                  dropout_rng=None):
         segment_ids_BT, positions_BT = resolve_inputs(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT)
-        h_BTD = self.embeddings(input_ids_BT, _fold(dropout_rng, -1))
+        h_BTD = self.embeddings(input_ids_BT, _fold(dropout_rng, 0))
         apply_layer = _call_layer
         if self.config.remat != "none":
             apply_layer = nnx.remat(_call_layer, policy=_REMAT_POLICIES[self.config.remat])
         for i, layer in enumerate(self.layers):
-            h_BTD = apply_layer(layer, h_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, i))
+            h_BTD = apply_layer(layer, h_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, i + 1))
         return self.final_norm(h_BTD)
 
 

@@ -1,0 +1,51 @@
+"""python convert/guide_init.py --teacher HF_DIR --out OUT: GUIDE-initialize a student ModernBERT."""
+
+import argparse
+import sys
+
+from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.hf.guide import GuideError, guide_init, parse_layer_map
+from neobert_jax.hf import read_hf_config, read_hf_state_dict, save_checkpoint_dir, save_hf_dir
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--teacher", required=True, help="transformers ModernBERT dir (4.x or 5.x, MLM or bare)")
+    p.add_argument("--out", required=True, help="student HF dir to write")
+    p.add_argument("--checkpoint", help="also write a project (orbax) checkpoint dir here")
+    p.add_argument("--hidden-size", type=int, default=384)
+    p.add_argument("--num-layers", type=int, default=12)
+    p.add_argument("--num-heads", type=int, default=6)
+    p.add_argument("--intermediate-size", type=int, default=768)
+    p.add_argument("--vocab-size", type=int, help="must equal the teacher's (default: the teacher's)")
+    p.add_argument("--selection", choices=("prefix", "uniform"), default="prefix",
+                   help="which heads/neurons to keep: the first ones (users' script) or evenly spread (paper)")
+    p.add_argument("--layers", default="0", help="teacher:student layer pairs, e.g. '0' or '0:0,6:1'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the default init of the other tensors")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        teacher = read_hf_config(args.teacher)
+        student = teacher.replace(
+            hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+            intermediate_size=args.intermediate_size, vocab_size=args.vocab_size or teacher.vocab_size,
+        )
+        model, explained, guided = guide_init(read_hf_state_dict(args.teacher), teacher, student,
+                                              layer_map=parse_layer_map(args.layers), selection=args.selection,
+                                              seed=args.seed)
+        tokenizer_dir = find_tokenizer_dir(args.teacher)
+        save_hf_dir(model, args.out, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite)
+        if args.checkpoint:
+            save_checkpoint_dir(model, args.checkpoint, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite)
+    except (OSError, ValueError, GuideError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"PCA {teacher.hidden_size} -> {student.hidden_size}: explained variance {explained:.4f}")
+    print(f"GUIDE-initialized {len(guided)} tensors ({args.selection} selection): {', '.join(guided)}")
+    print("all other tensors keep the default ModernBERT init")
+    print(f"wrote {args.out}" + (f" and {args.checkpoint}" if args.checkpoint else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
