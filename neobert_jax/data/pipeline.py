@@ -1,0 +1,289 @@
+"""The MLM batch iterator: corpus -> split -> packing plan -> per-process rows -> masked batches.
+
+Everything a batch holds is a pure function of (seed, split, global step, process index): rows come
+from a plan fixed at startup, the epoch's order from grain's index shuffle, the masks from an RNG
+seeded with those numbers. So batches do not depend on worker threads, and the grain iterator state
+(the next step) is all a checkpoint needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import grain
+import ml_collections
+from grain.experimental import index_shuffle
+import numpy as np
+
+from neobert_jax.data import sources
+from neobert_jax.data.errors import DataError
+from neobert_jax.data.masking import Masker
+from neobert_jax.data.packing import PACKING_METHODS, PackPlan, assemble_rows, plan_rows
+from neobert_jax.data.token_store import TokenStore
+from neobert_jax.data.tokenizer import DEFAULT_VOCAB_SIZE, TextEncoder, missing_special_tokens, special_ids
+
+SPLITS = ("train", "eval")
+_HOLDOUT_SEED = 0x5EED  # eval hold-out depends on the corpus only, not on the run's seed
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `config.data` section, with defaults; the trainer merges it into its config."""
+    files = functools.partial(ml_collections.FieldReference, "", field_type=object)  # a str or a list
+    return ml_collections.ConfigDict(
+        {
+            "train_files": files(),  # path, glob, "a,b" or list; "" = the built-in corpus (Python's docs)
+            "eval_files": files(),  # same forms; "" = hold out eval_samples documents from train_files
+            "eval_samples": 0,  # held-out documents (or, with eval_files, the first N eval documents)
+            "text_field": "text",  # .jsonl / .parquet / datasets column holding the text
+            "skip_bad_records": False,  # count and skip bad JSONL lines / null texts instead of failing
+            "preprocessed_dir": "",  # scripts/preprocess.py output; used instead of train_files
+            "tokenizer": "",  # HF tokenizer folder; "" = train one on train_files (output_dir/tokenizer)
+            "tokenizer_vocab_size": DEFAULT_VOCAB_SIZE,  # for a trained tokenizer
+            "packing": "best_fit",  # "first_fit" | "best_fit" | "none" (one document per padded row)
+            "mlm_probability": 0.30,
+            "mask_all": False,  # True: every picked token becomes [MASK]; False: 80/10/10
+            "shuffle": True,  # train split: shuffle documents before packing and rows every epoch
+            "num_threads": 2,  # grain threads assembling batches
+            "prefetch_buffer_size": 8,  # batches prepared ahead
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataStats:
+    """What the trainer logs: how the corpus was read, split, packed and shared out."""
+
+    files: int
+    documents_read: int
+    empty_skipped: int
+    bad_records_skipped: int
+    invalid_utf8_replaced: int
+    eval_held_out: int  # documents removed from train for the eval split
+    documents: int  # non-empty documents in this split
+    documents_split: int  # longer than a row, cut into row-sized chunks
+    documents_without_tokens: int
+    chunks: int
+    rows: int  # packed rows of the split, all processes
+    tokens: int  # non-padding tokens in those rows
+    packing_efficiency: float  # tokens / (rows * seq_len)
+    rows_per_epoch: int  # rows this process yields per epoch
+    rows_unused_per_epoch: int  # rows of this process's shard left out of each epoch (reshuffled)
+    steps_per_epoch: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return json.dumps(self.as_dict())
+
+
+class MlmIterator(grain.DatasetIterator):
+    """Grain's checkpointable iterator plus what the trainer needs to know about the epoch.
+
+    `get_state()` is a small JSON-able dict; `set_state()` continues with exactly the next batch.
+    Works with `grain.checkpoint.CheckpointSave/CheckpointRestore` (orbax) as-is.
+    """
+
+    def __init__(self, inner: grain.DatasetIterator, stats: DataStats, max_predictions: int):
+        super().__init__(inner)
+        self.stats = stats
+        self.steps_per_epoch = stats.steps_per_epoch
+        self.max_predictions = max_predictions
+
+    def __next__(self) -> dict:
+        return next(self._parent)
+
+    def get_state(self) -> dict:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state)
+
+
+def build_mlm_iterator(
+    data_config: ml_collections.ConfigDict,
+    *,
+    tokenizer,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    split: str = "train",
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+) -> MlmIterator:
+    """Batches of the contract in docs/contracts.md: `batch_size` rows for this process per step.
+
+    train: shuffled, `num_epochs` passes (None = forever), every process the same number of steps.
+    eval: one deterministic pass in corpus order; the last batch is filled with all-padding rows.
+    """
+    cfg = data_config
+    _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, process_count)
+    store, doc_ids, held_out = _split_documents(cfg, tokenizer, split)
+    shuffle = split == "train" and cfg.shuffle
+    if shuffle:
+        doc_ids = np.random.default_rng(seed).permutation(doc_ids)
+    plan = plan_rows(doc_ids, store.doc_lengths[doc_ids], seq_len, cfg.packing)
+    shard_rows, steps_per_epoch = _shard(plan, split, batch_size, process_index, process_count)
+    masker = Masker.for_tokenizer(tokenizer, special_ids(tokenizer), seq_len, cfg.mlm_probability, cfg.mask_all)
+    make_batch = _BatchMaker(
+        plan=plan,
+        store=store,
+        shard_rows=shard_rows,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=shuffle,
+        seed=seed,
+        stream=(SPLITS.index(split), process_index),
+        masker=masker,
+        cls_id=tokenizer.cls_token_id,
+        sep_id=tokenizer.sep_token_id,
+        pad_id=tokenizer.pad_token_id,
+    )
+    epochs = num_epochs if split == "train" else 1
+    steps = grain.MapDataset.range(steps_per_epoch).repeat(epochs).map_with_index(make_batch)
+    read_options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch_buffer_size)
+    rows_used = steps_per_epoch * batch_size if split == "train" else len(shard_rows)
+    read = store.read_stats
+    stats = DataStats(
+        files=read.files,
+        documents_read=read.documents,
+        empty_skipped=read.empty_skipped,
+        bad_records_skipped=read.bad_records_skipped,
+        invalid_utf8_replaced=read.invalid_utf8_replaced,
+        eval_held_out=held_out,
+        documents=plan.documents,
+        documents_split=plan.documents_split,
+        documents_without_tokens=plan.documents_empty,
+        chunks=len(plan.chunk_length),
+        rows=plan.num_rows,
+        tokens=plan.tokens,
+        packing_efficiency=round(plan.efficiency, 4),
+        rows_per_epoch=rows_used,
+        rows_unused_per_epoch=len(shard_rows) - rows_used,
+        steps_per_epoch=steps_per_epoch,
+    )
+    return MlmIterator(iter(steps.to_iter_dataset(read_options)), stats, masker.max_predictions)
+
+
+def _shard(plan: PackPlan, split: str, batch_size: int, process_index: int, process_count: int):
+    """This process's plan rows (every process_count-th) and the steps per epoch, equal everywhere.
+
+    train: shards are cut to the same length and each epoch uses whole batches of them.
+    eval: every row is used once; short shards are topped up with all-padding rows.
+    """
+    if plan.num_rows == 0:
+        raise DataError(f"{split} split: nothing left to pack ({plan.documents_empty} documents without tokens)")
+    shard_rows = np.arange(process_index, plan.num_rows, process_count)
+    if split == "eval":
+        return shard_rows, -(-plan.num_rows // (batch_size * process_count))
+    shard_rows = shard_rows[: plan.num_rows // process_count]
+    if len(shard_rows) < batch_size:
+        raise DataError(
+            f"train split packs into {plan.num_rows} rows of {plan.seq_len} tokens, fewer than "
+            f"batch_size x processes = {batch_size * process_count}; use a smaller batch or more data"
+        )
+    return shard_rows, len(shard_rows) // batch_size
+
+
+def _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, process_count) -> None:
+    problems = []
+    if missing := missing_special_tokens(tokenizer):
+        problems.append(f"the tokenizer has no {'/'.join(missing)} token; MLM needs cls, sep, pad and mask tokens")
+    if split not in SPLITS:
+        problems.append(f"split must be one of {SPLITS}, got {split!r}")
+    if cfg.packing not in PACKING_METHODS:
+        problems.append(f"data.packing must be one of {PACKING_METHODS}, got {cfg.packing!r}")
+    if not 0.0 < cfg.mlm_probability <= 1.0:
+        problems.append(f"data.mlm_probability must be in (0, 1], got {cfg.mlm_probability}")
+    if cfg.preprocessed_dir and cfg.train_files:
+        problems.append("set data.train_files or data.preprocessed_dir, not both")
+    if seq_len < 3 or batch_size < 1 or not 0 <= process_index < process_count:
+        problems.append(
+            f"bad shape: seq_len {seq_len}, batch_size {batch_size}, process {process_index} of {process_count}"
+        )
+    if problems:
+        raise DataError("; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchMaker:
+    """Global step -> batch dict; a pure function so grain may call it from any thread."""
+
+    plan: PackPlan
+    store: TokenStore
+    shard_rows: np.ndarray  # plan rows of this process
+    batch_size: int
+    steps_per_epoch: int
+    shuffle: bool
+    seed: int
+    stream: tuple[int, int]  # (split, process index): keeps their mask draws apart
+    masker: Masker
+    cls_id: int
+    sep_id: int
+    pad_id: int
+
+    def __call__(self, step: int, step_in_epoch: int) -> dict:
+        epoch = step // self.steps_per_epoch
+        slots = np.arange(step_in_epoch * self.batch_size, (step_in_epoch + 1) * self.batch_size)
+        if self.shuffle:
+            last = len(self.shard_rows) - 1
+            epoch_seed = (self.seed + epoch) % 2**32
+            slots = np.array([index_shuffle(int(s), max_index=last, seed=epoch_seed, rounds=4) for s in slots])
+        padded = np.append(self.shard_rows, -1)  # eval: slots past the end are all-padding rows
+        row_ids = padded[np.minimum(slots, len(self.shard_rows))]
+        rows = assemble_rows(self.plan, self.store, row_ids, cls_id=self.cls_id, sep_id=self.sep_id, pad_id=self.pad_id)
+        rng = np.random.default_rng([self.seed, *self.stream, step])
+        return self.masker(rows, rng)
+
+
+def _split_documents(cfg, tokenizer, split: str) -> tuple[TokenStore, np.ndarray, int]:
+    """The token store and the ids of its documents that form `split`, plus the hold-out size."""
+    eval_files = sources.resolve_files(cfg.eval_files, what="eval_files")
+    if split == "eval" and eval_files:
+        store = _tokenize(eval_files, cfg, tokenizer)
+        _require_documents(store, cfg.eval_files)
+        count = min(cfg.eval_samples, store.num_documents) if cfg.eval_samples > 0 else store.num_documents
+        return store, np.arange(count), 0
+    if split == "eval" and cfg.eval_samples <= 0:
+        raise DataError("no eval split: set data.eval_files, or data.eval_samples to hold documents out of train")
+    if cfg.preprocessed_dir:
+        store = TokenStore.open(cfg.preprocessed_dir, tokenizer)
+    else:
+        store = _tokenize(sources.resolve_files(cfg.train_files, what="train_files"), cfg, tokenizer)
+    _require_documents(store, cfg.preprocessed_dir or cfg.train_files or "the built-in corpus")
+    holdout = cfg.eval_samples if not eval_files else 0
+    if holdout >= store.num_documents:
+        raise DataError(f"eval_samples {holdout} leaves no training documents (the corpus has {store.num_documents})")
+    is_eval = np.zeros(store.num_documents, dtype=bool)
+    is_eval[np.random.default_rng(_HOLDOUT_SEED).choice(store.num_documents, holdout, replace=False)] = True
+    return store, np.flatnonzero(is_eval if split == "eval" else ~is_eval), holdout
+
+
+def _require_documents(store: TokenStore, where) -> None:
+    if store.num_documents == 0:
+        read = store.read_stats
+        raise DataError(
+            f"empty corpus: no documents in {where} "
+            f"({read.empty_skipped} empty, {read.bad_records_skipped} bad records skipped)"
+        )
+
+
+def _tokenize(files: list[str], cfg, tokenizer) -> TokenStore:
+    identity = json.dumps([(f, os.stat(f).st_mtime_ns) for f in files] + sources.describe_files(files))
+    return _tokenized_files(tuple(files), identity, cfg.text_field, cfg.skip_bad_records, tokenizer)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenized_files(files: tuple[str, ...], identity: str, text_field: str, skip_bad: bool, tokenizer) -> TokenStore:
+    """Raw text tokenized into memory; cached so the train and eval iterators share one pass.
+
+    Every process tokenizes the whole corpus: the packing plan, and so the epoch length, must be
+    the same everywhere. For large corpora use scripts/preprocess.py, which does this once.
+    """
+    read_stats = sources.ReadStats()
+    texts = sources.read_documents(files, text_field=text_field, skip_bad_records=skip_bad, stats=read_stats)
+    return TokenStore.from_texts(texts, TextEncoder(tokenizer), read_stats)
