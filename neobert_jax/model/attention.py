@@ -33,7 +33,46 @@ def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
     return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
 
 
-_BACKENDS: dict[str, Callable] = {"xla": xla_attention}
+def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+    """Our flash kernel (attention_pallas); interpreted on CPU so it is testable anywhere."""
+    from neobert_jax.model.attention_pallas import pallas_attention
+
+    interpret = jax.default_backend() == "cpu"
+    return pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, interpret=interpret)
+
+
+def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+    """cuDNN fused attention for global layers of unpacked rows (one document, padding at the end).
+
+    cuDNN takes sequence lengths but neither segment ids nor a two-sided window, so local layers,
+    and any batch that turns out to hold packed rows, run the Pallas kernel instead (a runtime
+    branch: a packed batch can never get silently wrong results).
+    """
+    if window is not None:
+        return pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+
+    def fused(q, k, v, seg):
+        lengths_B = jnp.sum(seg != 0, axis=1).astype(jnp.int32)
+        out = jax.nn.dot_product_attention(q, k, v, scale=scale, query_seq_lengths=lengths_B,
+                                           key_value_seq_lengths=lengths_B, implementation="cudnn")
+        return jnp.where((seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+
+    def flash(q, k, v, seg):
+        return pallas_backend(q, k, v, seg, window=None, scale=scale)
+
+    unpacked = jnp.all(segment_ids_BT <= 1)
+    return jax.lax.cond(unpacked, fused, flash, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+
+
+def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+    """The fastest correct choice for the platform: Pallas on GPU, XLA elsewhere."""
+    fn = pallas_backend if jax.default_backend() == "gpu" else xla_attention
+    return fn(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+
+
+_BACKENDS: dict[str, Callable] = {
+    "xla": xla_attention, "pallas": pallas_backend, "cudnn": cudnn_backend, "auto": auto_backend,
+}
 
 
 def register_backend(name: str, fn: Callable) -> None:

@@ -1,0 +1,126 @@
+"""The Pallas flash-attention kernel (interpret mode on CPU) against a plain-jnp softmax attention.
+
+Shapes are small because interpret mode is slow; tiles (32/64, unequal) are small enough that every
+tile path (partial tiles, segment boundaries inside tiles, skipped and mask-free tiles) is exercised.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neobert_jax.model.attention_pallas import _tile_ranges, pallas_attention
+
+FP32_ATOL = 1e-5  # outputs and dq/dk/dv; measured max abs error ~1e-6
+BF16_ATOL = {"o": 1e-2, "grad": 3e-2}  # bf16 inputs vs float32 math on the same values; measured <= 1.2e-2
+
+
+def _segments(rows, T):
+    """(B, T) int32 ids from per-row document lengths; the rest of each row is padding (0)."""
+    seg_BT = np.zeros((len(rows), T), np.int32)
+    for b, lengths in enumerate(rows):
+        np.put(seg_BT[b], np.arange(sum(lengths)), np.repeat(np.arange(1, len(lengths) + 1), lengths))
+    return jnp.asarray(seg_BT)
+
+
+def _reference(q_BTNH, k_BTNH, v_BTNH, seg_BT, window):
+    q, k, v = (x.astype(jnp.float32) for x in (q_BTNH, k_BTNH, v_BTNH))
+    logits = jnp.einsum("bqnh,bknh->bnqk", q, k, precision="highest") * q.shape[-1] ** -0.5
+    visible = (seg_BT[:, :, None] == seg_BT[:, None, :]) & (seg_BT[:, None, :] != 0)
+    if window is not None:
+        i = jnp.arange(seg_BT.shape[1])
+        visible &= jnp.abs(i[:, None] - i[None, :]) <= window
+    probs = jax.nn.softmax(jnp.where(visible[:, None], logits, -1e30), axis=-1)
+    o = jnp.einsum("bnqk,bknh->bqnh", probs, v, precision="highest")
+    return jnp.where((seg_BT != 0)[:, :, None, None], o, 0.0)
+
+
+def _inputs(shape, dtype, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    return [jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys]
+
+
+def _out_and_grads(fn, q, k, v, w):
+    """Output and d/d(q, k, v) of sum(out * w): a random linear functional of the output."""
+    out = fn(q, k, v)
+    grads = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w), argnums=(0, 1, 2))(q, k, v)
+    return out, grads
+
+
+@pytest.mark.parametrize(
+    "T, window, block_q, block_k, rows",
+    [
+        # boundaries inside 32/64 tiles, padding tails; row 1's tail covers whole tiles 128..255
+        (256, None, 64, 32, [[37, 90, 64, 41], [100, 20]]),
+        # eight windows long; documents longer than the window; row 1 unpacked, no padding
+        (512, 64, 32, 64, [[300, 150], [512]]),
+    ],
+)
+def test_float32_matches_reference(T, window, block_q, block_k, rows):
+    seg_BT = _segments(rows, T)
+    q, k, v, w = _inputs((2, T, 2, 64), jnp.float32)
+    # Poison the all-padding tiles of the kernel's inputs: skipped tiles must never be read.
+    pad_tiles_BT = jnp.repeat(jnp.all(seg_BT.reshape(2, -1, 64) == 0, -1), 64, axis=1)[:, :, None, None]
+    poisoned = [jnp.where(pad_tiles_BT, jnp.nan, x) for x in (q, k, v)]
+    kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, block_q=block_q,
+                                              block_k=block_k, interpret=True)
+    out, grads = _out_and_grads(kernel, *poisoned, w)
+    ref_out, ref_grads = _out_and_grads(lambda q, k, v: _reference(q, k, v, seg_BT, window), q, k, v, w)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref_out, atol=FP32_ATOL, rtol=0)
+    for name, g, ref_g in zip("qkv", grads, ref_grads):
+        np.testing.assert_allclose(g, ref_g, atol=FP32_ATOL, rtol=0, err_msg=f"d{name}")
+
+
+def test_bfloat16_matches_reference():
+    T, window = 256, 32
+    seg_BT = _segments([[37, 90, 64, 41], [150]], T)
+    q, k, v, w = _inputs((2, T, 2, 64), jnp.bfloat16, seed=1)
+    kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, block_q=64, block_k=64,
+                                              interpret=True)
+    out, grads = _out_and_grads(kernel, q, k, v, w.astype(jnp.float32))
+    ref_out, ref_grads = _out_and_grads(lambda q, k, v: _reference(q, k, v, seg_BT, window),
+                                        *(x.astype(jnp.float32) for x in (q, k, v)), w.astype(jnp.float32))
+    assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref_out, atol=BF16_ATOL["o"], rtol=0)
+    for name, g, ref_g in zip("qkv", grads, ref_grads):
+        np.testing.assert_allclose(g.astype(jnp.float32), ref_g, atol=BF16_ATOL["grad"], rtol=0, err_msg=f"d{name}")
+    assert float(jnp.max(jnp.abs(out[1, 150:].astype(jnp.float32)))) == 0.0  # padding queries
+
+
+@pytest.mark.parametrize("H", [32, 128])
+def test_other_head_dims(H):
+    T = 128
+    seg_BT = _segments([[50, 60]], T)
+    q, k, v, w = _inputs((1, T, 1, H), jnp.float32, seed=H)
+    kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=None, scale=0.1, block_q=32, block_k=32,
+                                              interpret=True)
+    out, grads = _out_and_grads(kernel, q, k, v, w)
+    scaled = lambda q, k, v: _reference(q * (0.1 * H**0.5), k, v, seg_BT, None)  # reference uses H**-0.5
+    ref_out, ref_grads = _out_and_grads(scaled, q, k, v, w)
+    np.testing.assert_allclose(out, ref_out, atol=FP32_ATOL, rtol=0)
+    for name, g, ref_g in zip("qkv", grads, ref_grads):
+        np.testing.assert_allclose(g, ref_g, atol=FP32_ATOL, rtol=0, err_msg=f"d{name}")
+
+
+def test_tile_ranges_skip_invisible_tiles():
+    """Rows are [lo, flo, fhi, hi]: visible tiles [lo, hi), mask-free full tiles [flo, fhi)."""
+    T = 512
+    # Unpacked row, window 64, 64-row tiles: neighbours only; the diagonal tile (|i - j| <= 63) is full.
+    ranges = _tile_ranges(_segments([[T]], T), 64, 64, window=64)[0]
+    i = np.arange(8)
+    np.testing.assert_array_equal(ranges, [np.maximum(i - 1, 0), i, i + 1, np.minimum(i + 2, 8)])
+    # Packed 128 + 128 + 200, 56 padding; 128-row query tiles, 64-row key tiles, no window.
+    ranges = _tile_ranges(_segments([[128, 128, 200]], T), 128, 64, window=None)[0]
+    np.testing.assert_array_equal(ranges, [[0, 2, 4, 4], [0, 2, 4, 8], [2, 4, 7, 8], [2, 4, 8, 8]])
+    # An all-padding tile sees nothing, and no tile sees it.
+    ranges = _tile_ranges(_segments([[100]], T), 64, 64, window=None)[0]
+    np.testing.assert_array_equal(ranges, [[0, 0] + [0] * 6, [0, 2] + [0] * 6, [1, 2] + [0] * 6, [2, 2] + [0] * 6])
+
+
+@pytest.mark.parametrize("T, H, block_q", [(200, 64, 64), (256, 48, 64), (256, 64, 96)])
+def test_rejects_unsupported_shapes(T, H, block_q):
+    x = jnp.zeros((1, T, 1, H))
+    with pytest.raises(ValueError):
+        pallas_attention(x, x, x, jnp.ones((1, T), jnp.int32), window=None, block_q=block_q, block_k=64,
+                         interpret=True)
