@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         meta, seconds = preprocess(args)
-    except DataError as e:
+    except (DataError, OSError) as e:
         sys.exit(f"error: {e}")
     read = meta["read_stats"]
     print(

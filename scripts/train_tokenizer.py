@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
             None, args.train_files, args.output_dir, args.vocab_size,
             text_field=args.text_field, skip_bad_records=args.skip_bad_records,
         )
-    except DataError as e:
+    except (DataError, OSError) as e:
         sys.exit(f"error: {e}")
     path = os.path.join(args.output_dir, "tokenizer")
     print(f"tokenizer: {path} ({len(tokenizer)} tokens, {time.perf_counter() - start:.1f}s)")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from neobert_jax.data import tokenizer as tokenizers
-from neobert_jax.data.atomic import atomic_dir
+from neobert_jax.fileio import atomic_dir
 from neobert_jax.data.errors import DataError
 from neobert_jax.data.sources import ReadStats
 

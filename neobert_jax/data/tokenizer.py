@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from neobert_jax.data import sources
-from neobert_jax.data.atomic import atomic_dir
+from neobert_jax.fileio import atomic_dir
 from neobert_jax.data.errors import DataError
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ModernBERT's order; ids 0..4 here

@@ -14,7 +14,8 @@ import numpy as np
 from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
-from neobert_jax.hf.io import atomic_output_dir, copy_tokenizer_files, read_hf_config, read_hf_state_dict, write_hf_dir
+from neobert_jax.fileio import atomic_dir
+from neobert_jax.hf.io import copy_tokenizer_files, read_hf_config, read_hf_state_dict, write_hf_dir
 from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
 from neobert_jax.model import ModernBertForMaskedLM
 
@@ -31,7 +32,7 @@ def save_checkpoint_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_di
                         overwrite: bool = False) -> None:
     import orbax.checkpoint as ocp
 
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         model.config.save_json(os.path.join(tmp, "config.json"))
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, PARAMS), nnx.to_pure_dict(nnx.state(model, nnx.Param)))

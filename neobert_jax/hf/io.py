@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
 from neobert_jax.config import ModernBertConfig
+from neobert_jax.fileio import atomic_dir
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -91,35 +90,12 @@ def copy_tokenizer_files(src_dir: str | None, dst_dir: str) -> list[str]:
     return copied
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str, overwrite: bool):
-    """Yields a temp dir beside `out_dir` that replaces it only if the block succeeds."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            old = tmp + ".old"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_hf_dir(state_dict: dict[str, np.ndarray], config: ModernBertConfig, out_dir: str, *,
                  tokenizer_dir: str | None = None, overwrite: bool = False) -> None:
     """A dir that `AutoModelForMaskedLM.from_pretrained` loads with any transformers version."""
     from safetensors.numpy import save_file
 
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         config.save_json(os.path.join(tmp, "config.json"))
         # "pt" metadata: "flax" would make transformers 4.x attempt a Flax conversion.
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()},

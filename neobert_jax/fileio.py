@@ -8,8 +8,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from neobert_jax.data.errors import DataError
-
 
 @contextlib.contextmanager
 def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
@@ -17,10 +15,13 @@ def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
 
     if_exists: "error", "replace" (the old folder is moved aside, deleted only after the rename),
     or "keep" (another process finished first: its folder stays and ours is dropped).
+    An existing empty folder counts as absent.
     """
     out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
     if os.path.exists(out_dir) and if_exists == "error":
-        raise DataError(f"{out_dir} already exists; pass overwrite to replace it")
+        raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir))
     umask = os.umask(0)
@@ -36,6 +37,6 @@ def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
             os.rename(tmp_dir, out_dir)
             shutil.rmtree(old_dir)
         elif if_exists == "error":
-            raise DataError(f"{out_dir} appeared while it was being written; not replaced")
+            raise FileExistsError(f"{out_dir}: appeared while it was being written; not replaced")
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
