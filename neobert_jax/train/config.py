@@ -1,0 +1,163 @@
+"""The trainer's config schema: every knob a run has, its default, and its validation.
+
+`configs/*.py` start from `default_config()` and change values; they never add keys, so a
+typo in a file or on the command line is an error that lists the valid keys instead of a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+from neobert_jax.data import default_data_config
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.output_dir = "runs/neobert"
+    # HF tokenizer dir; "" = the one beside init_from, else data.preprocessed_dir's, else one
+    # trained on the training corpus (cached in output_dir/tokenizer).
+    c.tokenizer = ""
+    # HF dir (e.g. a GUIDE init) or project checkpoint / run dir: parameters only, fresh optimizer.
+    c.init_from = ""
+    c.resume = True  # continue from output_dir's latest checkpoint when there is one
+    c.seed = 42
+
+    # The data pipeline's own section (neobert_jax.data), less its tokenizer key: that is the
+    # top-level `tokenizer` here.
+    c.data = default_data_config()
+    del c.data["tokenizer"]
+
+    c.model = ml_collections.ConfigDict()
+    c.model.hidden_size = 768
+    c.model.num_hidden_layers = 22
+    c.model.num_attention_heads = 12
+    c.model.intermediate_size = 1152
+    c.model.vocab_size = 0  # 0 = the tokenizer's size rounded up to a multiple of 64
+    c.model.max_position_embeddings = 8192
+    c.model.local_attention = 128
+    c.model.global_attn_every_n_layers = 3
+    c.model.embedding_dropout = 0.0
+    c.model.attention_dropout = 0.0
+    c.model.mlp_dropout = 0.0
+    c.model.attn_implementation = "xla"
+    c.model.remat = "none"  # none | full | dots: per-layer activation checkpointing
+
+    c.train = ml_collections.ConfigDict()
+    c.train.max_steps = 0  # optimizer steps; 0 = derived from epochs
+    c.train.epochs = 1
+    c.train.batch_size = 32  # global rows per optimizer step (all devices, all micro-batches)
+    c.train.grad_accum_steps = 1
+    c.train.seq_len = 512
+    c.train.precision = "fp32"  # fp32 | tf32 | bf16 (bf16 compute, float32 params)
+    c.train.learning_rate = 8e-4
+    c.train.schedule = "cosine"  # cosine | linear | wsd | constant, all after a linear warmup from 0
+    c.train.warmup_steps = 1000
+    c.train.decay_fraction = 0.1  # wsd: share of the steps spent decaying to 0
+    c.train.weight_decay = 0.01
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.999
+    c.train.adam_eps = 1e-8
+    c.train.max_grad_norm = 1.0  # global-norm clipping; 0 disables
+    c.train.masked_logits_only = True  # False: full (B, T, V) logits with labels (ablation, torch parity)
+    c.train.max_nonfinite_steps = 10  # stop after this many non-finite steps in a row
+    c.train.log_every = 100
+    c.train.eval_every = 0  # 0 = evaluate only at the end
+    c.train.eval_batches = 50
+    c.train.save_every = 2500
+    c.train.keep_checkpoints = 3
+    c.train.export_hf = True  # write output_dir/hf at the end
+
+    # Device mesh; -1 on one axis takes the remaining devices.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += flat_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key; keys themselves are checked at parse time."""
+    t = config.train
+
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise ValueError(f"config.{key}: {msg}")
+
+    need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {PRECISIONS}")
+    need(t.schedule in SCHEDULES, "train.schedule", f"{t.schedule!r} is not one of {SCHEDULES}")
+    need(config.model.remat in REMAT_POLICIES, "model.remat", f"{config.model.remat!r} is not one of {REMAT_POLICIES}")
+    need(t.batch_size > 0, "train.batch_size", "must be positive")
+    need(t.grad_accum_steps > 0, "train.grad_accum_steps", "must be positive")
+    need(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
+    need(t.max_steps > 0 or t.epochs > 0, "train.max_steps", "set max_steps or epochs to a positive value")
+    need(t.seq_len > 0, "train.seq_len", "must be positive")
+    need(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
+         f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
+    need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    need(0.0 < t.decay_fraction <= 1.0, "train.decay_fraction", "must be in (0, 1]")
+    need(t.log_every > 0, "train.log_every", "must be positive")
+    need(t.save_every > 0, "train.save_every", "must be positive")
+    need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
+    need(t.max_nonfinite_steps > 0, "train.max_nonfinite_steps", "must be positive")
+    need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
+    need(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = only at the end)")
+    need(t.eval_batches > 0, "train.eval_batches", "must be positive")
+    need(bool(config.output_dir), "output_dir", "must be set")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        need(size == -1 or size > 0, f"mesh.{axis}", f"must be -1 or positive, got {size}")
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Runs a config file's `get_config()` the way config_flags does, for pre-parse checks."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: {path}: no such file")
+    spec = importlib.util.spec_from_file_location("_neobert_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config: {path} defines no get_config()")
+    return module.get_config()
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """Fails on a missing config file, or on `--config.x.y=...` keys it lacks, listing the valid ones.
+
+    ml_collections only raises a traceback for these; users need one line and the list.
+    """
+    path, overrides = None, []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config."):
+            overrides.append(arg[len("--config."):].split("=", 1)[0])
+    if path is None:
+        return
+    valid = flat_keys(load_config_file(path.split(":", 1)[0]))
+    for key in overrides:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean config.{close[0]}?)" if close else ""
+            raise KeyError(f"unknown config key config.{key}{hint}; valid keys: {', '.join(valid)}")

@@ -1,0 +1,62 @@
+"""The starting model of a run: fresh (HF-identical init) or `init_from` a checkpoint.
+
+`init_from` loads parameters only (the optimizer starts fresh), from an HF dir such as a
+GUIDE initialization saved as a bare ModernBertModel (its MLM head is then newly
+initialized and listed, as transformers would warn) or from a project checkpoint / run dir,
+which is also how a run continues at a longer `train.seq_len`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flax import nnx
+
+from neobert_jax.config import ModernBertConfig
+from neobert_jax.hf import load_pretrained
+from neobert_jax.model import ModernBertForMaskedLM
+
+ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+MODEL_KEYS = ARCHITECTURE_KEYS + ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
+                                  "embedding_dropout", "attention_dropout", "mlp_dropout")
+
+
+def compute_dtype(precision: str) -> str:
+    return "bfloat16" if precision == "bf16" else "float32"
+
+
+def matmul_precision(precision: str) -> str:
+    """fp32 must forbid the TF32 matmuls that GPUs otherwise use for float32."""
+    return {"fp32": "float32", "tf32": "tensorfloat32", "bf16": "default"}[precision]
+
+
+def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
+    return int(math.ceil(tokenizer_size / multiple) * multiple)
+
+
+def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print):
+    """-> (model, newly initialized tensor names). Errors name the mismatching config key."""
+    runtime = dict(dtype=compute_dtype(config.train.precision), attn_implementation=config.model.attn_implementation,
+                   remat=config.model.remat)
+    if config.init_from:
+        model, newly_initialized = load_pretrained(config.init_from, seed=config.seed, **runtime)
+        loaded = model.config
+        for key in ARCHITECTURE_KEYS:
+            if getattr(loaded, key) != config.model[key]:
+                raise ValueError(f"config.model.{key}={config.model[key]} but init_from {config.init_from} has "
+                                 f"{getattr(loaded, key)}")
+        if loaded.vocab_size < tokenizer_size:
+            raise ValueError(f"init_from {config.init_from} has vocab_size {loaded.vocab_size}, smaller than the "
+                             f"tokenizer's {tokenizer_size} tokens")
+        if newly_initialized:
+            log(f"Some weights of ModernBertForMaskedLM were not in {config.init_from} and are newly initialized: "
+                f"{newly_initialized}")
+        return model, newly_initialized
+    vocab_size = config.model.vocab_size or padded_vocab_size(tokenizer_size)
+    if vocab_size < tokenizer_size:
+        raise ValueError(
+            f"config.model.vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer_size} tokens")
+    model_config = ModernBertConfig(
+        vocab_size=vocab_size, **{k: config.model[k] for k in MODEL_KEYS}, **special_token_ids, **runtime
+    )
+    return ModernBertForMaskedLM(model_config, rngs=nnx.Rngs(config.seed)), []

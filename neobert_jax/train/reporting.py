@@ -1,0 +1,112 @@
+"""What a run shows and records: progress bar, metrics.jsonl, TensorBoard, the loss-curve PNG.
+
+Only process 0 reports (`enabled=False` elsewhere), so multi-host runs write each file once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss.png"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf instead of an OverflowError for a diverged loss."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def _read_records(path: str, up_to_step: int) -> list[dict]:
+    """Records of an earlier run up to the resumed step; later ones are redone by this run."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                record = json.loads(line)
+                if record["step"] <= up_to_step:
+                    records.append(record)
+    return records
+
+
+class RunReporter:
+    def __init__(self, output_dir: str, total_steps: int, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.records: list[dict] = []
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.output_dir = output_dir
+        self.metrics_path = os.path.join(output_dir, METRICS_FILE)
+        self.records = _read_records(self.metrics_path, start_step)
+        with open(self.metrics_path, "w") as f:  # rewritten without the steps this run redoes
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self.tensorboard = SummaryWriter(logdir=os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def progress(self, step: int, loss: float, tokens_per_s: float) -> None:
+        if self.enabled:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+
+    def log(self, step: int, scalars: dict) -> None:
+        """One metrics.jsonl line and one TensorBoard scalar per finite value (e.g. `train/loss`)."""
+        if not self.enabled:
+            return
+        finite = {k: float(v) for k, v in scalars.items() if math.isfinite(float(v))}
+        record = {"step": step, **{k: finite.get(k) for k in scalars}}  # null where not finite
+        self.records.append(record)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in finite.items():
+            group = "eval" if key.startswith("eval_") else "train"
+            self.tensorboard.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, step)
+        self.tensorboard.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def write_loss_curve(self) -> str | None:
+        """PNG of train loss (and eval loss where present) against step."""
+        if not self.enabled or not self.records:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        train = [(r["step"], r["loss"]) for r in self.records if r.get("loss") is not None]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        evals = [(r["step"], r["eval_loss"]) for r in self.records if r.get("eval_loss") is not None]
+        if evals:
+            ax.plot(*zip(*evals), "o-", label="eval loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("MLM loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = os.path.join(self.output_dir, LOSS_CURVE_FILE)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def end_progress(self) -> None:
+        """Closes the bar so that closing messages print below it, once."""
+        if self.enabled:
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.tensorboard.close()

@@ -1,0 +1,139 @@
+"""Everything a run needs before its first step: tokenizer, data, model, mesh, optimizer, state.
+
+A run dir holds `config.json` (the model, HF names), `run_config.json` (this config),
+`tokenizer/`, `checkpoints/<step>/`, `metrics.jsonl`, `tensorboard/`, `loss.png`, `hf/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from neobert_jax.data import MlmIterator, build_mlm_iterator, get_tokenizer
+from neobert_jax.data.tokenizer import save_tokenizer
+from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.train import optim, sharding
+from neobert_jax.train.checkpoint import RunCheckpointer
+from neobert_jax.train.model_init import build_model
+from neobert_jax.train.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclasses.dataclass
+class RunSetup:
+    mesh: Mesh
+    parts: ModelParts
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    shardings: TrainState
+    state: TrainState
+    train_data: MlmIterator
+    eval_data: MlmIterator | None
+    total_steps: int
+    start_step: int
+    loss_totals: dict  # run-wide {"sum", "count"} of finite step losses, restored on resume
+    checkpointer: RunCheckpointer
+    tokenizer_dir: str
+
+
+def _special_token_ids(tokenizer) -> dict[str, int]:
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else cls_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else sep_id
+    return dict(pad_token_id=tokenizer.pad_token_id, cls_token_id=cls_id, sep_token_id=sep_id,
+                bos_token_id=bos, eos_token_id=eos)
+
+
+def _tokenizer(config, output_dir: str):
+    """config.tokenizer, else the one beside init_from, else preprocessed_dir's, else one trained
+    on the corpus (cached in output_dir/tokenizer). Always ends up in output_dir/tokenizer."""
+    source = config.tokenizer or None
+    if source is None and config.init_from:
+        source = find_tokenizer_dir(config.init_from)
+    if source is None and config.data.preprocessed_dir:
+        source = config.data.preprocessed_dir
+    d = config.data
+    tokenizer = get_tokenizer(source, d.train_files, output_dir, d.tokenizer_vocab_size, text_field=d.text_field,
+                              skip_bad_records=d.skip_bad_records)
+    run_copy = os.path.join(output_dir, TOKENIZER_DIR)
+    if source is not None and jax.process_index() == 0 and not os.path.isdir(run_copy):
+        save_tokenizer(tokenizer, run_copy)
+    return tokenizer, run_copy
+
+
+def _check_batch_layout(config, mesh: Mesh) -> int:
+    """Rows per process per step; the global batch must split evenly at every level."""
+    t = config.train
+    processes, shards = jax.process_count(), sharding.batch_rows_divisor(mesh)
+    if t.batch_size % processes:
+        raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the {processes} processes")
+    if (t.batch_size // t.grad_accum_steps) % shards:
+        raise ValueError(
+            f"config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} gives micro-batches "
+            f"of {t.batch_size // t.grad_accum_steps} rows, not divisible by the {shards} batch shards "
+            f"(mesh.data x mesh.fsdp)"
+        )
+    return t.batch_size // processes
+
+
+def setup_run(config, log) -> RunSetup:
+    if config.init_from and not os.path.exists(config.init_from):
+        raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
+    output_dir = os.path.abspath(config.output_dir)
+    t = config.train
+    mesh = sharding.make_mesh(config.mesh)
+    rows = _check_batch_layout(config, mesh)
+    tokenizer, tokenizer_dir = _tokenizer(config, output_dir)
+
+    data_args = dict(tokenizer=tokenizer, seq_len=t.seq_len, batch_size=rows, seed=config.seed,
+                     process_index=jax.process_index(), process_count=jax.process_count())
+    train_data = build_mlm_iterator(config.data, split="train", num_epochs=None, **data_args)
+    has_eval = bool(config.data.eval_files) or config.data.eval_samples > 0
+    eval_data = build_mlm_iterator(config.data, split="eval", **data_args) if has_eval else None
+    total_steps = t.max_steps or t.epochs * train_data.steps_per_epoch
+    log(f"data: {train_data.stats}")
+    if t.warmup_steps >= total_steps:
+        log(f"warning: train.warmup_steps={t.warmup_steps} >= the run's {total_steps} steps: the learning rate "
+            f"never reaches train.learning_rate; lower warmup_steps or train longer")
+    log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {t.batch_size} rows x {t.seq_len} tokens"
+        f" on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
+
+    model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
+    if t.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"config.train.seq_len={t.seq_len} exceeds the model's max_position_embeddings "
+                         f"{model.config.max_position_embeddings}")
+    parts, params = ModelParts.split(model)
+    del model
+    schedule = optim.make_schedule(t, total_steps)
+    tx = optim.make_optimizer(t, schedule)
+    shardings = state_shardings(parts, tx, mesh)
+
+    os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
+    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    loss_totals = {"sum": 0.0, "count": 0}
+    if latest is not None and config.resume:
+        state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
+        train_data.set_state(data_state)
+        loss_totals = meta["loss_totals"]
+        log(f"resumed from {checkpointer.directory}/{latest}")
+    else:
+        if latest is not None:
+            log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
+            checkpointer.delete_all()
+        state = create_train_state(params, tx, shardings, config.seed)
+    del params
+
+    if jax.process_index() == 0:
+        parts.config.save_json(os.path.join(output_dir, "config.json"))
+        with open(os.path.join(output_dir, "run_config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+    return RunSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
+                    train_data=train_data, eval_data=eval_data, total_steps=total_steps, start_step=int(state.step),
+                    loss_totals=loss_totals, checkpointer=checkpointer, tokenizer_dir=tokenizer_dir)
+

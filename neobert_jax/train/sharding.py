@@ -1,0 +1,99 @@
+"""Device mesh, logical-axis rules, and the shardings of parameters and batches.
+
+The model names each parameter dimension with a logical axis (`vocab`, `embed`, `qkv`,
+`heads`, `mlp`, `norm`); `LOGICAL_RULES` maps those onto the mesh axes. The same code then
+runs data-parallel (mesh.data), fully sharded (mesh.fsdp: parameters and optimizer state
+split along `embed`), or tensor-parallel (mesh.tensor), in any combination.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # batch rows are split over every non-tensor device
+
+LOGICAL_RULES = {
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "qkv": "tensor",
+    "heads": "tensor",
+    "mlp": "tensor",
+    "norm": None,
+}
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """Mesh over all devices with sizes from the config; one size may be -1 (the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [mesh_cfg[axis] for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError("config.mesh: at most one of data/fsdp/tensor may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"config.mesh: {len(devices)} devices are not divisible by the fixed axes ({known})")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"config.mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {len(devices)} devices"
+        )
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def spec_for(axes: tuple, shape: tuple, mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec of one parameter: a dimension is sharded only when the mesh axis divides it
+    and no earlier dimension took that axis; otherwise it stays replicated."""
+    used, spec = set(), []
+    for name, dim in zip(axes, shape):
+        axis = LOGICAL_RULES.get(name)
+        if axis is None or axis in used or mesh.shape[axis] == 1 or dim % mesh.shape[axis]:
+            spec.append(None)
+        else:
+            spec.append(axis)
+            used.add(axis)
+    return PartitionSpec(*spec)
+
+
+def param_shardings(params, axes, mesh: Mesh):
+    """NamedShardings for a params pytree given the matching pytree of logical-axis tuples."""
+    return jax.tree.map(
+        lambda p, a: NamedSharding(mesh, spec_for(a, p.shape, mesh)),
+        params, axes, is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding, mesh: Mesh):
+    """Moments shard like their parameters; counters and other scalars are replicated."""
+    abstract_state = jax.eval_shape(tx.init, abstract_params)
+    return optax.tree_utils.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        abstract_state,
+        params_sharding,
+        transform_non_params=lambda _: replicated(mesh),
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def batch_rows_divisor(mesh: Mesh) -> int:
+    """Global batch rows must be a multiple of this (the number of batch shards)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over the batch axes (multi-host safe)."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -1,0 +1,140 @@
+"""The compiled train and eval steps.
+
+One `jax.jit` call per optimizer step: the global batch is split into micro-batches inside
+the step, their gradients are summed, and every micro-batch loss is divided by the number
+of predicted tokens of the whole global batch. The summed gradient is therefore exactly
+the gradient of the one-big-batch mean loss, however the batch is split over micro-batches
+and devices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from neobert_jax.train import sharding
+from neobert_jax.train.state import ModelParts, TrainState
+
+IGNORE_LABEL = -100
+
+
+def labels_key(masked_logits_only: bool) -> str:
+    return "masked_labels" if masked_logits_only else "labels"
+
+
+def nll_sum_and_count(model, batch: dict, masked_logits_only: bool, dropout_rng=None):
+    """Summed float32 cross-entropy over predicted tokens, and their count.
+
+    masked_logits_only: the head runs on `masked_positions` only (B, M, V); otherwise on
+    every position (B, T, V) with `labels` (-100 = not predicted).
+    """
+    inputs = dict(segment_ids_BT=batch["segment_ids"], positions_BT=batch["positions"], dropout_rng=dropout_rng)
+    if masked_logits_only:
+        logits = model(batch["input_ids"], masked_positions_BM=batch["masked_positions"], **inputs)
+    else:
+        logits = model(batch["input_ids"], **inputs)
+    labels = batch[labels_key(masked_logits_only)]
+    valid = labels != IGNORE_LABEL
+    nll = optax.losses.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.where(valid, labels, 0)
+    )
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
+
+
+def _split_micro(x, accum: int, mesh: Mesh):
+    """(B, ...) -> (accum, B/accum, ...), row b going to micro-batch b % accum.
+
+    Interleaving keeps every device's contiguous block of rows spread over all micro-batches,
+    so the split needs no communication.
+    """
+    micro = jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+    spec = PartitionSpec(None, sharding.BATCH_AXES, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, spec))
+
+
+def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    train_cfg, state_sh: TrainState, mesh: Mesh) -> Callable:
+    """(state, batch) -> (state, metrics); the state is donated, metrics are replicated scalars.
+
+    A step whose loss or gradient norm is not finite leaves params and optimizer state
+    untouched and raises `nonfinite_streak`; a finite one resets it.
+    """
+    accum = train_cfg.grad_accum_steps
+    masked_only = train_cfg.masked_logits_only
+    c = parts.config
+    uses_dropout = max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout) > 0
+
+    def train_step(state: TrainState, batch: dict):
+        predicted = jnp.sum(batch[labels_key(masked_only)] != IGNORE_LABEL)
+        denom = jnp.maximum(predicted, 1).astype(jnp.float32)
+        micro = jax.tree.map(lambda x: _split_micro(x, accum, mesh), batch)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+
+        def accumulate(grads_acc, xs):
+            micro_batch, i = xs
+
+            def loss_fn(params):
+                dropout_rng = jax.random.fold_in(step_rng, i) if uses_dropout else None
+                nll_sum, _ = nll_sum_and_count(parts.merge(params), micro_batch, masked_only, dropout_rng)
+                return nll_sum / denom, nll_sum
+
+            grads, nll_sum = jax.grad(loss_fn, has_aux=True)(state.params)
+            # gradients stay sharded like the parameters (a reduce-scatter under fsdp, not an all-reduce)
+            return jax.lax.with_sharding_constraint(jax.tree.map(jnp.add, grads_acc, grads), state_sh.params), nll_sum
+
+        zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
+        grads, nll_sums = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum)))
+        loss = jnp.sum(nll_sums) / denom
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        skipped = (~finite).astype(jnp.int32)
+        new_state = state.replace(
+            params=keep_if_finite(new_params, state.params),
+            opt_state=keep_if_finite(new_opt_state, state.opt_state),
+            step=state.step + 1,
+            nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+            nonfinite_total=state.nonfinite_total + skipped,
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step - state.nonfinite_total),
+            "predicted_tokens": predicted,
+            "real_tokens": jnp.sum(batch["segment_ids"] != 0),
+            "nonfinite_streak": new_state.nonfinite_streak,
+            "nonfinite_total": new_state.nonfinite_total,
+        }
+        return new_state, metrics
+
+    batch_sh = sharding.batch_sharding(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(parts: ModelParts, train_cfg, params_sh, mesh: Mesh) -> Callable:
+    """(params, batch) -> (summed nll, predicted-token count), deterministic (no dropout)."""
+    masked_only = train_cfg.masked_logits_only
+
+    def eval_step(params, batch):
+        return nll_sum_and_count(parts.merge(params), batch, masked_only)
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(params_sh, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )

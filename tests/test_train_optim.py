@@ -1,0 +1,97 @@
+"""Schedules match HF's, the weight-decay mask spares norms and biases, config errors are clear."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from train_batches import tiny_model, train_cfg
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from neobert_jax.train import config as train_config
+from neobert_jax.train import optim, state
+
+TOTAL, WARMUP, PEAK = 50, 8, 1e-3
+
+
+def hf_lrs(make_schedule) -> np.ndarray:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
+    sched = make_schedule(opt, WARMUP, TOTAL)
+    lrs = []
+    for _ in range(TOTAL):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return np.array(lrs)
+
+
+def our_lrs(name: str, **overrides) -> np.ndarray:
+    settings = {"schedule": name, "learning_rate": PEAK, "warmup_steps": WARMUP, **overrides}
+    schedule = optim.make_schedule(train_cfg(**settings), TOTAL)
+    return np.array([float(schedule(s)) for s in range(TOTAL)])
+
+
+@pytest.mark.parametrize("name,hf", [("cosine", get_cosine_schedule_with_warmup),
+                                     ("linear", get_linear_schedule_with_warmup)])
+def test_schedules_match_hf(name, hf):
+    np.testing.assert_allclose(our_lrs(name), hf_lrs(hf), rtol=1e-5, atol=1e-10)
+
+
+def test_warmup_stable_decay():
+    lrs = our_lrs("wsd", decay_fraction=0.2)  # decay over the last 10 of 50 steps
+    np.testing.assert_allclose(lrs[:WARMUP], PEAK * np.arange(WARMUP) / WARMUP, rtol=1e-6)
+    np.testing.assert_allclose(lrs[WARMUP:40], PEAK, rtol=1e-6)
+    np.testing.assert_allclose(lrs[40:], PEAK * (1 - np.arange(10) / 10), rtol=1e-5)
+    assert float(optim.make_schedule(train_cfg(schedule="wsd", learning_rate=PEAK, warmup_steps=WARMUP,
+                                               decay_fraction=0.2), TOTAL)(TOTAL)) == 0.0
+
+
+def test_constant_after_warmup_and_no_warmup():
+    np.testing.assert_allclose(our_lrs("constant")[WARMUP:], PEAK, rtol=1e-6)
+    assert our_lrs("cosine", warmup_steps=0)[0] == pytest.approx(PEAK)
+
+
+def test_decay_mask_spares_norms_and_biases():
+    _, params = state.ModelParts.split(tiny_model())
+    flat = {"/".join(str(k.key) for k in path): bool(leaf) for path, leaf in
+            jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
+    no_decay = sorted(k for k, v in flat.items() if not v)
+    assert no_decay and all(k.endswith(("norm/scale", "decoder_bias")) for k in no_decay), no_decay
+    decay = sorted(k for k, v in flat.items() if v)
+    assert "model/embeddings/tok_embeddings" in decay and "model/layers/0/attn/Wqkv/kernel" in decay
+    assert all(k.endswith(("kernel", "tok_embeddings")) for k in decay), decay
+
+
+def test_decay_is_decoupled_and_scaled_by_lr():
+    """A zero gradient leaves Adam's step at 0, so the update is exactly -lr * wd * p on matrices."""
+    cfg = train_cfg(schedule="constant", warmup_steps=0, learning_rate=0.1, weight_decay=0.5, max_grad_norm=0.0)
+    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))
+    params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones((2,), np.float32)}
+    updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.05, rtol=1e-6)
+    np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_unknown_override_key_lists_valid_keys(tmp_path):
+    config_file = tmp_path / "c.py"
+    config_file.write_text("from neobert_jax.train.config import default_config\n"
+                           "def get_config():\n    return default_config()\n")
+    with pytest.raises(KeyError) as error:
+        train_config.check_override_keys(["--config", str(config_file), "--config.train.learning_rte=1"])
+    message = error.value.args[0]
+    assert "config.train.learning_rte" in message and "did you mean config.train.learning_rate" in message
+    assert "train.batch_size" in message and "data.train_files" in message
+    train_config.check_override_keys([f"--config={config_file}", "--config.train.learning_rate=1"])
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("train.precision", "fp16", "train.precision"),
+    ("train.batch_size", 30, "grad_accum_steps"),
+    ("train.seq_len", 10_000, "max_position_embeddings"),
+])
+def test_bad_values_name_their_key(key, value, fragment):
+    cfg = train_config.default_config()
+    cfg.train.grad_accum_steps = 4
+    section, name = key.split(".")
+    cfg[section][name] = value
+    with pytest.raises(ValueError, match=fragment):
+        train_config.validate(cfg)
