@@ -2,6 +2,10 @@
 
 Rerunning with the same output_dir resumes from its latest checkpoint (--config.resume=False
 starts over). SIGTERM/SIGINT save a checkpoint and exit 0.
+
+The same command runs on every host of a multi-host run (docs/scaling.md): on a TPU VM slice
+and under `srun` / `mpirun` the processes find each other by themselves; elsewhere pass
+--coordinator_address, --num_processes and --process_id (or the JAX_* variables).
 """
 
 import sys
@@ -10,10 +14,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from neobert_jax.data import DataError
+from neobert_jax.train import distributed
 from neobert_jax.train.config import check_override_keys
 from neobert_jax.train.loop import NonFiniteLossError, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config(), e.g. configs/student.py")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes in all")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs: this process's index, 0..n-1")
 
 
 def main(argv):
@@ -23,6 +31,10 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
     if _CONFIG.value is None:
         sys.exit("error: --config is required, e.g. --config configs/student.py")
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
     try:
         result = train(_CONFIG.value)
     except (ValueError, OSError, DataError, NonFiniteLossError) as e:

@@ -1,5 +1,6 @@
 """The Flax model computes what transformers' torch ModernBertForMaskedLM computes."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -156,3 +157,29 @@ def test_pallas_backend_matches_xla_in_the_model_with_gradients():
     (v_ref, g_ref), (v, g) = value_and_grads("xla"), value_and_grads("pallas")
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_decoder_loss_matches_autodiff_of_the_logits(dtype):
+    import jax
+    import optax
+
+    config = ModernBertConfig.from_hf_dict(hf_model(num_hidden_layers=1).config.to_dict(), dtype=dtype)
+    graphdef, state = nnx.split(ModernBertForMaskedLM(config, rngs=nnx.Rngs(3)))
+    ids, mask = random_batch(300, 2, 24, pad_from=[24, 20])
+    positions = np.array([[1, 4, 9, 0], [2, 3, 19, 0]], np.int32)
+    labels = np.array([[7, 100, 299, -100], [5, 6, 8, -100]], np.int32)
+
+    def reference(state):
+        logits = nnx.merge(graphdef, state)(ids, mask, masked_positions_BM=positions).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, np.maximum(labels, 0))
+        return jnp.sum(jnp.where(labels >= 0, nll, 0.0))
+
+    def fused(state):
+        return jnp.sum(nnx.merge(graphdef, state).mlm_nll(ids, labels, attention_mask_BT=mask,
+                                                          masked_positions_BM=positions))
+
+    (v_ref, g_ref), (v, g) = jax.value_and_grad(reference)(state), jax.value_and_grad(fused)(state)
+    tol = dict(float32=(1e-5, 1e-6), bfloat16=(2e-2, 1e-3))[dtype]
+    np.testing.assert_allclose(v, v_ref, rtol=tol[0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol[0], atol=tol[1]), g, g_ref)

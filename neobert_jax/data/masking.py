@@ -38,15 +38,30 @@ class Masker:
         m = max_predictions(seq_len, mlm_probability)
         return cls(mlm_probability, mask_all, tokenizer.mask_token_id, is_special, np.flatnonzero(~is_special), m)
 
-    def __call__(self, rows: dict, rng: np.random.Generator) -> dict:
-        """Adds masked `input_ids`, `labels`, `masked_positions` and `masked_labels` to packed rows."""
+    def _draws(self, rng: np.random.Generator, batch: int, seq_len: int) -> tuple[np.ndarray, ...]:
+        m = self.max_predictions
+        count_u, keys, action = rng.random(batch), rng.random((batch, seq_len)), rng.random((batch, m))
+        random = None if self.mask_all else self.ordinary_ids[rng.integers(len(self.ordinary_ids), size=(batch, m))]
+        return count_u, keys, action, random
+
+    def __call__(self, rows: dict, rng: np.random.Generator | list[np.random.Generator]) -> dict:
+        """Adds masked `input_ids`, `labels`, `masked_positions` and `masked_labels` to packed rows.
+
+        rng: one generator for the batch, or one per row (a row's masks then depend on its own only).
+        """
         ids_BT = rows["input_ids"]
         batch, seq_len = ids_BT.shape
+        if isinstance(rng, np.random.Generator):
+            count_u_B, keys_u_BT, action_BM, random_BM = self._draws(rng, batch, seq_len)
+        else:
+            per_row = [self._draws(row_rng, 1, seq_len) for row_rng in rng]
+            count_u_B, keys_u_BT, action_BM, random_BM = (
+                None if parts[0] is None else np.concatenate(parts) for parts in zip(*per_row))
         maskable_BT = (rows["segment_ids"] > 0) & ~self.is_special[ids_BT]
         target_B = self.mlm_probability * maskable_BT.sum(axis=1)
-        count_B = np.minimum(np.floor(target_B + rng.random(batch)), np.ceil(np.round(target_B, 6))).astype(np.int64)
+        count_B = np.minimum(np.floor(target_B + count_u_B), np.ceil(np.round(target_B, 6))).astype(np.int64)
 
-        keys_BT = np.where(maskable_BT, rng.random((batch, seq_len)), _NEVER_PICKED)
+        keys_BT = np.where(maskable_BT, keys_u_BT, _NEVER_PICKED)
         m = self.max_predictions
         picked_BM = np.argpartition(keys_BT, m - 1, axis=1)[:, :m]  # the m lowest keys, unordered
         picked_BM = np.take_along_axis(picked_BM, np.argsort(np.take_along_axis(keys_BT, picked_BM, 1), 1), 1)
@@ -56,10 +71,8 @@ class Masker:
         positions_BM = np.where(valid_BM, positions_BM, 0).astype(np.int32)
 
         original_BM = np.take_along_axis(ids_BT, positions_BM, axis=1)
-        action_BM = rng.random((batch, m))
         replacement_BM = np.full_like(original_BM, self.mask_id)
         if not self.mask_all:
-            random_BM = self.ordinary_ids[rng.integers(len(self.ordinary_ids), size=(batch, m))]
             replacement_BM = np.where(action_BM < 0.8, self.mask_id, np.where(action_BM < 0.9, random_BM, original_BM))
         masked_ids_BT = ids_BT.copy()
         labels_BT = np.full_like(ids_BT, IGNORE_INDEX)

@@ -1,9 +1,11 @@
 """The MLM batch iterator: corpus -> split -> packing plan -> per-process rows -> masked batches.
 
-Everything a batch holds is a pure function of (seed, split, global step, process index): rows come
-from a plan fixed at startup, the epoch's order from grain's index shuffle, the masks from an RNG
-seeded with those numbers. So batches do not depend on worker threads, and the grain iterator state
-(the next step) is all a checkpoint needs.
+Everything a global batch holds is a pure function of (seed, split, global step): rows come from a
+plan fixed at startup, the epoch's order from grain's index shuffle, each row's mask from an RNG
+seeded with those numbers and the row's place in the batch. Process p of P builds only rows
+[p * B/P, (p+1) * B/P) of it. So batches depend neither on worker threads nor on the process count
+(a run continues on another number of hosts), and the grain iterator state (the next step, the same
+on every process) is all a checkpoint needs.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class DataStats:
     tokens: int  # non-padding tokens in those rows
     packing_efficiency: float  # tokens / (rows * seq_len)
     rows_per_epoch: int  # rows this process yields per epoch
-    rows_unused_per_epoch: int  # rows of this process's shard left out of each epoch (reshuffled)
+    rows_unused_per_epoch: int  # rows of the split no process uses in an epoch (others each epoch)
     steps_per_epoch: int
 
     def as_dict(self) -> dict:
@@ -127,17 +129,18 @@ def build_mlm_iterator(
     if shuffle:
         doc_ids = np.random.default_rng(seed).permutation(doc_ids)
     plan = plan_rows(doc_ids, store.doc_lengths[doc_ids], seq_len, cfg.packing)
-    shard_rows, steps_per_epoch = _shard(plan, split, batch_size, process_index, process_count)
+    steps_per_epoch = _steps_per_epoch(plan, split, batch_size * process_count)
     masker = Masker.for_tokenizer(tokenizer, special_ids(tokenizer), seq_len, cfg.mlm_probability, cfg.mask_all)
     make_batch = _BatchMaker(
         plan=plan,
         store=store,
-        shard_rows=shard_rows,
         batch_size=batch_size,
+        first_slot=process_index * batch_size,
+        global_batch_size=batch_size * process_count,
         steps_per_epoch=steps_per_epoch,
         shuffle=shuffle,
         seed=seed,
-        stream=(SPLITS.index(split), process_index),
+        split_index=SPLITS.index(split),
         masker=masker,
         cls_id=tokenizer.cls_token_id,
         sep_id=tokenizer.sep_token_id,
@@ -146,7 +149,9 @@ def build_mlm_iterator(
     epochs = num_epochs if split == "train" else 1
     steps = grain.MapDataset.range(steps_per_epoch).repeat(epochs).map_with_index(make_batch)
     read_options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch_buffer_size)
-    rows_used = steps_per_epoch * batch_size if split == "train" else len(shard_rows)
+    global_rows = steps_per_epoch * batch_size * process_count
+    epoch_slots = np.arange(steps_per_epoch)[:, None] * batch_size * process_count + make_batch.first_slot
+    rows_used = int(np.sum(epoch_slots + np.arange(batch_size) < plan.num_rows))  # eval: no padding rows
     read = store.read_stats
     stats = DataStats(
         files=read.files,
@@ -163,30 +168,25 @@ def build_mlm_iterator(
         tokens=plan.tokens,
         packing_efficiency=round(plan.efficiency, 4),
         rows_per_epoch=rows_used,
-        rows_unused_per_epoch=len(shard_rows) - rows_used,
+        rows_unused_per_epoch=max(plan.num_rows - global_rows, 0),
         steps_per_epoch=steps_per_epoch,
     )
     return MlmIterator(iter(steps.to_iter_dataset(read_options)), stats, masker.max_predictions)
 
 
-def _shard(plan: PackPlan, split: str, batch_size: int, process_index: int, process_count: int):
-    """This process's plan rows (every process_count-th) and the steps per epoch, equal everywhere.
-
-    train: shards are cut to the same length and each epoch uses whole batches of them.
-    eval: every row is used once; short shards are topped up with all-padding rows.
-    """
+def _steps_per_epoch(plan: PackPlan, split: str, global_batch_size: int) -> int:
+    """train: whole global batches (the rows left over change every epoch); eval: every row once,
+    the last batch topped up with all-padding rows."""
     if plan.num_rows == 0:
         raise DataError(f"{split} split: nothing left to pack ({plan.documents_empty} documents without tokens)")
-    shard_rows = np.arange(process_index, plan.num_rows, process_count)
     if split == "eval":
-        return shard_rows, -(-plan.num_rows // (batch_size * process_count))
-    shard_rows = shard_rows[: plan.num_rows // process_count]
-    if len(shard_rows) < batch_size:
+        return -(-plan.num_rows // global_batch_size)
+    if plan.num_rows < global_batch_size:
         raise DataError(
             f"train split packs into {plan.num_rows} rows of {plan.seq_len} tokens, fewer than "
-            f"batch_size x processes = {batch_size * process_count}; use a smaller batch or more data"
+            f"batch_size x processes = {global_batch_size}; use a smaller batch or more data"
         )
-    return shard_rows, len(shard_rows) // batch_size
+    return plan.num_rows // global_batch_size
 
 
 def _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, process_count) -> None:
@@ -211,16 +211,18 @@ def _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, p
 
 @dataclasses.dataclass(frozen=True)
 class _BatchMaker:
-    """Global step -> batch dict; a pure function so grain may call it from any thread."""
+    """Global step -> this process's rows of the global batch; a pure function so grain may call it
+    from any thread."""
 
     plan: PackPlan
     store: TokenStore
-    shard_rows: np.ndarray  # plan rows of this process
-    batch_size: int
+    batch_size: int  # rows of this process
+    first_slot: int  # this process's first row in the global batch
+    global_batch_size: int
     steps_per_epoch: int
     shuffle: bool
     seed: int
-    stream: tuple[int, int]  # (split, process index): keeps their mask draws apart
+    split_index: int  # keeps the splits' mask draws apart
     masker: Masker
     cls_id: int
     sep_id: int
@@ -228,16 +230,16 @@ class _BatchMaker:
 
     def __call__(self, step: int, step_in_epoch: int) -> dict:
         epoch = step // self.steps_per_epoch
-        slots = np.arange(step_in_epoch * self.batch_size, (step_in_epoch + 1) * self.batch_size)
+        batch_slots = np.arange(self.first_slot, self.first_slot + self.batch_size)
+        slots = step_in_epoch * self.global_batch_size + batch_slots  # positions in the epoch's row order
         if self.shuffle:
-            last = len(self.shard_rows) - 1
+            last = self.plan.num_rows - 1
             epoch_seed = (self.seed + epoch) % 2**32
             slots = np.array([index_shuffle(int(s), max_index=last, seed=epoch_seed, rounds=4) for s in slots])
-        padded = np.append(self.shard_rows, -1)  # eval: slots past the end are all-padding rows
-        row_ids = padded[np.minimum(slots, len(self.shard_rows))]
+        row_ids = np.where(slots < self.plan.num_rows, slots, -1)  # eval: past the end = all-padding rows
         rows = assemble_rows(self.plan, self.store, row_ids, cls_id=self.cls_id, sep_id=self.sep_id, pad_id=self.pad_id)
-        rng = np.random.default_rng([self.seed, *self.stream, step])
-        return self.masker(rows, rng)
+        return self.masker(rows, [np.random.default_rng([self.seed, self.split_index, step, int(slot)])
+                                  for slot in batch_slots])
 
 
 def _split_documents(cfg, tokenizer, split: str) -> tuple[TokenStore, np.ndarray, int]:

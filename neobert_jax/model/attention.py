@@ -65,8 +65,10 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
 
 
 def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """The fastest correct choice for the platform: Pallas on GPU, XLA elsewhere."""
-    fn = pallas_backend if jax.default_backend() == "gpu" else xla_attention
+    """The fastest correct choice measured (docs/performance.md): the Pallas kernel for 16-bit inputs
+    on GPU; XLA for float32 (the kernel's exact-fp32 dots run far below XLA's) and off GPU."""
+    fast = jax.default_backend() == "gpu" and q_BTNH.dtype != jnp.float32
+    fn = pallas_backend if fast else xla_attention
     return fn(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 

@@ -2,29 +2,22 @@
 
 Items per step: `params` (alone, so `init_from` and `convert/flax_to_torch.py` can load a
 run without its optimizer), `trainer` (optimizer state, step, RNG, non-finite counters),
-`data` (each process's input-iterator state, one JSON file per process) and `meta` (loss
-totals for the run-wide train perplexity). Saves are asynchronous; every process calls
-`save`, orbax decides who writes what.
+`data` (the input-iterator state) and `meta` (loss totals for the run-wide train perplexity).
+Saves are asynchronous; every process calls `save`, orbax decides who writes what: each
+process its own shards of the arrays, process 0 the JSON items. The iterator state is the
+same on every process (the pipeline slices one global batch), so a checkpoint restores on
+any number of processes and devices: arrays are resharded onto the restoring run's mesh.
 """
 
 from __future__ import annotations
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 from neobert_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
-
-
-def _data_handler() -> ocp.JsonCheckpointHandler:
-    """Every process writes its own iterator state (primary_host=None: all hosts write)."""
-    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    return ocp.JsonCheckpointHandler(
-        filename=name, multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None)
-    )
 
 
 class RunCheckpointer:
@@ -39,7 +32,7 @@ class RunCheckpointer:
             item_handlers={
                 "params": ocp.StandardCheckpointHandler(),
                 "trainer": ocp.StandardCheckpointHandler(),
-                "data": _data_handler(),
+                "data": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )

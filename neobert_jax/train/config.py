@@ -48,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.embedding_dropout = 0.0
     c.model.attention_dropout = 0.0
     c.model.mlp_dropout = 0.0
-    c.model.attn_implementation = "xla"
+    c.model.attn_implementation = "auto"  # Pallas flash kernel for bf16 on GPU, XLA otherwise
     c.model.remat = "none"  # none | full | dots: per-layer activation checkpointing
 
     c.train = ml_collections.ConfigDict()
@@ -96,6 +96,22 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad key; keys themselves are checked at parse time."""
+    validate_training(config)
+    t = config.train
+
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise ValueError(f"config.{key}: {msg}")
+
+    need(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
+         f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
+    need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
+    need(t.eval_batches > 0, "train.eval_batches", "must be positive")
+
+
+def validate_training(config: ml_collections.ConfigDict) -> None:
+    """The checks every trainer built on this schema shares (train.*, output_dir, mesh.*);
+    the contrastive trainer (neobert_jax.contrastive.config) reuses them."""
     t = config.train
 
     def need(ok: bool, key: str, msg: str):
@@ -111,17 +127,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
     need(t.max_steps > 0 or t.epochs > 0, "train.max_steps", "set max_steps or epochs to a positive value")
     need(t.seq_len > 0, "train.seq_len", "must be positive")
-    need(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
-         f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
     need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     need(0.0 < t.decay_fraction <= 1.0, "train.decay_fraction", "must be in (0, 1]")
     need(t.log_every > 0, "train.log_every", "must be positive")
     need(t.save_every > 0, "train.save_every", "must be positive")
     need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
     need(t.max_nonfinite_steps > 0, "train.max_nonfinite_steps", "must be positive")
-    need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
     need(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = only at the end)")
-    need(t.eval_batches > 0, "train.eval_batches", "must be positive")
     need(bool(config.output_dir), "output_dir", "must be set")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]

@@ -75,7 +75,7 @@ class RunReporter:
         if self.enabled:
             tqdm.write(text)
 
-    def write_loss_curve(self) -> str | None:
+    def write_loss_curve(self, loss_name: str = "MLM loss") -> str | None:
         """PNG of train loss (and eval loss where present) against step."""
         if not self.enabled or not self.records:
             return None
@@ -92,7 +92,7 @@ class RunReporter:
         if evals:
             ax.plot(*zip(*evals), "o-", label="eval loss")
         ax.set_xlabel("step")
-        ax.set_ylabel("MLM loss")
+        ax.set_ylabel(loss_name)
         ax.grid(alpha=0.3)
         ax.legend()
         path = os.path.join(self.output_dir, LOSS_CURVE_FILE)

@@ -67,11 +67,17 @@ def _tokenizer(config, output_dir: str):
 
 
 def _check_batch_layout(config, mesh: Mesh) -> int:
-    """Rows per process per step; the global batch must split evenly at every level."""
+    """Rows per process per step; the global batch must split evenly at every level, and every
+    process must feed batch shards of its own (its rows are not copies of another's)."""
     t = config.train
     processes, shards = jax.process_count(), sharding.batch_rows_divisor(mesh)
     if t.batch_size % processes:
         raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the {processes} processes")
+    if sharding.process_batch_shards(mesh) * processes != shards:
+        raise ValueError(
+            f"config.mesh {dict(mesh.shape)}: the {shards} batch shards (mesh.data x mesh.fsdp) do not split over the "
+            f"{processes} processes; make mesh.data x mesh.fsdp a multiple of {processes} (mesh.tensor within a host)"
+        )
     if (t.batch_size // t.grad_accum_steps) % shards:
         raise ValueError(
             f"config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} gives micro-batches "
@@ -101,7 +107,7 @@ def setup_run(config, log) -> RunSetup:
         log(f"warning: train.warmup_steps={t.warmup_steps} >= the run's {total_steps} steps: the learning rate "
             f"never reaches train.learning_rate; lower warmup_steps or train longer")
     log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {t.batch_size} rows x {t.seq_len} tokens"
-        f" on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
+        f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
 
     model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
     if t.seq_len > model.config.max_position_embeddings:

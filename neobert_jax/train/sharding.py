@@ -93,6 +93,12 @@ def batch_rows_divisor(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def process_batch_shards(mesh: Mesh) -> int:
+    """How many distinct batch shards this process's devices hold."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((batch_rows_divisor(mesh),))
+    return len({index[0].start for index in indices.values()})
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows -> global arrays sharded over the batch axes (multi-host safe)."""
     sharding = batch_sharding(mesh)

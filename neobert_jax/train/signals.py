@@ -1,17 +1,29 @@
 """Graceful stop: SIGTERM/SIGINT finish the current step, save, and exit 0.
 
 A preempted job (SIGTERM) or a Ctrl-C then resumes exactly where it stopped. A second
-signal interrupts immediately. On several hosts any process's signal stops all of them at
-the same step, since they must save together.
+signal interrupts immediately. On several hosts a signal to any process (a preemption
+notice often reaches one host only) stops all of them after the same step, since they
+must save together.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+@functools.cache
+def _any_device_flag():
+    """(sharding of one flag per device, jitted any() to a replicated scalar) over all devices."""
+    mesh = Mesh(np.asarray(jax.devices()), ("devices",))
+    any_flag = jax.jit(jnp.any, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return NamedSharding(mesh, PartitionSpec("devices")), any_flag
 
 
 class StopRequest:
@@ -19,6 +31,7 @@ class StopRequest:
         self._requested = False
         self._previous = {}
         self._on_signal = on_signal
+        self._pending = None  # several processes: the agreement started by the previous `requested()`
 
     def _handle(self, signum, frame):
         if self._requested:
@@ -38,10 +51,16 @@ class StopRequest:
         self._previous.clear()
 
     def requested(self) -> bool:
-        """Whether any process got a signal (a collective call on multi-host runs)."""
+        """Whether to stop now; call once per step on every process.
+
+        On several processes every call starts an any() of all processes' flags on the devices,
+        queued behind the step just dispatched, and returns the one the previous call started:
+        all processes get the same answer at the same step, and the host never waits for the
+        device beyond the step before (the stop comes one step later).
+        """
         if jax.process_count() == 1:
             return self._requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.array([self._requested], dtype=np.int32))
-        return bool(np.any(flags))
+        sharding, any_flag = _any_device_flag()
+        flags = jax.make_array_from_process_local_data(sharding, np.full(jax.local_device_count(), self._requested))
+        previous, self._pending = self._pending, any_flag(flags)
+        return previous is not None and bool(np.asarray(previous.addressable_data(0)))

@@ -32,20 +32,15 @@ def nll_sum_and_count(model, batch: dict, masked_logits_only: bool, dropout_rng=
     masked_logits_only: the head runs on `masked_positions` only (B, M, V); otherwise on
     every position (B, T, V) with `labels` (-100 = not predicted).
     """
-    inputs = dict(segment_ids_BT=batch["segment_ids"], positions_BT=batch["positions"], dropout_rng=dropout_rng)
-    if masked_logits_only:
-        logits = model(batch["input_ids"], masked_positions_BM=batch["masked_positions"], **inputs)
-    else:
-        logits = model(batch["input_ids"], **inputs)
     labels = batch[labels_key(masked_logits_only)]
-    valid = labels != IGNORE_LABEL
-    nll = optax.losses.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), jnp.where(valid, labels, 0)
+    nll = model.mlm_nll(
+        batch["input_ids"], labels, segment_ids_BT=batch["segment_ids"], positions_BT=batch["positions"],
+        masked_positions_BM=batch["masked_positions"] if masked_logits_only else None, dropout_rng=dropout_rng,
     )
-    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
+    return jnp.sum(nll), jnp.sum(labels != IGNORE_LABEL)
 
 
-def _split_micro(x, accum: int, mesh: Mesh):
+def split_micro(x, accum: int, mesh: Mesh):
     """(B, ...) -> (accum, B/accum, ...), row b going to micro-batch b % accum.
 
     Interleaving keeps every device's contiguous block of rows spread over all micro-batches,
@@ -56,13 +51,32 @@ def _split_micro(x, accum: int, mesh: Mesh):
     return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, spec))
 
 
+def apply_update_if_finite(state: TrainState, grads, loss, tx: optax.GradientTransformation):
+    """-> (next state, gradient norm). A step whose loss or gradient norm is not finite leaves
+    params and optimizer state untouched and raises `nonfinite_streak`; a finite one resets it.
+    Shared with the contrastive step (neobert_jax.contrastive.step)."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        params=keep_if_finite(new_params, state.params),
+        opt_state=keep_if_finite(new_opt_state, state.opt_state),
+        step=state.step + 1,
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+    )
+    return new_state, grad_norm
+
+
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     train_cfg, state_sh: TrainState, mesh: Mesh) -> Callable:
     """(state, batch) -> (state, metrics); the state is donated, metrics are replicated scalars.
-
-    A step whose loss or gradient norm is not finite leaves params and optimizer state
-    untouched and raises `nonfinite_streak`; a finite one resets it.
-    """
+    Non-finite steps are skipped (`apply_update_if_finite`)."""
     accum = train_cfg.grad_accum_steps
     masked_only = train_cfg.masked_logits_only
     c = parts.config
@@ -71,7 +85,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
     def train_step(state: TrainState, batch: dict):
         predicted = jnp.sum(batch[labels_key(masked_only)] != IGNORE_LABEL)
         denom = jnp.maximum(predicted, 1).astype(jnp.float32)
-        micro = jax.tree.map(lambda x: _split_micro(x, accum, mesh), batch)
+        micro = jax.tree.map(lambda x: split_micro(x, accum, mesh), batch)
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def accumulate(grads_acc, xs):
@@ -89,23 +103,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
         zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
         grads, nll_sums = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum)))
         loss = jnp.sum(nll_sums) / denom
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-
-        def keep_if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-        skipped = (~finite).astype(jnp.int32)
-        new_state = state.replace(
-            params=keep_if_finite(new_params, state.params),
-            opt_state=keep_if_finite(new_opt_state, state.opt_state),
-            step=state.step + 1,
-            nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
-            nonfinite_total=state.nonfinite_total + skipped,
-        )
+        new_state, grad_norm = apply_update_if_finite(state, grads, loss, tx)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,

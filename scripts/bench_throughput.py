@@ -1,0 +1,337 @@
+"""Train-step throughput: our JAX step vs HF torch ModernBertForMaskedLM, one table from one run.
+
+    python scripts/bench_throughput.py                      # the student, batch 128, seq 512, on a GPU
+    python scripts/bench_throughput.py --rows jax-bf16-pallas,torch-bf16 --steps 30
+    python scripts/bench_throughput.py --tiny --rows jax-fp32-xla,jax-bf16-text   # CPU smoke run
+
+Each row runs in its own subprocess (clean peak-memory counters, no allocator contention).
+Random-id rows: every row is a full seq_len document, 30% of tokens predicted. Text rows: the
+built-in corpus (paragraph lines); ours packs documents into rows, torch pads each batch of
+whole documents to its longest (rounded up to 64, as HF's collator with pad_to_multiple_of);
+only non-pad tokens count. MFU uses `train_flops_per_step` (docs/performance.md states it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROWS = {
+    # name: (framework, precision, attention implementation, data[, float32 matmul algorithm override])
+    "torch-bf16": ("torch", "bf16", "sdpa", "random"),
+    "jax-bf16-xla": ("jax", "bf16", "xla", "random"),
+    "jax-bf16-cudnn": ("jax", "bf16", "cudnn", "random"),
+    "jax-bf16-pallas": ("jax", "bf16", "pallas", "random"),
+    "jax-bf16-auto": ("jax", "bf16", "auto", "random"),
+    "torch-fp32": ("torch", "fp32", "sdpa", "random"),
+    "jax-fp32": ("jax", "fp32", "auto", "random"),  # the project's fp32: 3-pass TF32 matmuls on GPU
+    "jax-fp32-plain": ("jax", "fp32", "xla", "random", "float32"),  # single-pass IEEE float32 matmuls
+    "torch-bf16-text": ("torch", "bf16", "sdpa", "text"),
+    "jax-bf16-text": ("jax", "bf16", "auto", "text"),
+}
+STUDENT = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=768)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+
+
+def model_config(args, vocab_size: int, precision: str, implementation: str):
+    from neobert_jax.config import ModernBertConfig
+
+    shape = TINY if args.tiny else STUDENT
+    return ModernBertConfig(vocab_size=vocab_size, **shape, pad_token_id=3, cls_token_id=1, sep_token_id=2,
+                            bos_token_id=1, eos_token_id=2, dtype="bfloat16" if precision == "bf16" else "float32",
+                            attn_implementation=implementation)
+
+
+def random_batches(args, vocab_size: int, count: int) -> list[dict]:
+    """Full rows of random ids with exactly 30% of the inner tokens predicted."""
+    from neobert_jax.data import max_predictions
+
+    rng = np.random.default_rng(0)
+    B, T = args.batch, args.seq_len
+    M = max_predictions(T, 0.3)
+    batches = []
+    for _ in range(count):
+        ids = rng.integers(5, vocab_size, (B, T)).astype(np.int32)
+        ids[:, 0], ids[:, -1] = 1, 2
+        masked = np.sort(np.stack([rng.choice(np.arange(1, T - 1), M, replace=False) for _ in range(B)]), 1)
+        labels = np.full((B, T), -100, np.int32)
+        np.put_along_axis(labels, masked, np.take_along_axis(ids, masked, 1), 1)
+        inputs = ids.copy()
+        np.put_along_axis(inputs, masked, 4, 1)
+        batches.append(dict(input_ids=inputs, segment_ids=np.ones((B, T), np.int32),
+                            positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
+                            labels=labels, masked_positions=masked.astype(np.int32),
+                            masked_labels=np.take_along_axis(ids, masked, 1)))
+    return batches
+
+
+def text_batches(args, packing: str, count: int):
+    """Batches of the built-in corpus through the project's own pipeline (tokenizer trained once)."""
+    from neobert_jax.data import build_mlm_iterator, default_data_config, get_tokenizer
+
+    cfg = default_data_config()
+    cfg.packing = packing
+    cfg.tokenizer_vocab_size = 16384
+    tokenizer = get_tokenizer(None, "", args.work_dir, cfg.tokenizer_vocab_size)
+    it = build_mlm_iterator(cfg, tokenizer=tokenizer, seq_len=args.seq_len, batch_size=args.batch, seed=0)
+    vocab = int(np.ceil(len(tokenizer) / 64) * 64)
+    return vocab, it, [next(it) for _ in range(count)]
+
+
+def trim(batch: dict) -> dict:
+    """Dynamic padding: cut a one-document-per-row batch to its longest row, rounded up to 64."""
+    length = int(min(batch["input_ids"].shape[1], -(-int((batch["segment_ids"] != 0).sum(1).max()) // 64) * 64))
+    return {k: v[:, :length] for k, v in batch.items() if k in ("input_ids", "segment_ids", "labels")}
+
+
+def matmul_error(algorithm: str) -> float:
+    """Relative error of a (4096x384)@(384x1152) float32 product under `algorithm`, vs float64."""
+    import jax
+
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((4096, 384), np.float32), rng.standard_normal((384, 1152), np.float32)
+    with jax.default_matmul_precision(algorithm):
+        out = np.asarray(jax.jit(lambda x, y: x @ y)(a, b), np.float64)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def run_jax(args, precision: str, implementation: str, data: str, algorithm: str | None = None) -> dict:
+    import jax
+
+    from neobert_jax.model import ModernBertForMaskedLM
+    from neobert_jax.train import sharding
+    from neobert_jax.train.config import default_config
+    from neobert_jax.train.model_init import matmul_precision
+    from neobert_jax.train.optim import make_optimizer, make_schedule
+    from neobert_jax.train.state import ModelParts, create_train_state, state_shardings
+    from neobert_jax.train.step import make_train_step
+    from neobert_jax.train.throughput import peak_flops_per_device, train_flops_per_step
+    from flax import nnx
+
+    jax.config.update("jax_default_matmul_precision", algorithm or matmul_precision(precision))
+    if precision == "fp32":
+        print(f"matmul relative error vs float64: {matmul_error(algorithm or 'float32'):.2e}")
+    if data == "random":
+        vocab = 50368
+        batches = random_batches(args, vocab, 4)
+    else:
+        vocab, _, batches = text_batches(args, "best_fit", args.steps + args.warmup)
+    cfg = default_config()
+    cfg.train.grad_accum_steps, cfg.train.precision = 1, precision
+    config = model_config(args, vocab, precision, implementation)
+    parts, params = ModelParts.split(ModernBertForMaskedLM(config, rngs=nnx.Rngs(0)))
+    mesh = sharding.make_mesh(cfg.mesh)
+    schedule = make_schedule(cfg.train, 10_000)
+    tx = make_optimizer(cfg.train, schedule)
+    state_sh = state_shardings(parts, tx, mesh)
+    state = create_train_state(params, tx, state_sh, seed=0)
+    step = make_train_step(parts, tx, schedule, cfg.train, state_sh, mesh)
+    device_batches = [sharding.global_batch(b, mesh) for b in batches]
+
+    def batch_at(i):  # random rows live on the device; text rows come from the host every step
+        return device_batches[i % len(device_batches)] if data == "random" else sharding.global_batch(batches[i % len(batches)], mesh)
+
+    for i in range(args.warmup):
+        state, metrics = step(state, batch_at(i))
+    jax.block_until_ready(metrics)
+    real = predicted = 0
+    start = time.perf_counter()
+    for i in range(args.warmup, args.warmup + args.steps):
+        state, metrics = step(state, batch_at(i))
+        real += int(np.sum(batches[i % len(batches)]["segment_ids"] != 0))
+        predicted += int(np.sum(batches[i % len(batches)]["masked_labels"] != -100))
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    if args.profile:
+        holder = [state]
+
+        def traced_step(i):
+            holder[0], out = step(holder[0], batch_at(i))
+            return out
+
+        hlo = step.lower(holder[0], batch_at(0)).compile().as_text()
+        os.makedirs(args.profile, exist_ok=True)
+        with open(os.path.join(args.profile, f"{args.worker}.hlo.txt"), "w") as f:
+            f.write(hlo)
+        profile_steps(args, traced_step, hlo)
+        state = holder[0]
+    flops = train_flops_per_step(config, args.batch, args.seq_len, predicted // args.steps) * args.steps
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    peak = peak_flops_per_device(device.device_kind, precision)
+    return dict(tokens=real, seconds=seconds, flops=flops, peak_flops=peak,
+                peak_bytes=stats.get("peak_bytes_in_use", 0), loss=float(metrics["loss"]))
+
+
+def profile_steps(args, run_step, hlo: str, steps: int = 5) -> None:
+    """Traces a few steps and prints where device time goes: top kernels and the idle share."""
+    import glob
+    import gzip
+    from collections import defaultdict
+
+    import jax
+
+    log_dir = os.path.join(args.profile, args.worker)
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+        for i in range(steps):
+            out = run_step(i)
+        jax.block_until_ready(out)
+    path = sorted(glob.glob(os.path.join(log_dir, "**", "*perfetto_trace.json.gz"), recursive=True))[-1]
+    with gzip.open(path) as f:
+        events = json.load(f)["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    kernels = [e for e in events if e.get("ph") == "X" and "GPU" in names.get(e["pid"], "")
+               and "dur" in e and not e["name"].startswith(("Memcpy", "Memset"))]
+    if not kernels:
+        print(f"profile: no GPU kernel events in {path}; processes: {sorted(set(names.values()))}")
+        return
+    busy = defaultdict(float)
+    for e in kernels:
+        busy[e["name"]] += e["dur"]
+    start = min(e["ts"] for e in kernels)
+    end = max(e["ts"] + e["dur"] for e in kernels)
+    total = sum(busy.values())
+    print(f"profile {args.worker}: {steps} steps, device span {(end - start) / 1e3 / steps:.2f} ms/step, "
+          f"kernels {total / 1e3 / steps:.2f} ms/step, idle {1 - total / (end - start):.1%}")
+    for name, us in sorted(busy.items(), key=lambda kv: -kv[1])[:40]:
+        print(f"  {us / 1e3 / steps:8.3f} ms/step {us / total:6.1%}  {name[:110]}")
+        if us / total > 0.01:  # what the fusion is: its HLO instruction (shape, operands, fused computation)
+            defs = [line.strip() for line in hlo.splitlines() if line.strip().startswith(f"%{name} = ")]
+            if defs:
+                print(f"{'':28}{defs[0][:260]}")
+
+
+def run_torch(args, precision: str, data: str) -> dict:
+    import torch
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if data == "random":
+        vocab = 50368
+        batches = [{k: b[k] for k in ("input_ids", "segment_ids", "labels")} for b in random_batches(args, vocab, 4)]
+    else:
+        vocab, _, raw = text_batches(args, "none", args.steps + args.warmup)
+        batches = [trim(b) for b in raw]
+    shape = TINY if args.tiny else STUDENT
+    hf_config = ModernBertConfig(vocab_size=vocab, **shape, pad_token_id=3, bos_token_id=1, eos_token_id=2,
+                                 cls_token_id=1, sep_token_id=2, sparse_prediction=True)
+    hf_config._attn_implementation = "sdpa"
+    model = ModernBertForMaskedLM(hf_config).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=device == "cuda")
+    compiled = torch.compile(model) if device == "cuda" else model
+    tensors = [{k: torch.from_numpy(np.ascontiguousarray(v)).to(device).long() for k, v in b.items()} for b in batches]
+    for b in tensors:
+        # Padding is marked attended: HF's sdpa path gives NaN when a padded query has no visible key in
+        # its local window. The work is the same, and a mask-free global layer can only make torch faster.
+        b["attention_mask"] = torch.ones_like(b["input_ids"])
+
+    def step(b):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = compiled(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    shapes_seen = set()
+    for i, b in enumerate(tensors):  # compile every padded shape before timing
+        if i < args.warmup or tuple(b["input_ids"].shape) not in shapes_seen:
+            step(b)
+            shapes_seen.add(tuple(b["input_ids"].shape))
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    real = predicted = 0
+    start = time.perf_counter()
+    for i in range(args.warmup, args.warmup + args.steps):
+        b = tensors[i % len(tensors)]
+        loss = step(b)
+        real += int((b["segment_ids"] != 0).sum())  # non-pad tokens only
+        predicted += int((b["labels"] != -100).sum())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    from neobert_jax.train.throughput import peak_flops_per_device, train_flops_per_step
+
+    seq = args.seq_len if data == "random" else int(np.mean([b["input_ids"].shape[1] for b in batches]))
+    flops = train_flops_per_step(model_config(args, vocab, precision, "xla"), args.batch, seq,
+                                 predicted // args.steps) * args.steps
+    kind = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return dict(tokens=real, seconds=seconds, flops=flops, peak_flops=peak_flops_per_device(kind, precision),
+                peak_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else 0, loss=float(loss))
+
+
+def worker(args) -> None:
+    framework, precision, implementation, data, *algorithm = ROWS[args.worker]
+    if framework == "jax":
+        result = run_jax(args, precision, implementation, data, *algorithm)
+    else:
+        result = run_torch(args, precision, data)
+    print("RESULT " + json.dumps(dict(row=args.worker, **result)), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    p.add_argument("--batch", type=int, default=128, help="global rows per step")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model: a CPU smoke run")
+    p.add_argument("--work-dir", default="runs/bench", help="where the text rows cache their tokenizer")
+    p.add_argument("--out", help="also write the results as JSON lines here")
+    p.add_argument("--profile", help="JAX rows: trace 5 more steps into this dir and print the top kernels")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"error: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    results = []
+    for row in rows:
+        cmd = [sys.executable, __file__, "--worker", row, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--work-dir", args.work_dir]
+        cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--profile", args.profile] if args.profile else []
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{row}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+        print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith("RESULT ")))
+        print(f"done {row}", file=sys.stderr, flush=True)
+    print_table(results, args)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
+
+
+def print_table(results: list[dict], args) -> None:
+    print(f"\nbatch {args.batch} x seq {args.seq_len}, {args.steps} timed steps; tokens = non-pad tokens")
+    print(f"{'row':18} {'tokens/s':>12} {'MFU':>7} {'peak GiB':>9} {'step ms':>9} {'loss':>8} {'vs torch':>9}")
+    def kind(name: str) -> str:
+        return ("text-" if name.endswith("text") else "") + ("bf16" if "bf16" in name else "fp32")
+
+    base = {kind(r["row"]): r["tokens"] / r["seconds"] for r in results if r["row"].startswith("torch")}
+    for r in results:
+        name = r["row"]
+        rate = r["tokens"] / r["seconds"]
+        mfu = r["flops"] / r["seconds"] / r["peak_flops"] if r["peak_flops"] else float("nan")
+        ratio = rate / base[kind(name)] if kind(name) in base else float("nan")
+        print(f"{name:18} {rate:12,.0f} {mfu:7.1%} {r['peak_bytes'] / 2**30:9.2f} "
+              f"{1e3 * r['seconds'] / args.steps:9.1f} {r['loss']:8.3f} {ratio:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
