@@ -272,6 +272,10 @@ def run_torch(args, precision: str, data: str) -> dict:
 def worker(args) -> None:
     framework, precision, implementation, data, *algorithm = ROWS[args.worker]
     if framework == "jax":
+        from neobert_jax.train.model_init import apply_xla_flags
+
+        apply_xla_flags(precision)  # what scripts/pretrain.py does, before JAX starts its backend
+    if framework == "jax":
         result = run_jax(args, precision, implementation, data, *algorithm)
     else:
         result = run_torch(args, precision, data)

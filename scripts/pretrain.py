@@ -17,6 +17,7 @@ from neobert_jax.data import DataError
 from neobert_jax.train import distributed
 from neobert_jax.train.config import check_override_keys
 from neobert_jax.train.loop import NonFiniteLossError, train
+from neobert_jax.train.model_init import apply_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config(), e.g. configs/student.py")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0")
@@ -31,6 +32,7 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
     if _CONFIG.value is None:
         sys.exit("error: --config is required, e.g. --config configs/student.py")
+    apply_xla_flags(_CONFIG.value.train.precision)
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except (ValueError, RuntimeError) as e:

@@ -183,3 +183,28 @@ def test_fused_decoder_loss_matches_autodiff_of_the_logits(dtype):
     tol = dict(float32=(1e-5, 1e-6), bfloat16=(2e-2, 1e-3))[dtype]
     np.testing.assert_allclose(v, v_ref, rtol=tol[0])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol[0], atol=tol[1]), g, g_ref)
+
+
+def test_hand_written_vjps_match_autodiff():
+    import jax
+
+    from neobert_jax.model.layer_norm import layer_norm
+    from neobert_jax.model.modernbert import geglu
+
+    rng = np.random.RandomState(0)
+    a, b, w = (jnp.asarray(rng.randn(3, 5, 16).astype(np.float32)) for _ in range(3))
+    scale, bias = jnp.asarray(rng.rand(16).astype(np.float32) + 0.5), jnp.asarray(rng.randn(16).astype(np.float32))
+
+    def reference_norm(x, s, c):
+        mean = x.mean(-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * s + c
+
+    pairs = [
+        (lambda x, y: (geglu(x, y) * w).sum(), lambda x, y: (jax.nn.gelu(x, approximate=False) * y * w).sum(), (a, b)),
+        (lambda x, s, c: (layer_norm(x, s, c, 1e-5, jnp.float32) * w).sum(),
+         lambda x, s, c: (reference_norm(x, s, c) * w).sum(), (a, scale, bias)),
+    ]
+    for ours, reference, args in pairs:
+        argnums = tuple(range(len(args)))
+        for g, r in zip(jax.grad(ours, argnums)(*args), jax.grad(reference, argnums)(*args)):
+            np.testing.assert_allclose(g, r, atol=2e-6)

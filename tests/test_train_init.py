@@ -71,3 +71,17 @@ def test_fresh_model_vocab_is_rounded_to_64():
     model, new = build_model(config_for(""), 1000, SPECIALS)
     assert model.config.vocab_size == 1024 and new == []
     assert model.config.pad_token_id == SPECIALS["pad_token_id"]
+
+
+def test_xla_flags_follow_precision_and_never_override_the_user():
+    from neobert_jax.train.model_init import apply_xla_flags
+
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    apply_xla_flags("bf16", env)
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"
+    user = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
+    apply_xla_flags("bf16", user)
+    assert user["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true"
+    fp32 = {}
+    apply_xla_flags("fp32", fp32)
+    assert fp32 == {}

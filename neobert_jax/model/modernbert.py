@@ -141,6 +141,29 @@ class Attention(nnx.Module):
         return _dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
 
 
+@jax.custom_vjp
+def geglu(input_BTF, gate_BTF):
+    """gelu(input) * gate with exact (erf) GELU; the backward recomputes GELU instead of storing it."""
+    return jax.nn.gelu(input_BTF, approximate=False) * gate_BTF
+
+
+def _geglu_forward(input_BTF, gate_BTF):
+    return geglu(input_BTF, gate_BTF), (input_BTF, gate_BTF)
+
+
+def _geglu_backward(residuals, d_out):
+    input_BTF, gate_BTF = residuals
+    x = input_BTF.astype(jnp.float32)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * (2.0 ** -0.5)))
+    pdf = jnp.exp(-0.5 * x * x) * (2.0 * math.pi) ** -0.5
+    d32 = d_out.astype(jnp.float32)
+    d_input = d32 * gate_BTF.astype(jnp.float32) * (cdf + x * pdf)
+    return d_input.astype(input_BTF.dtype), (d32 * x * cdf).astype(gate_BTF.dtype)
+
+
+geglu.defvjp(_geglu_forward, _geglu_backward)
+
+
 class MLP(nnx.Module):
     """GeGLU: `input, gate = Wi(x).chunk(2)`; GELU applies to the first half."""
 
@@ -154,7 +177,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BTD, dropout_rng):
         input_BTF, gate_BTF = self.Wi.split(x_BTD, 2)
-        h_BTF = jax.nn.gelu(input_BTF, approximate=False) * gate_BTF
+        h_BTF = geglu(input_BTF, gate_BTF)
         return self.Wo(_dropout(h_BTF, self.dropout, dropout_rng))
 
 

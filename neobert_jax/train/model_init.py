@@ -9,6 +9,7 @@ which is also how a run continues at a longer `train.seq_len`.
 from __future__ import annotations
 
 import math
+import os
 
 from flax import nnx
 
@@ -37,6 +38,19 @@ def matmul_precision(precision: str) -> str:
     if precision == "fp32":
         return "TF32_TF32_F32_X3" if jax.default_backend() == "gpu" else "float32"
     return {"tf32": "tensorfloat32", "bf16": "default"}[precision]
+
+
+def apply_xla_flags(precision: str, environ=None) -> None:
+    """Adds the XLA flags measured fastest for `precision` to XLA_FLAGS unless the user set them.
+
+    bf16: cuBLAS for every matmul instead of XLA's Triton GEMM fusions — 1.69M vs 1.62M tokens/s
+    for the student on an H200; the same flag slows the 3-pass-TF32 fp32 path (209k vs 230k), so
+    it is left alone there. Must run before JAX initializes its backend; other backends ignore it.
+    """
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS", "")
+    if precision == "bf16" and "xla_gpu_enable_triton_gemm" not in flags:
+        environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
 
 
 def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
