@@ -6,7 +6,7 @@
 Only the project's own commands are used: `scripts/pretrain.py` trains a teacher (768 wide, 6 layers) on
 the built-in corpus, `convert/guide_init.py` shrinks its HF export into the 384 x 12 student, and
 `scripts/pretrain.py` trains that student and a randomly initialized one with identical settings.
-Prints the MLM loss at chosen steps, the step at which the random run first matches the GUIDE run's
+`--train-files` points all three runs at your corpus. Prints the MLM loss at chosen steps, the step at which the random run first matches the GUIDE run's
 loss at the reference step, and writes `warm_start.png` and `summary.json` into the work dir.
 """
 
@@ -38,6 +38,8 @@ def pretrain(args, out: str, shape: dict, steps: int, extra: list[str]) -> None:
         "train.save_every": steps, "model.remat": "none", "data.eval_samples": 0,
         **{f"model.{k}": v for k, v in shape.items()},
     }
+    if args.train_files:
+        overrides["data.train_files"] = args.train_files
     if args.tiny:
         overrides["data.tokenizer_vocab_size"] = 512
     run([sys.executable, "scripts/pretrain.py", "--config", "configs/student.py"]
@@ -66,6 +68,7 @@ def main() -> None:
     p.add_argument("--precision", default="bf16")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--selection", default="prefix", choices=("prefix", "uniform"))
+    p.add_argument("--train-files", default="", help="corpus for all three runs (default: the built-in one)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and steps: a CPU smoke run")
     args = p.parse_args()
     if args.tiny:
