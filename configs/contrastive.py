@@ -1,0 +1,26 @@
+"""Contrastive fine-tuning of a pretrained encoder into a sentence embedder (docs/contrastive.md).
+
+    python scripts/contrastive.py --config configs/contrastive.py \
+        --config.init_from=runs/student/hf --config.data.train_files=pairs.jsonl \
+        --config.eval.retrieval_dirs=eval/my-retrieval --config.output_dir=runs/embedder
+
+MultipleNegativesRanking (InfoNCE, scale 20) over the global batch with mean pooling and unit
+vectors, as the users train with sentence-transformers; the result is output_dir/st.
+"""
+
+from neobert_jax.contrastive.config import contrastive_config
+
+
+def get_config():
+    c = contrastive_config()
+    c.output_dir = "runs/contrastive"
+    c.loss.name = "mnrl"
+    c.loss.scale = 20.0
+    c.pooling.mode = "mean"
+    c.pooling.normalize = True
+    c.train.batch_size = 64
+    c.train.seq_len = 256
+    c.train.epochs = 1
+    c.train.learning_rate = 5e-5
+    c.train.warmup_steps = 100
+    return c

@@ -1,0 +1,118 @@
+"""The contrastive run's config: the trainer's schema (`default_config()`) with its MLM-only keys
+removed and the contrastive sections added, so `--config.x=...` typos fail the same way.
+
+The architecture comes from `init_from` (required), so `model.*` keeps only what a run may
+change: the attention backend, rematerialization and the dropout rates (SimCSE's noise).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import ml_collections
+
+from neobert_jax.train.config import default_config, validate_training
+
+LOSSES = ("mnrl", "simcse", "mse")
+LAYOUTS = ("pack", "bucket")
+POOLING_MODES = ("mean", "cls")
+_DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
+_MLM_ONLY_TRAIN_KEYS = ("masked_logits_only", "eval_batches", "export_hf")
+_KEPT_MODEL_KEYS = ("attn_implementation", "remat") + _DROPOUTS
+
+
+def contrastive_config() -> ml_collections.ConfigDict:
+    c = default_config()
+    c.output_dir = "runs/contrastive"
+    c.init_from = ""  # required: an HF dir (e.g. a pretraining run's output_dir/hf) or a project checkpoint
+    for key in [k for k in c.model if k not in _KEPT_MODEL_KEYS]:
+        del c.model[key]
+    for key in _MLM_ONLY_TRAIN_KEYS:
+        del c.train[key]
+
+    files = functools.partial(ml_collections.FieldReference, "", field_type=object)  # a str or a list
+    c.data = ml_collections.ConfigDict({
+        "train_files": files(),  # .jsonl / .parquet / datasets dirs (.txt lines for simcse); globs, "a,b" or list
+        "preprocessed_dir": "",  # scripts/contrastive_preprocess.py output; used instead of train_files
+        "columns": files(),  # text columns in order ("anchor,positive,negative"); "" = the files' own order
+        "label_column": "label",  # mse: the teacher vector of each text
+        "layout": "pack",  # pack: several texts per row (segment ids); bucket: one text per row, padded
+        "max_texts_per_row": 32,  # pack: segments per row (bounds the pooling work)
+        "shuffle": True,
+    })
+
+    c.loss = ml_collections.ConfigDict({
+        "name": "mnrl",  # mnrl (InfoNCE, in-batch + hard negatives) | simcse (one text column) | mse (teacher vectors)
+        "scale": 20.0,  # mnrl/simcse: cosine similarities are multiplied by this (1 / temperature)
+        "symmetric": False,  # mnrl/simcse: also rank the anchors for each positive, average both directions
+        "matryoshka_dims": files(),  # e.g. "384,256,128,64": the loss is summed over these prefixes
+        "matryoshka_weights": files(),  # one per dim; "" = all 1
+    })
+
+    c.pooling = ml_collections.ConfigDict({"mode": "mean", "normalize": True})
+
+    c.eval = ml_collections.ConfigDict({
+        "sts_files": files(),  # sentence1, sentence2, score -> Spearman of cosine similarities
+        "retrieval_dirs": files(),  # corpus.jsonl, queries.jsonl, qrels.tsv -> nDCG@10, recall@10, MRR@10
+        "batch_size": 64,  # texts per encoding batch
+    })
+
+    t = c.train
+    t.epochs = 1
+    t.batch_size = 64  # examples (anchor, positive, ...) per optimizer step, over all devices
+    t.grad_accum_steps = 1  # >1: GradCache micro-batches; the negatives stay those of the whole batch
+    t.seq_len = 256  # tokens per text ([CLS] and [SEP] included); also the packed row length
+    t.learning_rate = 5e-5
+    t.schedule = "linear"
+    t.warmup_steps = 100
+    t.log_every = 10
+    t.save_every = 1000
+    return c
+
+
+def as_list(value) -> list[str]:
+    """A comma-separated string, a list, or one number (as a flag may parse "64") -> stripped items."""
+    items = list(value) if isinstance(value, (list, tuple)) else [] if value in (None, "") else [value]
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def matryoshka(loss_cfg) -> tuple[list[int], list[float]]:
+    """(dims, weights); ([], []) when the loss is not wrapped."""
+    try:
+        dims = [int(d) for d in as_list(loss_cfg.matryoshka_dims)]
+        weights = [float(w) for w in as_list(loss_cfg.matryoshka_weights)] or [1.0] * len(dims)
+    except ValueError as e:
+        raise ValueError(f"config.loss.matryoshka_dims/weights: {e}") from None
+    return dims, weights
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key."""
+    validate_training(config)
+
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise ValueError(f"config.{key}: {msg}")
+
+    need(bool(config.init_from), "init_from", "required: an HF model dir or a project checkpoint to fine-tune")
+    need(bool(as_list(config.data.train_files)) or bool(config.data.preprocessed_dir), "data.train_files",
+         "required (or data.preprocessed_dir)")
+    need(config.data.layout in LAYOUTS, "data.layout", f"{config.data.layout!r} is not one of {LAYOUTS}")
+    need(config.data.max_texts_per_row > 0, "data.max_texts_per_row", "must be positive")
+    need(config.loss.name in LOSSES, "loss.name", f"{config.loss.name!r} is not one of {LOSSES}")
+    need(config.loss.scale > 0, "loss.scale", "must be positive")
+    need(config.pooling.mode in POOLING_MODES, "pooling.mode", f"{config.pooling.mode!r} is not one of {POOLING_MODES}")
+    need(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    need(config.train.seq_len >= 3, "train.seq_len", "must leave room for [CLS] text [SEP]")
+    dims, weights = matryoshka(config.loss)
+    need(len(weights) == len(dims), "loss.matryoshka_weights", f"{len(weights)} weights for {len(dims)} dims")
+    need(all(d > 0 for d in dims), "loss.matryoshka_dims", "must be positive")
+    for key in _DROPOUTS:
+        need(0.0 <= config.model[key] < 1.0, f"model.{key}", "must be in [0, 1)")
+    if config.loss.name == "simcse":
+        need(any(config.model[k] > 0 for k in _DROPOUTS), "loss.name",
+             "simcse uses dropout as its only noise: set model.attention_dropout (or another *_dropout) > 0, e.g. 0.1")
+
+
+def dropout_overrides(config) -> dict[str, float]:
+    return {key: float(config.model[key]) for key in _DROPOUTS}

@@ -1,0 +1,170 @@
+"""Local embedding benchmarks: STS (Spearman of cosine similarity against gold scores) and
+retrieval (nDCG@10, recall@10, MRR@10 of queries against a corpus, given relevance judgments).
+
+STS files: .jsonl / .parquet / datasets folders with `sentence1`, `sentence2`, `score` (STS-B's
+columns). Retrieval folders, BEIR's layout: `corpus.jsonl` (`_id`, `text`, optional `title`),
+`queries.jsonl` (`_id`, `text`), `qrels.tsv` or `qrels/test.tsv` (query-id, corpus-id, score with a
+header line; score > 0 = relevant, graded). Only queries with a relevant document are scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from neobert_jax.contrastive.columns import open_table
+from neobert_jax.contrastive.config import as_list
+from neobert_jax.data import sources
+from neobert_jax.data.errors import DataError
+
+K = 10
+_QUERY_CHUNK = 1024
+
+
+@dataclasses.dataclass
+class StsSet:
+    name: str
+    sentence1: list[str]
+    sentence2: list[str]
+    scores: np.ndarray
+
+
+@dataclasses.dataclass
+class RetrievalSet:
+    name: str
+    queries: list[str]
+    corpus: list[str]
+    relevance: list[dict[int, float]]  # per query: corpus index -> graded relevance (> 0)
+
+
+def _set_name(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path))
+    return base.split(".")[0] or base
+
+
+def load_sts(path: str) -> StsSet:
+    table = open_table(path)
+    return StsSet(_set_name(path), table.texts("sentence1"), table.texts("sentence2"), table.numbers("score"))
+
+
+def _qrels_path(directory: str) -> str:
+    for candidate in ("qrels.tsv", os.path.join("qrels", "test.tsv")):
+        if os.path.isfile(os.path.join(directory, candidate)):
+            return os.path.join(directory, candidate)
+    raise DataError(f"{directory}: no qrels.tsv or qrels/test.tsv (query-id, corpus-id, score)")
+
+
+def load_retrieval(directory: str) -> RetrievalSet:
+    if not os.path.isdir(directory):
+        raise DataError(f"eval.retrieval_dirs: {directory}: no such folder")
+    tables = {}
+    for part in ("corpus", "queries"):
+        path = os.path.join(directory, f"{part}.jsonl")
+        if not os.path.isfile(path):
+            raise DataError(f"{directory}: no {part}.jsonl (records with _id and text)")
+        tables[part] = open_table(path)
+    corpus = tables["corpus"]
+    titles = corpus.column("title") if "title" in corpus.names else [None] * len(corpus)
+    doc_texts = [f"{title} {text}".strip() if title else text for title, text in zip(titles, corpus.texts("text"))]
+    doc_index = {str(i): n for n, i in enumerate(corpus.column("_id"))}
+    query_index = {str(i): n for n, i in enumerate(tables["queries"].column("_id"))}
+    query_texts = tables["queries"].texts("text")
+    relevance: dict[int, dict[int, float]] = {}
+    qrels = _qrels_path(directory)
+    with open(qrels, newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
+            if number == 1 or not row:
+                continue  # header
+            if len(row) < 3:
+                raise DataError(f"{qrels}:{number}: expected query-id, corpus-id, score")
+            query, doc, score = row[0], row[1], row[2]
+            if query not in query_index:
+                raise DataError(f"{qrels}:{number}: query-id {query!r} is not in queries.jsonl")
+            if doc not in doc_index:
+                raise DataError(f"{qrels}:{number}: corpus-id {doc!r} is not in corpus.jsonl")
+            try:
+                grade = float(score)
+            except ValueError:
+                raise DataError(f"{qrels}:{number}: score {score!r} is not a number") from None
+            if grade > 0:
+                relevance.setdefault(query_index[query], {})[doc_index[doc]] = grade
+    if not relevance:
+        raise DataError(f"{qrels}: no relevant (score > 0) judgments")
+    judged = sorted(relevance)
+    return RetrievalSet(_set_name(directory), [query_texts[q] for q in judged], doc_texts,
+                        [relevance[q] for q in judged])
+
+
+def load_eval_sets(sts_files, retrieval_dirs) -> tuple[list[StsSet], list[RetrievalSet]]:
+    sts_files = sources.resolve_files(sts_files, what="eval.sts_files")
+    return [load_sts(p) for p in sts_files], [load_retrieval(d) for d in as_list(retrieval_dirs)]
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = average_ranks(np.asarray(x, np.float64)), average_ranks(np.asarray(y, np.float64))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else 0.0
+
+
+def top_k(query_QD: np.ndarray, corpus_CD: np.ndarray, k: int = K) -> np.ndarray:
+    """(Q, k) corpus indices by decreasing dot product (equal scores: lower index first)."""
+    k = min(k, len(corpus_CD))
+    out = np.zeros((len(query_QD), k), np.int64)
+    for start in range(0, len(query_QD), _QUERY_CHUNK):
+        scores_QC = query_QD[start:start + _QUERY_CHUNK] @ corpus_CD.T
+        candidates = np.argpartition(-scores_QC, k - 1, axis=1)[:, :k]  # the k best, unordered
+        picked = np.take_along_axis(scores_QC, candidates, axis=1)
+        order = np.lexsort((candidates, -picked), axis=1)
+        out[start:start + len(scores_QC)] = np.take_along_axis(candidates, order, axis=1)
+    return out
+
+
+def retrieval_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) -> dict[str, float]:
+    """nDCG@k (linear gains, as trec_eval), recall@k and MRR@k, averaged over queries."""
+    k = ranked_QK.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ndcg, recall, mrr = [], [], []
+    for ranked, relevant in zip(ranked_QK, relevance):
+        gains = np.array([relevant.get(int(d), 0.0) for d in ranked])
+        ideal = np.sort(np.fromiter(relevant.values(), np.float64))[::-1][:k]
+        ndcg.append(float(gains @ discounts[:len(gains)]) / float(ideal @ discounts[:len(ideal)]))
+        recall.append(float(np.count_nonzero(gains)) / len(relevant))
+        hits = np.flatnonzero(gains)
+        mrr.append(1.0 / (hits[0] + 1) if len(hits) else 0.0)
+    return {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall)), f"mrr@{K}": float(np.mean(mrr))}
+
+
+def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
+             retrieval_sets: list[RetrievalSet]) -> dict[str, float]:
+    """{"<set>_spearman" | "<set>_ndcg@10" | ...: value}; `encode` gives unit vectors."""
+    results = {}
+    for s in sts_sets:
+        a, b = encode(s.sentence1), encode(s.sentence2)
+        results[f"{s.name}_spearman"] = spearman(np.sum(a * b, axis=1), s.scores)
+    for r in retrieval_sets:
+        ranked = top_k(encode(r.queries), encode(r.corpus))
+        metrics = retrieval_metrics(ranked, r.relevance)
+        results.update({f"{r.name}_{metric}": value for metric, value in metrics.items()})
+    return results
+
+
+def format_comparison(before: dict[str, float] | None, after: dict[str, float]) -> str:
+    """A before -> after table (or one column when there is no "before")."""
+    width = max(len(k) for k in after)
+    lines = [f"{'metric':<{width}}  {'before':>8}  {'after':>8}" if before else f"{'metric':<{width}}  {'value':>8}"]
+    for key, value in after.items():
+        lines.append(f"{key:<{width}}  {before[key]:8.4f}  {value:8.4f}" if before and key in before
+                     else f"{key:<{width}}  {value:8.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""Everything a contrastive run needs before its first step, built from the trainer's pieces:
+mesh and shardings, ModelParts/TrainState, optimizer and schedule, checkpoints.
+
+The model and its tokenizer come from `init_from`; only the encoder trains (the MLM head is kept
+as loaded, so the run's checkpoints stay full models that `init_from` and the converters read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
+from neobert_jax.contrastive.columns import read_training_columns
+from neobert_jax.contrastive.config import as_list, dropout_overrides, matryoshka
+from neobert_jax.contrastive.evaluation import RetrievalSet, StsSet, load_eval_sets
+from neobert_jax.contrastive.losses import make_objective
+from neobert_jax.contrastive.step import process_row_range
+from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, tokenize_columns
+from neobert_jax.data import load_tokenizer, sources
+from neobert_jax.data.tokenizer import save_tokenizer
+from neobert_jax.hf import load_pretrained
+from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.model import ModernBertForMaskedLM
+from neobert_jax.train import optim, sharding
+from neobert_jax.train.checkpoint import RunCheckpointer
+from neobert_jax.train.model_init import compute_dtype
+from neobert_jax.train.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclasses.dataclass
+class ContrastiveSetup:
+    mesh: Mesh
+    parts: ModelParts
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    shardings: TrainState
+    state: TrainState
+    batches: ContrastiveBatches
+    objective: object
+    total_steps: int
+    start_step: int
+    loss_totals: dict
+    checkpointer: RunCheckpointer
+    tokenizer_dir: str
+    text_tokenizer: TextTokenizer
+    sts_sets: list[StsSet]
+    retrieval_sets: list[RetrievalSet]
+
+
+def load_model_parts(path: str, *, seed: int, runtime: dict, config_changes: dict, log=print):
+    """-> (parts, params) of the model at `path`, its config changed by `config_changes` (dropout)."""
+    loaded, newly_initialized = load_pretrained(path, seed=seed, **runtime)
+    missing = [name for name in newly_initialized if name.startswith("model.")]
+    if missing:
+        log(f"warning: {path} lacks encoder weights {missing}; they start from random init")
+    loaded_parts, params = ModelParts.split(loaded)
+    model_config = loaded.config.replace(**config_changes)
+    abstract = nnx.eval_shape(lambda: ModernBertForMaskedLM(model_config, rngs=nnx.Rngs(0)))
+    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
+    return ModelParts(graphdef, rest, model_config, loaded_parts.axes, loaded_parts.abstract_params), params
+
+
+def encoder_only(tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
+    """Zeroes the updates of everything but the encoder (`params["model"]`): the MLM head has no
+    gradient here and must not drift under weight decay."""
+    frozen = {name: jax.tree.map(lambda _, f=name != "model": f, subtree) for name, subtree in params.items()}
+    return optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+
+
+def _tokenizer_source(config) -> str:
+    source = config.tokenizer or find_tokenizer_dir(config.init_from)
+    if not source and config.data.preprocessed_dir:
+        source = os.path.join(config.data.preprocessed_dir, TOKENIZER_DIR)
+    if not source:
+        raise FileNotFoundError(f"config.init_from: {config.init_from} has no tokenizer files beside it; "
+                                "set config.tokenizer to the tokenizer folder it was trained with")
+    return source
+
+
+def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
+    d, loss = config.data, config.loss.name
+    if d.preprocessed_dir:
+        data = load_preprocessed(d.preprocessed_dir, tokenizer, loss=loss, seq_len=config.train.seq_len,
+                                 vector_dim=dim)
+    else:
+        files = sources.resolve_files(d.train_files, what="data.train_files")
+        columns = read_training_columns(files, loss=loss, columns=as_list(d.columns), label_column=d.label_column,
+                                        vector_dim=dim)
+        data = tokenize_columns(columns, text_tokenizer)
+    tokens = sum(len(ids) for ids in data.ids)
+    log(f"data: {data.num_examples} examples, text columns {data.names}, {tokens} body tokens "
+        f"({tokens / max(1, data.num_examples * len(data.names)):.1f} per text)")
+    return data
+
+
+def setup_contrastive(config, log) -> ContrastiveSetup:
+    if not os.path.exists(config.init_from):
+        raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
+    output_dir = os.path.abspath(config.output_dir)
+    t = config.train
+    mesh = sharding.make_mesh(config.mesh)
+    processes = jax.process_count()
+    if sharding.process_batch_shards(mesh) * processes != sharding.batch_rows_divisor(mesh):
+        raise ValueError(f"config.mesh {dict(mesh.shape)}: the batch shards (mesh.data x mesh.fsdp) do not split over "
+                         f"the {processes} processes; make mesh.data x mesh.fsdp a multiple of {processes}")
+    runtime = dict(dtype=compute_dtype(t.precision), attn_implementation=config.model.attn_implementation,
+                   remat=config.model.remat)
+    parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime,
+                                     config_changes=dropout_overrides(config), log=log)
+    model_config = parts.config
+    tokenizer_source = _tokenizer_source(config)
+    tokenizer = load_tokenizer(tokenizer_source)
+    if model_config.vocab_size < len(tokenizer):
+        raise ValueError(f"init_from {config.init_from} has vocab_size {model_config.vocab_size}, smaller than the "
+                         f"tokenizer's {len(tokenizer)} tokens ({tokenizer_source})")
+    if t.seq_len > model_config.max_position_embeddings:
+        raise ValueError(f"config.train.seq_len={t.seq_len} exceeds the model's max_position_embeddings "
+                         f"{model_config.max_position_embeddings}")
+    dims, weights = matryoshka(config.loss)
+    dim = model_config.hidden_size
+    if any(d > dim for d in dims):
+        raise ValueError(f"config.loss.matryoshka_dims: {max(dims)} exceeds the model's {dim}-dim embeddings")
+    text_tokenizer = TextTokenizer(tokenizer, t.seq_len)
+    data = _read_data(config, text_tokenizer, tokenizer, dim, log)
+    sts_sets, retrieval_sets = load_eval_sets(config.eval.sts_files, config.eval.retrieval_dirs)
+
+    view_columns = (0, 0) if config.loss.name == "simcse" else tuple(range(len(data.names)))
+    layout = Layout(config.data.layout, t.seq_len, config.data.max_texts_per_row,
+                    sharding.batch_rows_divisor(mesh) * t.grad_accum_steps, view_columns)
+    special_ids = dict(cls_id=text_tokenizer.cls_id, sep_id=text_tokenizer.sep_id, pad_id=text_tokenizer.pad_id)
+    batches = ContrastiveBatches(data, batch_size=t.batch_size, seed=config.seed, shuffle=config.data.shuffle,
+                                 layout=layout, special_ids=special_ids,
+                                 row_range=lambda rows: process_row_range(mesh, rows))
+    total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
+    log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
+        f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
+    objective = make_objective(config.loss, columns=len(view_columns), normalize=config.pooling.normalize,
+                               dims=dims, weights=weights)
+    schedule = optim.make_schedule(t, total_steps)
+    tx = encoder_only(optim.make_optimizer(t, schedule), params)
+    shardings = state_shardings(parts, tx, mesh)
+
+    os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
+    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    loss_totals = {"sum": 0.0, "count": 0}
+    if latest is not None and config.resume:
+        state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
+        batches.set_state(data_state)
+        loss_totals = meta["loss_totals"]
+        log(f"resumed from {checkpointer.directory}/{latest}")
+    else:
+        if latest is not None:
+            log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
+            checkpointer.delete_all()
+        state = create_train_state(params, tx, shardings, config.seed)
+    del params
+
+    run_tokenizer = os.path.join(output_dir, TOKENIZER_DIR)
+    if jax.process_index() == 0:
+        if not os.path.isdir(run_tokenizer):
+            save_tokenizer(tokenizer, run_tokenizer)
+        model_config.save_json(os.path.join(output_dir, "config.json"))
+        with open(os.path.join(output_dir, "run_config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+    return ContrastiveSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
+                            batches=batches, objective=objective, total_steps=total_steps,
+                            start_step=int(state.step), loss_totals=loss_totals, checkpointer=checkpointer,
+                            tokenizer_dir=run_tokenizer, text_tokenizer=text_tokenizer, sts_sets=sts_sets,
+                            retrieval_sets=retrieval_sets)

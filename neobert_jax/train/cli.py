@@ -1,0 +1,53 @@
+"""The command line shared by scripts/pretrain.py and scripts/contrastive.py.
+
+Both take `--config FILE` with `--config.a.b=value` overrides (unknown keys fail listing the
+valid ones), the multi-process flags of `distributed.initialize`, and turn bad input into one
+`error:` line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from neobert_jax.data import DataError
+from neobert_jax.train import distributed
+from neobert_jax.train.config import check_override_keys
+from neobert_jax.train.loop import NonFiniteLossError
+from neobert_jax.train.model_init import apply_xla_flags
+
+
+def run(train_fn: Callable, example_config: str) -> None:
+    """Parses the command line and calls `train_fn(config)`; its result needs `.completed`, `.step`."""
+    config = config_flags.DEFINE_config_file("config", None, f"a config file with get_config(), e.g. {example_config}")
+    coordinator = flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0")
+    num_processes = flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes in all")
+    process_id = flags.DEFINE_integer("process_id", None, "multi-process runs: this process's index, 0..n-1")
+
+    def main(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
+        if config.value is None:
+            sys.exit(f"error: --config is required, e.g. --config {example_config}")
+        apply_xla_flags(config.value.train.precision)  # before JAX starts its backend
+        try:
+            distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+        except (ValueError, RuntimeError) as e:
+            sys.exit(f"error: {e}")
+        try:
+            result = train_fn(config.value)
+        except (ValueError, OSError, DataError, NonFiniteLossError) as e:
+            sys.exit(f"error: {e}")
+        if not result.completed:
+            print(f"stopped at step {result.step}; rerun to resume", file=sys.stderr)
+
+    try:
+        check_override_keys(sys.argv[1:])
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
+    app.run(main)

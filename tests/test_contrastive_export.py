@@ -1,0 +1,78 @@
+"""The sentence-transformers export: `SentenceTransformer(dir).encode` equals our embeddings
+(packed training rows and the evaluation embedder alike), and its folder reads back."""
+
+import numpy as np
+import pytest
+from contrastive_tiny import TEXTS, tiny_hf_dir, tiny_tokenizer_dir
+
+from neobert_jax.contrastive.batching import Layout, assemble
+from neobert_jax.contrastive.embedder import Embedder
+from neobert_jax.contrastive.pooling import gather_texts, l2_normalize
+from neobert_jax.contrastive.run_setup import load_model_parts
+from neobert_jax.contrastive.step import encode_groups
+from neobert_jax.contrastive.tokenized import TextTokenizer, TokenizedColumns
+from neobert_jax.data import load_tokenizer
+from neobert_jax.hf import load_pretrained
+from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling, save_sentence_transformers_dir
+from neobert_jax.train import sharding
+from neobert_jax.train.config import default_config
+
+SEQ_LEN = 16  # shorter than the longest text: truncation must match too
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    model_dir = tiny_hf_dir(root, tiny_tokenizer_dir(root))
+    parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={})
+    return model_dir, parts, params, TextTokenizer(load_tokenizer(model_dir), SEQ_LEN)
+
+
+def packed_embeddings(parts, params, text_tokenizer, pooling):
+    """Through the training path: several texts per row, pooled per segment."""
+    ids, offsets = text_tokenizer.encode(TEXTS)
+    data = TokenizedColumns(["text"], [ids], [offsets], None)
+    batch, _ = assemble(data, np.arange(len(TEXTS)), Layout("pack", SEQ_LEN, 8, 1, (0,)),
+                        cls_id=text_tokenizer.cls_id, sep_id=text_tokenizer.sep_id, pad_id=text_tokenizer.pad_id)
+    assert len(batch["groups"][0]["input_ids"]) < len(TEXTS)  # rows really hold several texts
+    pooled = encode_groups(parts.merge(params), batch["groups"], (8,), pooling)
+    return np.asarray(gather_texts(pooled, batch["text_slot"]))
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False)])
+def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, normalize):
+    from sentence_transformers import SentenceTransformer
+
+    model_dir, parts, params, text_tokenizer = model
+    st_dir = tmp_path / "st"
+    save_sentence_transformers_dir(parts.merge(params), str(st_dir), tokenizer_dir=model_dir, pooling=pooling,
+                                   normalize=normalize, max_seq_length=SEQ_LEN)
+    assert (st_dir / "2_Normalize").is_dir() == normalize
+    assert read_sentence_transformers_pooling(str(st_dir)) == {"pooling": pooling, "normalize": normalize,
+                                                               "max_seq_length": SEQ_LEN}
+    theirs = SentenceTransformer(str(st_dir), device="cpu").encode(TEXTS, batch_size=4)
+    packed = packed_embeddings(parts, params, text_tokenizer, pooling)
+    if normalize:
+        packed = np.asarray(l2_normalize(packed))
+    assert np.abs(packed - theirs).max() < 1e-4
+    mesh = sharding.make_mesh(default_config().mesh)
+    embedder = Embedder(parts, text_tokenizer, pooling_mode=pooling, mesh=mesh, batch_size=4)
+    unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
+    assert np.abs(embedder.encode(params, TEXTS) - unit).max() < 1e-4
+
+    reloaded, newly_initialized = load_pretrained(str(st_dir))  # the bare encoder: the MLM head is new
+    assert newly_initialized and all(not name.startswith("model.") for name in newly_initialized)
+    np.testing.assert_array_equal(np.asarray(reloaded.model.embeddings.tok_embeddings[...]),
+                                  params["model"]["embeddings"]["tok_embeddings"])
+
+
+def test_reads_the_pooling_of_folders_saved_by_sentence_transformers(model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model_dir, parts, params, _ = model
+    save_sentence_transformers_dir(parts.merge(params), str(tmp_path / "ours"), tokenizer_dir=model_dir,
+                                   pooling="cls", normalize=True, max_seq_length=SEQ_LEN)
+    SentenceTransformer(str(tmp_path / "ours"), device="cpu").save(str(tmp_path / "resaved"))
+    read = read_sentence_transformers_pooling(str(tmp_path / "resaved"))
+    assert (read["pooling"], read["normalize"]) == ("cls", True)
+    assert read_sentence_transformers_pooling(model_dir) is None

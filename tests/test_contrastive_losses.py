@@ -1,0 +1,120 @@
+"""Losses, pooling, packing and evaluation metrics against straightforward numpy references."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import scipy.stats
+
+from neobert_jax.contrastive import losses
+from neobert_jax.contrastive.batching import ladder, pack_rows
+from neobert_jax.contrastive.evaluation import retrieval_metrics, spearman, top_k
+from neobert_jax.contrastive.pooling import pool_rows
+
+
+def np_normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_cross_entropy_diagonal(logits):
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.mean(np.diag(log_probs))
+
+
+def np_ranking(emb_CBD, scale, symmetric):
+    """Each anchor against every positive and negative of the batch, with cosine similarity."""
+    e = np_normalize(emb_CBD.astype(np.float64))
+    anchors, candidates = e[0], np.concatenate(list(e[1:]))
+    loss = np_cross_entropy_diagonal(scale * anchors @ candidates.T)
+    if symmetric:
+        loss = (loss + np_cross_entropy_diagonal(scale * e[1] @ anchors.T)) / 2
+    return loss
+
+
+def loss_cfg(name, scale=20.0, symmetric=False):
+    return ml_collections.ConfigDict({"name": name, "scale": scale, "symmetric": symmetric})
+
+
+@pytest.fixture(scope="module")
+def emb_CBD():
+    return np.random.default_rng(0).normal(size=(3, 6, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("scale", [20.0, 3.0])
+def test_ranking_loss_matches_numpy(emb_CBD, scale, symmetric):
+    ours = float(losses.ranking_loss(jnp.asarray(emb_CBD), scale, symmetric))
+    assert abs(ours - np_ranking(emb_CBD, scale, symmetric)) < 1e-5
+    pairs_only = float(losses.ranking_loss(jnp.asarray(emb_CBD[:2]), scale, symmetric))
+    assert abs(pairs_only - np_ranking(emb_CBD[:2], scale, symmetric)) < 1e-5
+    assert abs(pairs_only - ours) > 1e-3  # the hard negatives take part
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_matryoshka_sums_the_prefix_losses(emb_CBD, normalize):
+    dims, weights = [8, 4, 2], [1.0, 0.5, 0.25]
+    objective = losses.make_objective(loss_cfg("mnrl", symmetric=True), columns=3, normalize=normalize,
+                                      dims=dims, weights=weights)
+    ours = float(objective(jnp.asarray(emb_CBD.reshape(-1, 8))))
+    reference = sum(w * np_ranking(emb_CBD[..., :d], 20.0, True) for d, w in zip(dims, weights))
+    assert abs(ours - reference) < 1e-5
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_mse_against_teacher_vectors(emb_CBD, normalize):
+    student, teacher = emb_CBD[0], emb_CBD[1]
+    full = losses.make_objective(loss_cfg("mse"), columns=1, normalize=normalize, dims=[], weights=[])
+    s = np_normalize(student) if normalize else student
+    assert abs(float(full(jnp.asarray(student), jnp.asarray(teacher))) - np.mean((s - teacher) ** 2)) < 1e-6
+    nested = losses.make_objective(loss_cfg("mse"), columns=1, normalize=normalize, dims=[8, 3], weights=[1.0, 2.0])
+    reference = np.mean((s - teacher) ** 2) + 2 * np.mean((s[:, :3] - teacher[:, :3]) ** 2)
+    assert abs(float(nested(jnp.asarray(student), jnp.asarray(teacher))) - reference) < 1e-6
+
+
+def test_pooling_per_segment_of_packed_rows():
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(2, 10, 4)).astype(np.float32)
+    segments = np.array([[1, 1, 1, 2, 2, 3, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 2, 2, 0]], np.int32)
+    positions = np.array([[0, 1, 2, 0, 1, 0, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5, 6, 0, 1, 0]], np.int32)
+    mean = np.asarray(pool_rows(jnp.asarray(hidden), jnp.asarray(segments), jnp.asarray(positions), 4, "mean"))
+    cls = np.asarray(pool_rows(jnp.asarray(hidden), jnp.asarray(segments), jnp.asarray(positions), 4, "cls"))
+    for r in range(2):
+        for s in range(4):
+            tokens = np.flatnonzero(segments[r] == s + 1)
+            expected_mean = hidden[r, tokens].mean(0) if len(tokens) else np.zeros(4)
+            expected_cls = hidden[r, tokens[0]] if len(tokens) else np.zeros(4)
+            np.testing.assert_allclose(mean[r, s], expected_mean, atol=1e-6)
+            np.testing.assert_allclose(cls[r, s], expected_cls, atol=1e-6)
+
+
+def test_ladder_and_first_fit_packing():
+    assert [ladder(n) for n in (1, 7, 8, 9, 11, 16, 17, 100, 129)] == [1, 7, 8, 10, 12, 16, 20, 112, 160]
+    lengths = np.random.default_rng(2).integers(3, 40, 200)
+    row, slot, start, rows = pack_rows(lengths, 64, max_per_row=5)
+    for r in range(rows):
+        members = np.flatnonzero(row == r)
+        assert len(members) <= 5 and lengths[members].sum() <= 64
+        assert sorted(slot[members]) == list(range(len(members)))
+        spans = sorted(zip(start[members], start[members] + lengths[members]))
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert rows <= np.ceil(lengths.sum() / 64 * 1.15)
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)
+    assert abs(spearman(x, y) - scipy.stats.spearmanr(x, y).statistic) < 1e-12
+
+
+def test_retrieval_metrics_on_a_hand_made_ranking():
+    corpus = np.eye(12, dtype=np.float32)
+    queries = np.stack([np.linspace(1, 0, 12), np.linspace(0, 1, 12)]).astype(np.float32)
+    ranked = top_k(queries, corpus)
+    assert ranked[0].tolist() == list(range(10)) and ranked[1].tolist() == list(range(11, 1, -1))
+    relevance = [{2: 1.0, 11: 1.0}, {11: 2.0, 10: 1.0}]
+    metrics = retrieval_metrics(ranked, relevance)
+    ndcg_0 = (1 / np.log2(4)) / (1 + 1 / np.log2(3))  # hit at rank 3, doc 11 outside the top 10
+    assert metrics["ndcg@10"] == pytest.approx((ndcg_0 + 1.0) / 2)
+    assert metrics["recall@10"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["mrr@10"] == pytest.approx((1 / 3 + 1.0) / 2)
