@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 
 import jax
@@ -24,8 +23,7 @@ from neobert_jax.contrastive.evaluation import evaluate, format_comparison
 from neobert_jax.contrastive.run_setup import ContrastiveSetup, setup_contrastive
 from neobert_jax.contrastive.step import make_contrastive_step, place_batch
 from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
-from neobert_jax.train.loop import NonFiniteLossError
-from neobert_jax.train.model_init import matmul_precision
+from neobert_jax.train.loop import NonFiniteLossError, run_training
 from neobert_jax.train.reporting import RunReporter
 from neobert_jax.train.signals import StopRequest
 
@@ -54,23 +52,8 @@ class _Interval:
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
-def _main_process_print(text: str) -> None:
-    if jax.process_index() == 0:
-        print(text, file=sys.stderr, flush=True)
-
-
 def train_contrastive(config) -> ContrastiveResult:
-    validate(config)
-    with StopRequest(on_signal=_main_process_print) as stop:
-        with jax.default_matmul_precision(matmul_precision(config.train.precision)):
-            setup = setup_contrastive(config, _main_process_print)
-            reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
-                                   enabled=jax.process_index() == 0)
-            try:
-                return _ContrastiveRun(config, setup, reporter).run(stop)
-            finally:
-                setup.checkpointer.close()
-                reporter.close()
+    return run_training(config, validate, setup_contrastive, _ContrastiveRun)
 
 
 class _ContrastiveRun:

@@ -56,23 +56,30 @@ class _Interval:
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
-def _main_process_print(text: str) -> None:
+def main_process_print(text: str) -> None:
     if jax.process_index() == 0:
         print(text, file=sys.stderr, flush=True)
 
 
-def train(config) -> RunResult:
-    validate(config)
-    with StopRequest(on_signal=_main_process_print) as stop:
+def run_training(config, validate_fn, setup_fn, runner_cls):
+    """The frame every training command shares: validation, signal handling, matmul precision,
+    the run's setup and reporter, and their cleanup; `runner_cls(config, setup, reporter).run(stop)`
+    is the command's own loop."""
+    validate_fn(config)
+    with StopRequest(on_signal=main_process_print) as stop:
         with jax.default_matmul_precision(matmul_precision(config.train.precision)):
-            setup = setup_run(config, _main_process_print)
+            setup = setup_fn(config, main_process_print)
             reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
                                    enabled=jax.process_index() == 0)
             try:
-                return _Trainer(config, setup, reporter).run(stop)
+                return runner_cls(config, setup, reporter).run(stop)
             finally:
                 setup.checkpointer.close()
                 reporter.close()
+
+
+def train(config) -> RunResult:
+    return run_training(config, validate, setup_run, _Trainer)
 
 
 class _Trainer:
