@@ -146,16 +146,7 @@ def _arrow_of_parquet(path: str):
 
 
 def _arrow_of_datasets_dir(path: str):
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(path)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable datasets folder ({e})") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        splits = sorted(dataset)
-        raise DataError(f"{path}: a DatasetDict with splits {splits}; pass one split folder, e.g. {path}/{splits[0]}")
-    table = dataset.with_format("arrow")[:]
+    table = sources.load_datasets_dir(path).with_format("arrow")[:]
     return table.column_names, table
 
 

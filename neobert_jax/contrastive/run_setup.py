@@ -30,7 +30,8 @@ from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
 from neobert_jax.train.model_init import compute_dtype
-from neobert_jax.train.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
+from neobert_jax.train.run_setup import start_or_resume
+from neobert_jax.train.state import ModelParts, TrainState, state_shardings
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -148,20 +149,8 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     tx = encoder_only(optim.make_optimizer(t, schedule), params)
     shardings = state_shardings(parts, tx, mesh)
 
-    os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
-    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    loss_totals = {"sum": 0.0, "count": 0}
-    if latest is not None and config.resume:
-        state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
-        batches.set_state(data_state)
-        loss_totals = meta["loss_totals"]
-        log(f"resumed from {checkpointer.directory}/{latest}")
-    else:
-        if latest is not None:
-            log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
-            checkpointer.delete_all()
-        state = create_train_state(params, tx, shardings, config.seed)
+    checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
+                                                       batches, log)
     del params
 
     run_tokenizer = os.path.join(output_dir, TOKENIZER_DIR)

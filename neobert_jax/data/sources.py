@@ -183,7 +183,8 @@ def _parquet_batches(path: str, text_field: str) -> Iterator[list]:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def _datasets_batches(path: str, text_field: str) -> Iterator[list]:
+def load_datasets_dir(path: str):
+    """A `save_to_disk` folder of one split, as a `datasets.Dataset`; errors name the folder."""
     import datasets
 
     try:
@@ -193,6 +194,11 @@ def _datasets_batches(path: str, text_field: str) -> Iterator[list]:
     if isinstance(dataset, datasets.DatasetDict):
         splits = sorted(dataset)
         raise DataError(f"{path}: a DatasetDict with splits {splits}; pass one split folder, e.g. {path}/{splits[0]}")
+    return dataset
+
+
+def _datasets_batches(path: str, text_field: str) -> Iterator[list]:
+    dataset = load_datasets_dir(path)
     _check_text_column(path, dataset.data.schema, text_field)
     for table in dataset.select_columns([text_field]).with_format("arrow").iter(batch_size=_ARROW_BATCH_ROWS):
         yield table.column(0).to_pylist()

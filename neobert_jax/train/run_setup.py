@@ -119,20 +119,8 @@ def setup_run(config, log) -> RunSetup:
     tx = optim.make_optimizer(t, schedule)
     shardings = state_shardings(parts, tx, mesh)
 
-    os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
-    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    loss_totals = {"sum": 0.0, "count": 0}
-    if latest is not None and config.resume:
-        state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
-        train_data.set_state(data_state)
-        loss_totals = meta["loss_totals"]
-        log(f"resumed from {checkpointer.directory}/{latest}")
-    else:
-        if latest is not None:
-            log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
-            checkpointer.delete_all()
-        state = create_train_state(params, tx, shardings, config.seed)
+    checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
+                                                       train_data, log)
     del params
 
     if jax.process_index() == 0:
@@ -143,3 +131,20 @@ def setup_run(config, log) -> RunSetup:
                     train_data=train_data, eval_data=eval_data, total_steps=total_steps, start_step=int(state.step),
                     loss_totals=loss_totals, checkpointer=checkpointer, tokenizer_dir=tokenizer_dir)
 
+
+def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log):
+    """-> (checkpointer, state, loss_totals): the latest checkpoint of output_dir (restoring the data
+    iterator too) unless config.resume is False, which deletes them; otherwise a fresh state."""
+    t = config.train
+    os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
+    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None and config.resume:
+        state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
+        data.set_state(data_state)
+        log(f"resumed from {checkpointer.directory}/{latest}")
+        return checkpointer, state, meta["loss_totals"]
+    if latest is not None:
+        log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
+        checkpointer.delete_all()
+    return checkpointer, create_train_state(params, tx, shardings, config.seed), {"sum": 0.0, "count": 0}
