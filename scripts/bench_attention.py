@@ -46,12 +46,12 @@ def inputs(shape, dtype, seed):
     return q.astype(dtype), k.astype(dtype), v.astype(dtype), w
 
 
-def check(B, T, N, H, dtype, docs, window, interpret, blocks):
+def check(B, T, N, H, dtype, docs, window, interpret, blocks, tf32x3=False):
     """Max abs and relative-L2 error of o, dq, dk, dv against the float32 XLA reference."""
     seg_BT = packed_segments(B, T, docs, np.random.default_rng(T + docs))
     q, k, v, w = inputs((B, T, N, H), dtype, seed=T)
     kern = lambda q, k, v, seg: pallas_attention(q, k, v, seg, window=window, block_q=blocks[0],
-                                                 block_k=blocks[1], interpret=interpret)
+                                                 block_k=blocks[1], interpret=interpret, tf32x3=tf32x3)
     ref = lambda q, k, v, seg: xla_attention(q, k, v, seg, window=window, scale=H**-0.5)
     got = [kern(q, k, v, seg_BT), *loss_and_grads(kern)[0](q, k, v, seg_BT, w)]
     with jax.default_matmul_precision("highest"):
@@ -66,7 +66,7 @@ def check(B, T, N, H, dtype, docs, window, interpret, blocks):
     ok = all(e[2] for e in errs) and worst_rel < (1e-5 if dtype == jnp.float32 else 2e-2)
     detail = "  ".join(f"{n} {e[0]:.1e}/{e[1]:.1e}" for n, e in zip(("o", "dq", "dk", "dv"), errs))
     print(f"check {'PASS' if ok else 'FAIL'} {jnp.dtype(dtype).name:8s} B={B} T={T} N={N} H={H} docs={docs} "
-          f"window={window}: max-abs/rel-L2 {detail}", flush=True)
+          f"window={window}{' tf32x3' if tf32x3 else ''}: max-abs/rel-L2 {detail}", flush=True)
     return ok
 
 
@@ -83,9 +83,24 @@ def timeit(f, args, iters, reps):
     return statistics.median(times)
 
 
+def parse_config(text: str) -> tuple:
+    """'64x32:4:2' -> (64, 32, 4, 2); warps and stages optional (None: the kernel's choice, 2 stages)."""
+    blocks, *rest = text.split(":")
+    bq, bk = (int(x) for x in blocks.split("x"))
+    return bq, bk, int(rest[0]) if rest else None, int(rest[1]) if len(rest) > 1 else 2
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--interpret", action="store_true", help="CPU: interpret the kernels, tiny shapes")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="timed inputs; float32 times exact and 3-pass TF32 kernel dots")
+    parser.add_argument("--configs", help="GPU: kernel tilings to time, e.g. 64x64,64x32:4:2 (block_q x block_k"
+                                          "[:num_warps[:num_stages]]); default: a fixed sweep")
+    parser.add_argument("--exact-fp32", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --dtype float32, also time exact-fp32 kernel dots (slow)")
+    parser.add_argument("--checks", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the correctness checks first")
     args = parser.parse_args()
     interp = args.interpret
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
@@ -99,18 +114,23 @@ def main():
         checks = [(2, 1024, 3, 64, dt, 5, w) for dt in (jnp.float32, jnp.bfloat16) for w in (None, 64)]
         checks += [(1, 8192, 2, 64, jnp.bfloat16, 3, w) for w in (None, 64)]
         checks += [(2, 512, 2, h, jnp.bfloat16, 4, 64) for h in (32, 128)]
+        checks += [(2, 1024, 3, 64, jnp.float32, 5, w, True) for w in (None, 64)]
         check_blocks, (B, T, N, H), iters, reps = (64, 64), (64, 512, 6, 64), 20, 5
         # (block_q, block_k, num_warps, num_stages)
-        configs = [(64, 64, None, 2), (64, 64, None, 3), (128, 64, None, 2), (64, 128, None, 2), (64, 32, None, 2)]
+        configs = [(64, 64, None, 2), (64, 64, None, 3), (128, 64, None, 2), (64, 128, None, 2), (64, 32, None, 2),
+                   (32, 32, None, 2)]
+        if args.configs:
+            configs = [parse_config(c) for c in args.configs.split(",")]
     all_ok = True
-    for c in checks:
+    for c in checks if args.checks else []:
         try:
-            all_ok &= check(*c, interpret=interp, blocks=check_blocks)
+            all_ok &= check(*c[:7], interpret=interp, blocks=check_blocks, tf32x3=c[7] if len(c) > 7 else False)
         except Exception as e:  # keep going: one bad configuration must not hide the others
             all_ok = False
             print(f"check ERROR {c}: {type(e).__name__}: {str(e)[:400]}", flush=True)
 
-    dtype = jnp.float32 if interp else jnp.bfloat16
+    dtype = jnp.float32 if interp else jnp.dtype(args.dtype)
+    fp32_dots = ([False] if args.exact_fp32 else []) + [True] if dtype == jnp.float32 and not interp else [False]
     q, k, v, w = inputs((B, T, N, H), dtype, seed=0)
     dense = 4 * B * N * T * T * H
     layouts = {"unpacked": packed_segments(B, T, 1, np.random.default_rng(0)),
@@ -136,10 +156,11 @@ def main():
             print("  ".join(rows[-1]), flush=True)
 
     for window in (None, 64):
-        for bq, bk, warps, stages in configs:
-            run(f"pallas {bq}x{bk} w{warps or 'auto'} s{stages}", window,
+        for (bq, bk, warps, stages), x3 in ((c, x3) for c in configs for x3 in fp32_dots):
+            run(f"pallas {bq}x{bk} w{warps or 'auto'} s{stages}{' tf32x3' if x3 else ''}", window,
                 lambda q, k, v, seg: pallas_attention(q, k, v, seg, window=window, block_q=bq, block_k=bk,
-                                                      interpret=interp, num_warps=warps, num_stages=stages),
+                                                      interpret=interp, num_warps=warps, num_stages=stages,
+                                                      tf32x3=x3),
                 tile_blocks=(bq, bk))
         run("xla reference", window, lambda q, k, v, seg: xla_attention(q, k, v, seg, window=window, scale=H**-0.5))
         # cuDNN takes no segment ids (its rows are mask-free) and refuses a two-sided window (jax 0.11.2)

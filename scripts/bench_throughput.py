@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ ROWS = {
     "jax-bf16-auto": ("jax", "bf16", "auto", "random"),
     "torch-fp32": ("torch", "fp32", "sdpa", "random"),
     "jax-fp32": ("jax", "fp32", "auto", "random"),  # the project's fp32: 3-pass TF32 matmuls on GPU
+    "jax-fp32-pallas": ("jax", "fp32", "pallas", "random"),  # our kernel with 3-pass TF32 dots
     "jax-fp32-plain": ("jax", "fp32", "xla", "random", "float32"),  # single-pass IEEE float32 matmuls
     "torch-bf16-text": ("torch", "bf16", "sdpa", "text"),
     "jax-bf16-text": ("jax", "bf16", "auto", "text"),
@@ -203,7 +205,8 @@ def profile_steps(args, run_step, hlo: str, steps: int = 5) -> None:
     for name, us in sorted(busy.items(), key=lambda kv: -kv[1])[:40]:
         print(f"  {us / 1e3 / steps:8.3f} ms/step {us / total:6.1%}  {name[:110]}")
         if us / total > 0.01:  # what the fusion is: its HLO instruction (shape, operands, fused computation)
-            defs = [line.strip() for line in hlo.splitlines() if line.strip().startswith(f"%{name} = ")]
+            hlo_name = re.sub(r"_(\d+)$", r".\1", name)  # kernel fusion_12 is HLO instruction %fusion.12
+            defs = [line.strip() for line in hlo.splitlines() if line.strip().startswith(f"%{hlo_name} = ")]
             if defs:
                 print(f"{'':28}{defs[0][:260]}")
 

@@ -1,4 +1,5 @@
-"""The Pallas flash-attention kernel (interpret mode on CPU) against a plain-jnp softmax attention.
+"""The Pallas flash-attention kernel (interpret mode on CPU) against a plain-jnp softmax attention;
+at the end, JAX's splash kernel (the TPU backend, also interpreted) against the XLA backend.
 
 Shapes are small because interpret mode is slow; tiles (32/64, unequal) are small enough that every
 tile path (partial tiles, segment boundaries inside tiles, skipped and mask-free tiles) is exercised.
@@ -8,11 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from neobert_jax.config import ModernBertConfig
+from neobert_jax.model import ModernBertForMaskedLM
+from neobert_jax.model.attention import xla_attention
 from neobert_jax.model.attention_pallas import _tile_ranges, pallas_attention
+from neobert_jax.model.attention_splash import splash_attention
 
 FP32_ATOL = 1e-5  # outputs and dq/dk/dv; measured max abs error ~1e-6
 BF16_ATOL = {"o": 1e-2, "grad": 3e-2}  # bf16 inputs vs float32 math on the same values; measured <= 1.2e-2
+SPLASH_ATOL = 5e-6  # splash vs xla_attention in float32, outputs and dq/dk/dv; measured max abs error <= 1.1e-6
 
 
 def _segments(rows, T):
@@ -124,3 +131,46 @@ def test_rejects_unsupported_shapes(T, H, block_q):
     with pytest.raises(ValueError):
         pallas_attention(x, x, x, jnp.ones((1, T), jnp.int32), window=None, block_q=block_q, block_k=64,
                          interpret=True)
+
+
+# JAX's splash kernel (the TPU backend, attention_splash), interpreted on CPU, against xla_attention.
+# Its tiles are 128 tokens, so T = 100 and 200 exercise the padding of T up to a block multiple.
+
+
+@pytest.mark.parametrize(
+    "T, window, rows",
+    [
+        (128, None, [[37, 20, 41], [50, 60, 18]]),  # packed rows, several documents, padding at the end
+        (100, 16, [[70, 30], [60]]),  # several windows long, T not a block multiple (padded to 128)
+        (200, None, [[150], [60, 90]]),  # full attention with padding; two 128-token blocks after padding
+    ],
+)
+def test_splash_matches_xla(T, window, rows):
+    seg_BT = _segments(rows, T)
+    q, k, v, w = _inputs((2, T, 2, 32), jnp.float32, seed=T)
+    splash = lambda q, k, v: splash_attention(q, k, v, seg_BT, window=window, scale=0.2, interpret=True)
+    xla = lambda q, k, v: xla_attention(q, k, v, seg_BT, window=window, scale=0.2)
+    out, grads = _out_and_grads(splash, q, k, v, w)
+    ref_out, ref_grads = _out_and_grads(xla, q, k, v, w)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref_out, atol=SPLASH_ATOL, rtol=0)
+    for name, g, ref_g in zip("qkv", grads, ref_grads):
+        np.testing.assert_allclose(g, ref_g, atol=SPLASH_ATOL, rtol=0, err_msg=f"d{name}")
+
+
+def test_splash_backend_runs_the_model():
+    base = ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                            num_attention_heads=2, local_attention=8, pad_token_id=3)  # a global and a local layer
+    ids = np.random.RandomState(0).randint(5, 64, (1, 60)).astype(np.int32)
+    seg = np.repeat([[1, 2, 0]], 20, axis=1).astype(np.int32)  # two documents and padding
+    pos = np.tile(np.arange(20), 3)[None].astype(np.int32)
+
+    def value_and_grads(implementation):
+        graphdef, state = nnx.split(ModernBertForMaskedLM(base.replace(attn_implementation=implementation),
+                                                          rngs=nnx.Rngs(0)))
+        loss = lambda state: (nnx.merge(graphdef, state)(ids, segment_ids_BT=seg, positions_BT=pos)[0, :40] ** 2).mean()
+        return jax.jit(jax.value_and_grad(loss))(state)
+
+    (v_ref, g_ref), (v, g) = value_and_grads("xla"), value_and_grads("splash")
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)

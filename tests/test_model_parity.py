@@ -185,26 +185,65 @@ def test_fused_decoder_loss_matches_autodiff_of_the_logits(dtype):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol[0], atol=tol[1]), g, g_ref)
 
 
-def test_hand_written_vjps_match_autodiff():
+@pytest.mark.parametrize("backward", ["xla", "interpret"])
+def test_hand_written_vjps_match_autodiff(backward, monkeypatch):
+    """GeGLU, LayerNorm and add+LayerNorm VJPs vs autodiff; "interpret" runs the Pallas LayerNorm
+    backward kernel on CPU: 15 rows (not a multiple of its 16-row tile) of width 24 (not a power of 2)."""
     import jax
 
-    from neobert_jax.model.layer_norm import layer_norm
+    from neobert_jax.model import layer_norm as ln
     from neobert_jax.model.modernbert import geglu
 
+    monkeypatch.setattr(ln, "BACKWARD", backward)
     rng = np.random.RandomState(0)
-    a, b, w = (jnp.asarray(rng.randn(3, 5, 16).astype(np.float32)) for _ in range(3))
-    scale, bias = jnp.asarray(rng.rand(16).astype(np.float32) + 0.5), jnp.asarray(rng.randn(16).astype(np.float32))
+    a, b, w, w2 = (jnp.asarray(rng.randn(3, 5, 24).astype(np.float32)) for _ in range(4))
+    scale, bias = jnp.asarray(rng.rand(24).astype(np.float32) + 0.5), jnp.asarray(rng.randn(24).astype(np.float32))
 
     def reference_norm(x, s, c):
         mean = x.mean(-1, keepdims=True)
-        return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * s + c
+        y = (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * s
+        return y if c is None else y + c
+
+    def fused_add(h, d, s, c):
+        total, y = ln.add_layer_norm(h, d, s, c, 1e-5, jnp.float32)
+        return (total * w2).sum() + (y * w).sum()
 
     pairs = [
         (lambda x, y: (geglu(x, y) * w).sum(), lambda x, y: (jax.nn.gelu(x, approximate=False) * y * w).sum(), (a, b)),
-        (lambda x, s, c: (layer_norm(x, s, c, 1e-5, jnp.float32) * w).sum(),
+        (lambda x, s, c: (ln.layer_norm(x, s, c, 1e-5, jnp.float32) * w).sum(),
          lambda x, s, c: (reference_norm(x, s, c) * w).sum(), (a, scale, bias)),
+        (lambda x, s: (ln.layer_norm(x, s, None, 1e-5, jnp.float32) * w).sum(),
+         lambda x, s: (reference_norm(x, s, None) * w).sum(), (a, scale)),
+        (lambda h, d, s, c: fused_add(h, d, s, c),
+         lambda h, d, s, c: ((h + d) * w2).sum() + (reference_norm(h + d, s, c) * w).sum(), (a, b, scale, bias)),
+        (lambda h, d, s: fused_add(h, d, s, None),
+         lambda h, d, s: ((h + d) * w2).sum() + (reference_norm(h + d, s, None) * w).sum(), (a, b, scale)),
     ]
     for ours, reference, args in pairs:
         argnums = tuple(range(len(args)))
         for g, r in zip(jax.grad(ours, argnums)(*args), jax.grad(reference, argnums)(*args)):
-            np.testing.assert_allclose(g, r, atol=2e-6)
+            np.testing.assert_allclose(g, r, atol=5e-6)
+
+    # bfloat16 activations through the kernel: gradients within bf16 rounding of the float32 ones
+    grads = jax.grad(lambda h, d: fused_add(h, d, scale, None), (0, 1))
+    lo = grads(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+    hi = grads(a.astype(jnp.bfloat16).astype(jnp.float32), b.astype(jnp.bfloat16).astype(jnp.float32))
+    assert lo[0].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(lo[0], np.float32), hi[0], atol=0.05, rtol=0.02)
+
+
+def test_one_pass_logsumexp_kernel_matches_xla():
+    """The GPU head's log-sum-exp kernel, interpreted: ragged row/column tiles, large offsets, bf16."""
+    import jax
+
+    from neobert_jax.model.logsumexp_pallas import logsumexp_rows
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(13, 2500).astype(np.float32) * 4
+    x[3] += 300.0  # exp would overflow without the running max
+    x[5, 2499] = 80.0  # the row's max sits in the last, partly masked column tile
+    for dtype in (jnp.float32, jnp.bfloat16):
+        xs = jnp.asarray(x, dtype)
+        want = jax.nn.logsumexp(xs.astype(jnp.float32), axis=-1)
+        got = logsumexp_rows(xs, block_rows=8, block_cols=1024, interpret=True)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)

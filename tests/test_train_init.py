@@ -78,10 +78,11 @@ def test_xla_flags_follow_precision_and_never_override_the_user():
 
     env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
     apply_xla_flags("bf16", env)
-    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"
+    assert env["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"
+                                " --xla_gpu_dot_merger_threshold_mb=0")
     user = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
     apply_xla_flags("bf16", user)
-    assert user["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true"
+    assert user["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true --xla_gpu_dot_merger_threshold_mb=0"
     fp32 = {}
     apply_xla_flags("fp32", fp32)
     assert fp32 == {}

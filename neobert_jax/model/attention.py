@@ -2,7 +2,8 @@
 
 Every backend computes the same function: token i attends to token j iff both belong to the
 same document (segment id, 0 = padding) and, on local layers, |i - j| <= window. Padding
-queries return zeros. `xla` is the reference; faster kernels register under other names.
+queries return zeros. `xla` is the reference; faster kernels register under other names:
+`pallas` (our flash kernel, GPU), `cudnn` (GPU), `splash` (JAX's splash kernel, TPU), and `auto`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from neobert_jax.model.shards import per_batch_shard
 
 _MASKED = -1e30  # finite, so a fully masked row gives uniform weights rather than NaN
 
@@ -33,12 +36,20 @@ def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
     return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
 
 
+def _per_device(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
+    """A kernel backend on each device's rows when the batch is split (model/shards.py says why)."""
+    run = per_batch_shard(lambda *args: (kernel(*args),), ("rows",) * 4, ("rows",))
+    return run(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)[0]
+
+
 def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
     """Our flash kernel (attention_pallas); interpreted on CPU so it is testable anywhere."""
     from neobert_jax.model.attention_pallas import pallas_attention
 
     interpret = jax.default_backend() == "cpu"
-    return pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, interpret=interpret)
+    return _per_device(lambda q, k, v, seg: pallas_attention(q, k, v, seg, window=window, scale=scale,
+                                                             interpret=interpret),
+                       q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
 
 
 def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
@@ -60,20 +71,49 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
     def flash(q, k, v, seg):
         return pallas_backend(q, k, v, seg, window=None, scale=scale)
 
-    unpacked = jnp.all(segment_ids_BT <= 1)
-    return jax.lax.cond(unpacked, fused, flash, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+    def branch(q, k, v, seg):
+        return jax.lax.cond(jnp.all(seg <= 1), fused, flash, q, k, v, seg)
+
+    return _per_device(branch, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+
+
+def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+    """JAX's TPU splash-attention kernel (attention_splash); interpreted on CPU so it is testable anywhere."""
+    from neobert_jax.model.attention_splash import splash_attention
+
+    interpret = jax.default_backend() == "cpu"
+    return _per_device(lambda q, k, v, seg: splash_attention(q, k, v, seg, window=window, scale=scale,
+                                                             interpret=interpret),
+                       q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
 
 
 def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """The fastest correct choice measured (docs/performance.md): the Pallas kernel for 16-bit inputs
-    on GPU; XLA for float32 (the kernel's exact-fp32 dots run far below XLA's) and off GPU."""
-    fast = jax.default_backend() == "gpu" and q_BTNH.dtype != jnp.float32
-    fn = pallas_backend if fast else xla_attention
+    """The fastest correct choice measured (docs/performance.md).
+
+    GPU: the Pallas kernel for 16-bit inputs. For float32 it pays only on local layers and only
+    with 3-pass TF32 dots (the fp32 training policy on GPU); XLA is faster on float32 global
+    layers. CPU: XLA.
+
+    TPU: the splash kernel. Kernels run per device inside a shard_map when the step is traced
+    under a mesh (model/shards.py); a multi-device TPU trace without one keeps XLA, since Mosaic
+    kernels cannot be partitioned automatically.
+    """
+    from neobert_jax.model.attention_pallas import uses_tf32x3
+
+    fn = xla_attention
+    if jax.default_backend() == "tpu":
+        per_device = jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
+        fn = splash_backend if per_device else xla_attention
+    elif jax.default_backend() == "gpu":
+        float32 = q_BTNH.dtype == jnp.float32
+        if not float32 or (window is not None and uses_tf32x3()):
+            fn = pallas_backend
     return fn(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 
 _BACKENDS: dict[str, Callable] = {
-    "xla": xla_attention, "pallas": pallas_backend, "cudnn": cudnn_backend, "auto": auto_backend,
+    "xla": xla_attention, "pallas": pallas_backend, "cudnn": cudnn_backend, "splash": splash_backend,
+    "auto": auto_backend,
 }
 
 

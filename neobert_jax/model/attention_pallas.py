@@ -13,7 +13,8 @@ without the mask.
 Visibility is symmetric (same non-zero segment, |i - j| <= window), so the forward, dq and dk/dv
 kernels share one table of tile ranges; the dk/dv kernel holds `block_q` keys and streams `block_k`
 queries. Softmax runs in base 2 in float32; padding queries get zeros and an infinite logsumexp, so
-the backward pass gives them no gradient either. fp32 inputs use full-precision (not TF32) dots.
+the backward pass gives them no gradient either. fp32 inputs use exact or 3-pass TF32 dots, never
+single-pass TF32.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class _Config:
     num_warps: int
     num_stages: int
     interpret: bool
+    tf32x3: bool
 
 
 def _tile_ranges(segment_ids_BT, block_q, block_k, window):
@@ -78,15 +80,19 @@ def _tile_ranges(segment_ids_BT, block_q, block_k, window):
     return jnp.stack([lo, flo, fhi, hi], axis=1).astype(jnp.int32)
 
 
-def _dot(a, b, *, trans_a=False, trans_b=False):
-    """float32-accumulating tile product; HIGHEST keeps fp32 inputs off TF32 (no effect on bf16)."""
+def _dot(a, b, cfg, *, trans_a=False, trans_b=False):
+    """float32-accumulating tile product. float32 tiles use exact fp32 dots, or three TF32 passes
+    (as accurate, several times faster) when cfg.tf32x3; bfloat16 tiles ignore both."""
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-    return lax.dot_general(a, b, dims, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    precision = lax.Precision.HIGHEST
+    if cfg.tf32x3 and a.dtype == jnp.float32 and not cfg.interpret:  # the CPU interpreter lacks the algorithm
+        precision = lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
 def _logits(q, k, seg_q, seg_k, start_q, start_k, masked, cfg):
     """Base-2 logits of a (queries, keys) tile, masked unless the tile is known to be full."""
-    s = _dot(q, k, trans_b=True) * (cfg.scale * _LOG2E)
+    s = _dot(q, k, cfg, trans_b=True) * (cfg.scale * _LOG2E)
     if not masked:
         return s
     visible = (seg_q[:, None] == seg_k[None, :]) & (seg_k[None, :] != 0)
@@ -123,7 +129,7 @@ def _fwd_kernel(ranges_ref, seg_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg
         alpha = jnp.exp2(m - m_new)
         p = jnp.exp2(s - m_new[:, None])
         v = v_ref[ks, :]
-        return alpha[:, None] * acc + _dot(p.astype(v.dtype), v), m_new, alpha * l + jnp.sum(p, axis=1)
+        return alpha[:, None] * acc + _dot(p.astype(v.dtype), v, cfg), m_new, alpha * l + jnp.sum(p, axis=1)
 
     init = (jnp.zeros(q.shape, jnp.float32), jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
     acc, m, l = _sweep(ranges_ref, step, init)
@@ -142,8 +148,8 @@ def _dq_kernel(ranges_ref, seg_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_
         ks = pl.ds(j * bk, bk)
         k = k_ref[ks, :]
         p = jnp.exp2(_logits(q, k, seg_q, seg_ref[ks], start_q, j * bk, masked, cfg) - lse[:, None])
-        ds = p * (_dot(do, v_ref[ks, :], trans_b=True) - delta[:, None])
-        return dq + _dot(ds.astype(k.dtype), k)
+        ds = p * (_dot(do, v_ref[ks, :], cfg, trans_b=True) - delta[:, None])
+        return dq + _dot(ds.astype(k.dtype), k, cfg)
 
     dq = _sweep(ranges_ref, step, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
@@ -161,9 +167,9 @@ def _dkv_kernel(ranges_ref, seg_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta
         q, do = q_ref[qs, :], do_ref[qs, :]
         s = _logits(q, k, seg_ref[qs], seg_k, i * bqueries, start_k, masked, cfg)
         p = jnp.exp2(s - lse_ref[qs][:, None])
-        dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
-        ds = p * (_dot(do, v, trans_b=True) - delta_ref[qs][:, None])
-        return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
+        dv = dv + _dot(p.astype(do.dtype), do, cfg, trans_a=True)
+        ds = p * (_dot(do, v, cfg, trans_b=True) - delta_ref[qs][:, None])
+        return dk + _dot(ds.astype(q.dtype), q, cfg, trans_a=True), dv
 
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = _sweep(ranges_ref, step, (zeros, zeros))
@@ -243,18 +249,27 @@ def _attention_bwd(cfg, residuals, do_BTNH):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def uses_tf32x3() -> bool:
+    """Whether float32 matmuls currently run as three TF32 passes (jax's default matmul precision)."""
+    return str(jax.config.jax_default_matmul_precision).upper() == "TF32_TF32_F32_X3"
+
+
 def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, scale: float | None = None,
-                     block_q: int = 64, block_k: int = 64, interpret: bool = False,
-                     num_warps: int | None = None, num_stages: int = 2):
+                     block_q: int | None = None, block_k: int | None = None, interpret: bool = False,
+                     num_warps: int | None = None, num_stages: int = 2, tf32x3: bool | None = None):
     """Fused attention, differentiable in q, k and v; same function as the XLA reference.
 
     q/k/v: (B, T, N, H) float32 or bfloat16, H a power of two (32/64/128); T a multiple of both
-    block sizes (powers of two >= 16), so any multiple of 64 with the defaults, which were the fastest
-    on an H200 at T=512, H=64 (scripts/bench_attention.py). segment_ids_BT: ints >= 0, 0 = padding
+    block sizes (powers of two >= 16). Default tiles, the fastest on an H200 at T=512, H=64
+    (scripts/bench_attention.py): 64x64 for 16-bit inputs, 32x32 for float32 (register pressure). segment_ids_BT: ints >= 0, 0 = padding
     (those queries return zeros). window: attend only where |i - j| <= window. interpret=True runs
-    the kernels on CPU (tests). Returns (B, T, N, H) in q's dtype.
+    the kernels on CPU (tests). tf32x3: float32 dots as three TF32 passes; None follows the
+    model's matmul policy (on when jax's default matmul precision is TF32_TF32_F32_X3, as for fp32
+    training on GPU). Returns (B, T, N, H) in q's dtype.
     """
     B, T, N, H = q_BTNH.shape
+    default_block = 32 if q_BTNH.dtype == jnp.float32 else 64
+    block_q, block_k = block_q or default_block, block_k or default_block
     if k_BTNH.shape != q_BTNH.shape or v_BTNH.shape != q_BTNH.shape or segment_ids_BT.shape != (B, T):
         raise ValueError(f"shapes differ: q {q_BTNH.shape}, k {k_BTNH.shape}, v {v_BTNH.shape}, "
                          f"segment_ids {segment_ids_BT.shape}")
@@ -268,5 +283,6 @@ def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | No
     cfg = _Config(block_q=block_q, block_k=block_k, window=window,
                   scale=float(H ** -0.5 if scale is None else scale),
                   num_warps=num_warps or (4 if block_q * block_k <= 128 * 64 else 8),
-                  num_stages=num_stages, interpret=interpret)
+                  num_stages=num_stages, interpret=interpret,
+                  tf32x3=uses_tf32x3() if tf32x3 is None else tf32x3)
     return _attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT.astype(jnp.int32), cfg)

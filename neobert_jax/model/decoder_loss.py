@@ -2,14 +2,29 @@
 
 The MLM logits are the largest tensor of a step (masked tokens x 50k vocab, ~1e9 values at
 batch 128): left to autodiff, XLA reads and writes them in float32 about eight times. Here
-they are written once in the compute dtype, read once for the log-sum-exp and once to form
-the gradient, which is what bounds the head's memory traffic.
+they are written once in the compute dtype, read once for the log-sum-exp (one pass on GPU:
+logsumexp_pallas) and once to form the gradient, which is what bounds the head's memory traffic.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from neobert_jax.model.shards import per_batch_shard
+
+# "auto": the one-pass Pallas log-sum-exp on GPU, XLA elsewhere; "xla"; "interpret" (tests, CPU).
+LOGSUMEXP = "auto"
+
+
+def _logsumexp(logits_NV):
+    mode = LOGSUMEXP if LOGSUMEXP != "auto" else ("pallas" if jax.default_backend() == "gpu" else "xla")
+    if mode == "xla":
+        return jax.nn.logsumexp(logits_NV.astype(jnp.float32), axis=-1)
+    from neobert_jax.model.logsumexp_pallas import logsumexp_rows
+
+    run = per_batch_shard(lambda x: (logsumexp_rows(x, interpret=mode == "interpret"),), ("rows",), ("rows",))
+    return run(logits_NV)[0]
 
 
 @jax.custom_vjp
@@ -23,7 +38,7 @@ def decoder_nll(x_ND, embedding_VD, bias_V, labels_N):
 
 def _forward(x_ND, embedding_VD, bias_V, labels_N):
     logits_NV = jnp.dot(x_ND, embedding_VD.T) + bias_V
-    lse_N = jax.nn.logsumexp(logits_NV.astype(jnp.float32), axis=-1)
+    lse_N = _logsumexp(logits_NV)
     valid_N = labels_N >= 0
     safe_N = jnp.where(valid_N, labels_N, 0)
     label_logit_N = jnp.take_along_axis(logits_NV, safe_N[:, None], axis=-1)[:, 0].astype(jnp.float32)

@@ -1,8 +1,9 @@
-"""LayerNorm with a hand-written backward pass.
+"""LayerNorm, and the residual add fused with it, with hand-written backward passes.
 
 Autodiff of a float32 LayerNorm over bfloat16 activations materializes float32 intermediates
-of activation size in the backward pass. This VJP keeps only the input and two float32
-scalars per token, and forms the input gradient in one pass over (dy, x).
+of activation size in the backward pass. These VJPs keep only the input and two float32 scalars
+per token. On GPU the backward pass is one Pallas kernel (layer_norm_pallas) that also adds the
+residual stream's gradient, so each pre-norm residual block costs one read-modify-write pass.
 """
 
 from __future__ import annotations
@@ -12,33 +13,88 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from neobert_jax.model.shards import per_batch_shard
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def layer_norm(x, scale, bias, eps: float, out_dtype):
-    """torch.nn.LayerNorm (biased variance) in float32; `bias` may be None."""
-    return _forward(x, scale, bias, eps, out_dtype)[0]
+# "auto": the Pallas backward kernel on GPU, XLA elsewhere; "xla"; "interpret" (the kernel on CPU, tests).
+BACKWARD = "auto"
 
 
-def _forward(x, scale, bias, eps, out_dtype):
+def _statistics(x, scale, bias, eps, out_dtype):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     rstd = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + eps)
     y = (x32 - mean) * rstd * scale
     if bias is not None:
         y = y + bias
-    return y.astype(out_dtype), (x, scale, bias, mean, rstd)
+    return y.astype(out_dtype), mean, rstd
 
 
-def _backward(eps, out_dtype, residuals, dy):
-    x, scale, bias, mean, rstd = residuals
+def _input_grads(x, mean, rstd, scale, with_bias, dy, dres):
+    """(dx [+ dres], d_scale, d_bias) through the kernel or XLA, as BACKWARD says."""
+    mode = BACKWARD if BACKWARD != "auto" else ("pallas" if jax.default_backend() == "gpu" else "xla")
+    if mode != "xla":
+        from neobert_jax.model.layer_norm_pallas import layer_norm_backward
+
+        def kernel(x, dy, mean, rstd, scale, *dres):
+            flat = lambda a: a.reshape(-1, a.shape[-1])
+            dx, d_scale, d_bias = layer_norm_backward(
+                flat(x), flat(dy), flat(dres[0]) if dres else None, mean.reshape(-1), rstd.reshape(-1), scale,
+                with_bias=with_bias, interpret=mode == "interpret")
+            return (dx.reshape(x.shape), d_scale) + ((d_bias,) if with_bias else ())
+
+        extra = () if dres is None else (dres,)
+        run = per_batch_shard(kernel, ("rows",) * 4 + ("whole",) + ("rows",) * len(extra),
+                              ("rows", "sum") + (("sum",) if with_bias else ()))
+        dx, d_scale, *d_bias = run(x, dy, mean, rstd, scale, *extra)
+        return dx, d_scale, (d_bias[0] if with_bias else None)
     xhat = (x.astype(jnp.float32) - mean) * rstd
     dy32 = dy.astype(jnp.float32)
     g = dy32 * scale
     dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    if dres is not None:
+        dx = dx + dres.astype(jnp.float32)
     rows = tuple(range(x.ndim - 1))
-    d_scale = jnp.sum(dy32 * xhat, axis=rows)
-    d_bias = None if bias is None else jnp.sum(dy32, axis=rows)
-    return dx.astype(x.dtype), d_scale, d_bias
+    d_bias = jnp.sum(dy32, axis=rows) if with_bias else None
+    return dx.astype(x.dtype), jnp.sum(dy32 * xhat, axis=rows), d_bias
 
 
-layer_norm.defvjp(lambda x, scale, bias, eps, out_dtype: _forward(x, scale, bias, eps, out_dtype), _backward)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x, scale, bias, eps: float, out_dtype):
+    """torch.nn.LayerNorm (biased variance) in float32; `bias` may be None."""
+    return _statistics(x, scale, bias, eps, out_dtype)[0]
+
+
+def _norm_forward(x, scale, bias, eps, out_dtype):
+    y, mean, rstd = _statistics(x, scale, bias, eps, out_dtype)
+    return y, (x, scale, bias, mean, rstd)
+
+
+def _norm_backward(eps, out_dtype, residuals, dy):
+    x, scale, bias, mean, rstd = residuals
+    return _input_grads(x, mean, rstd, scale, bias is not None, dy, None)
+
+
+layer_norm.defvjp(_norm_forward, _norm_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def add_layer_norm(h, delta, scale, bias, eps: float, out_dtype):
+    """(h + delta, layer_norm(h + delta)): a pre-norm residual step whose backward is one pass."""
+    s = h + delta
+    return s, _statistics(s, scale, bias, eps, out_dtype)[0]
+
+
+def _add_forward(h, delta, scale, bias, eps, out_dtype):
+    s = h + delta
+    y, mean, rstd = _statistics(s, scale, bias, eps, out_dtype)
+    return (s, y), (s, scale, bias, mean, rstd, jnp.zeros((), h.dtype), jnp.zeros((), delta.dtype))
+
+
+def _add_backward(eps, out_dtype, residuals, cotangents):
+    s, scale, bias, mean, rstd, h_like, delta_like = residuals
+    ds, dy = cotangents
+    dx, d_scale, d_bias = _input_grads(s, mean, rstd, scale, bias is not None, dy, ds)
+    return dx.astype(h_like.dtype), dx.astype(delta_like.dtype), d_scale, d_bias
+
+
+add_layer_norm.defvjp(_add_forward, _add_backward)

@@ -17,7 +17,7 @@ from flax import nnx
 from neobert_jax.config import SLIDING, ModernBertConfig
 from neobert_jax.model.attention import attention
 from neobert_jax.model.decoder_loss import decoder_nll
-from neobert_jax.model.layer_norm import layer_norm
+from neobert_jax.model.layer_norm import add_layer_norm, layer_norm
 
 _REMAT_POLICIES = {
     "full": None,
@@ -81,6 +81,11 @@ class LayerNorm(nnx.Module):
         bias = self.bias[...] if self.bias is not None else None
         return layer_norm(x, self.scale[...], bias, self.eps, self.dtype)
 
+    def add(self, h, delta):
+        """(h + delta, norm(h + delta)): the residual add that precedes this norm, fused with it."""
+        bias = self.bias[...] if self.bias is not None else None
+        return add_layer_norm(h, delta, self.scale[...], bias, self.eps, self.dtype)
+
 
 class Embeddings(nnx.Module):
     def __init__(self, config: ModernBertConfig, rngs: nnx.Rngs):
@@ -141,10 +146,20 @@ class Attention(nnx.Module):
         return _dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
 
 
+def _gelu_cdf(x32):
+    return 0.5 * (1.0 + jax.lax.erf(x32 * (2.0 ** -0.5)))
+
+
 @jax.custom_vjp
 def geglu(input_BTF, gate_BTF):
-    """gelu(input) * gate with exact (erf) GELU; the backward recomputes GELU instead of storing it."""
-    return jax.nn.gelu(input_BTF, approximate=False) * gate_BTF
+    """gelu(input) * gate with exact (erf) GELU; the backward recomputes GELU instead of storing it.
+
+    GELU runs in float32 and is rounded to the input dtype before the product, as torch does
+    under autocast; float32 erf is also far cheaper on GPU than jax.nn.gelu's bf16 erfc form.
+    """
+    x32 = input_BTF.astype(jnp.float32)
+    gelu = (x32 * _gelu_cdf(x32)).astype(input_BTF.dtype)
+    return gelu * gate_BTF
 
 
 def _geglu_forward(input_BTF, gate_BTF):
@@ -154,7 +169,7 @@ def _geglu_forward(input_BTF, gate_BTF):
 def _geglu_backward(residuals, d_out):
     input_BTF, gate_BTF = residuals
     x = input_BTF.astype(jnp.float32)
-    cdf = 0.5 * (1.0 + jax.lax.erf(x * (2.0 ** -0.5)))
+    cdf = _gelu_cdf(x)
     pdf = jnp.exp(-0.5 * x * x) * (2.0 * math.pi) ** -0.5
     d32 = d_out.astype(jnp.float32)
     d_input = d32 * gate_BTF.astype(jnp.float32) * (cdf + x * pdf)
@@ -188,10 +203,19 @@ class EncoderLayer(nnx.Module):
         self.mlp_norm = LayerNorm(config.hidden_size, config)
         self.mlp = MLP(config, stds, rngs)
 
-    def __call__(self, h_BTD, segment_ids_BT, positions_BT, dropout_rng):
-        x_BTD = self.attn_norm(h_BTD) if self.attn_norm is not None else h_BTD
-        h_BTD = h_BTD + self.attn(x_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, 0))
-        return h_BTD + self.mlp(self.mlp_norm(h_BTD), _fold(dropout_rng, 1))
+    def __call__(self, h_BTD, pending_BTD, segment_ids_BT, positions_BT, dropout_rng):
+        """Returns (residual stream, this layer's MLP output not yet added to it).
+
+        Each residual add is done by the norm that follows it (LayerNorm.add), so the backward
+        pass of add + norm is one kernel; `pending_BTD` is the previous layer's MLP output (None
+        for layer 0, which has no attention norm).
+        """
+        if self.attn_norm is None:  # layer 0: the embeddings are normed already
+            x_BTD = h_BTD
+        else:
+            h_BTD, x_BTD = self.attn_norm.add(h_BTD, pending_BTD)
+        h_BTD, x_BTD = self.mlp_norm.add(h_BTD, self.attn(x_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, 0)))
+        return h_BTD, self.mlp(x_BTD, _fold(dropout_rng, 1))
 
 
 def _call_layer(layer: EncoderLayer, *args):
@@ -232,9 +256,11 @@ class ModernBertModel(nnx.Module):
         apply_layer = _call_layer
         if self.config.remat != "none":
             apply_layer = nnx.remat(_call_layer, policy=_REMAT_POLICIES[self.config.remat])
+        pending_BTD = None
         for i, layer in enumerate(self.layers):
-            h_BTD = apply_layer(layer, h_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, i + 1))
-        return self.final_norm(h_BTD)
+            h_BTD, pending_BTD = apply_layer(layer, h_BTD, pending_BTD, segment_ids_BT, positions_BT,
+                                             _fold(dropout_rng, i + 1))
+        return self.final_norm(h_BTD if pending_BTD is None else h_BTD + pending_BTD)
 
 
 class PredictionHead(nnx.Module):

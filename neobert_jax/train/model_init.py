@@ -43,14 +43,20 @@ def matmul_precision(precision: str) -> str:
 def apply_xla_flags(precision: str, environ=None) -> None:
     """Adds the XLA flags measured fastest for `precision` to XLA_FLAGS unless the user set them.
 
-    bf16: cuBLAS for every matmul instead of XLA's Triton GEMM fusions — 1.69M vs 1.62M tokens/s
-    for the student on an H200; the same flag slows the 3-pass-TF32 fp32 path (209k vs 230k), so
-    it is left alone there. Must run before JAX initializes its backend; other backends ignore it.
+    bf16, on an H200 with the student (docs/performance.md): cuBLAS for every matmul instead of
+    XLA's Triton GEMM fusions (1.69M vs 1.62M tokens/s), and no dot merging (1.83M vs 1.82M):
+    merging the q/k/v projections forces a concatenation of their gradients before the
+    weight-gradient matmul. The Triton flag slows the 3-pass-TF32 fp32 path (209k vs 230k), so
+    fp32 keeps XLA's defaults. Must run before JAX initializes its backend; other backends ignore it.
     """
     environ = os.environ if environ is None else environ
+    if precision != "bf16":
+        return
     flags = environ.get("XLA_FLAGS", "")
-    if precision == "bf16" and "xla_gpu_enable_triton_gemm" not in flags:
-        environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
+    for name, value in (("xla_gpu_enable_triton_gemm", "false"), ("xla_gpu_dot_merger_threshold_mb", "0")):
+        if name not in flags:
+            flags = f"{flags} --{name}={value}".strip()
+    environ["XLA_FLAGS"] = flags
 
 
 def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:

@@ -8,6 +8,7 @@ split along `embed`), or tensor-parallel (mesh.tensor), in any combination.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -15,8 +16,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from neobert_jax.model.shards import BATCH_AXES  # batch rows are split over every non-tensor device
+
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # batch rows are split over every non-tensor device
 
 LOGICAL_RULES = {
     "vocab": "tensor",
@@ -78,6 +80,17 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param
         params_sharding,
         transform_non_params=lambda _: replicated(mesh),
     )
+
+
+def traced_under(mesh: Mesh, fn):
+    """fn, traced with `mesh` as the context mesh: the model's kernels then run per device on
+    their share of the batch (model/shards.py) instead of on a gathered copy."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -117,7 +117,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
 
     batch_sh = sharding.batch_sharding(mesh)
     return jax.jit(
-        train_step,
+        sharding.traced_under(mesh, train_step),
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -132,7 +132,7 @@ def make_eval_step(parts: ModelParts, train_cfg, params_sh, mesh: Mesh) -> Calla
         return nll_sum_and_count(parts.merge(params), batch, masked_only)
 
     return jax.jit(
-        eval_step,
+        sharding.traced_under(mesh, eval_step),
         in_shardings=(params_sh, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
