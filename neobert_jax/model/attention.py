@@ -42,14 +42,18 @@ def _per_device(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
     return run(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)[0]
 
 
+def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale):
+    """A Pallas kernel per device, interpreted on CPU so that it is testable anywhere."""
+    interpret = jax.default_backend() == "cpu"
+    return _per_device(lambda *args: kernel(*args, window=window, scale=scale, interpret=interpret),
+                       q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+
+
 def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """Our flash kernel (attention_pallas); interpreted on CPU so it is testable anywhere."""
+    """Our flash kernel (attention_pallas)."""
     from neobert_jax.model.attention_pallas import pallas_attention
 
-    interpret = jax.default_backend() == "cpu"
-    return _per_device(lambda q, k, v, seg: pallas_attention(q, k, v, seg, window=window, scale=scale,
-                                                             interpret=interpret),
-                       q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+    return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 
 def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
@@ -78,13 +82,10 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
 
 
 def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """JAX's TPU splash-attention kernel (attention_splash); interpreted on CPU so it is testable anywhere."""
+    """JAX's TPU splash-attention kernel (attention_splash)."""
     from neobert_jax.model.attention_splash import splash_attention
 
-    interpret = jax.default_backend() == "cpu"
-    return _per_device(lambda q, k, v, seg: splash_attention(q, k, v, seg, window=window, scale=scale,
-                                                             interpret=interpret),
-                       q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+    return _pallas_kernel(splash_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 
 def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
