@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-heads", type=int, default=6)
     p.add_argument("--intermediate-size", type=int, default=768)
     p.add_argument("--vocab-size", type=int, help="must equal the teacher's (default: the teacher's)")
+    p.add_argument("--max-position-embeddings", type=int, default=1024,
+                   help="the student's (the users' student config: 1024; sentence-transformers truncates there)")
     p.add_argument("--selection", choices=("prefix", "uniform"), default="prefix",
                    help="which heads/neurons to keep: the first ones (users' script) or evenly spread (paper)")
     p.add_argument("--layers", default="0", help="teacher:student layer pairs, e.g. '0' or '0:0,6:1'")
@@ -25,10 +27,13 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     try:
+        if args.max_position_embeddings <= 0:
+            raise ValueError(f"--max-position-embeddings {args.max_position_embeddings}: must be positive")
         teacher = read_hf_config(args.teacher)
         student = teacher.replace(
             hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
             intermediate_size=args.intermediate_size, vocab_size=args.vocab_size or teacher.vocab_size,
+            max_position_embeddings=args.max_position_embeddings,
         )
         model, explained, guided = guide_init(read_hf_state_dict(args.teacher), teacher, student,
                                               layer_map=parse_layer_map(args.layers), selection=args.selection,

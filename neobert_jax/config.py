@@ -99,6 +99,15 @@ class ModernBertConfig:
             raise ValueError(f"{source}: model_type is {model_type!r}, expected 'modernbert'")
         names = {f.name for f in dataclasses.fields(cls)} - set(RUNTIME_FIELDS)
         kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        for field in dataclasses.fields(cls):  # a wrong type fails later with a baffling message
+            value, default = kwargs.get(field.name), field.default
+            if value is None or not isinstance(default, (bool, int, float, str)):
+                continue
+            if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                continue
+            if type(value) is not type(default):
+                raise ValueError(f"{source}: {field.name} is {value!r} ({type(value).__name__}), "
+                                 f"expected {type(default).__name__}")
         rope = d.get("rope_parameters") or {}
         if isinstance(rope.get(FULL), dict) and "rope_theta" in rope[FULL]:
             kwargs["global_rope_theta"] = float(rope[FULL]["rope_theta"])

@@ -19,7 +19,7 @@ import time
 from neobert_jax.data import DataError, load_tokenizer
 from neobert_jax.data import sources
 from neobert_jax.data.token_store import DEFAULT_SHARD_TOKENS, write_store
-from neobert_jax.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from neobert_jax.data.tokenizer import DEFAULT_VOCAB_SIZE, check_vocab_size, train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         meta, seconds = preprocess(args)
-    except (DataError, OSError) as e:
-        sys.exit(f"error: {e}")
+    except (DataError, OSError) as e:  # a full disk's OSError names no file: name the output
+        where = "" if isinstance(e, DataError) or e.filename else f"{os.path.abspath(args.output)}: "
+        sys.exit(f"error: {where}{e}")
     read = meta["read_stats"]
     print(
         f"{args.output}: {meta['documents']} documents, {meta['tokens']} tokens in {len(meta['shards'])} shard(s) "
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def preprocess(args: argparse.Namespace) -> tuple[dict, float]:
+    if args.shard_tokens <= 0:
+        raise DataError(f"--shard-tokens {args.shard_tokens}: must be positive")
+    if not args.tokenizer:
+        check_vocab_size(args.vocab_size)
     if os.path.exists(args.output) and not args.overwrite:  # before the slow part, not after it
         raise DataError(f"{os.path.abspath(args.output)} already exists; pass overwrite to replace it")
     files = sources.resolve_files(args.train_files)

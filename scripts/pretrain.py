@@ -8,8 +8,21 @@ and under `srun` / `mpirun` the processes find each other by themselves; elsewhe
 --coordinator_address, --num_processes and --process_id (or the JAX_* variables).
 """
 
-from neobert_jax.train.cli import run
-from neobert_jax.train.loop import train
+import signal
+import sys
+
+
+def _stopped_before_start(signum, frame):
+    """Until the run installs its own handlers (imports take seconds): a clean exit, not -15."""
+    print(f"{signal.Signals(signum).name} before the run started: nothing to save", file=sys.stderr)
+    sys.exit(0)
+
+
+for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, _stopped_before_start)
+
+from neobert_jax.train.cli import run  # noqa: E402
+from neobert_jax.train.loop import train  # noqa: E402
 
 if __name__ == "__main__":
     run(train, "configs/student.py")

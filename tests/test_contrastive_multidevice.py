@@ -33,7 +33,7 @@ def _run_all() -> dict:
     from neobert_jax.contrastive.losses import make_objective
     from neobert_jax.contrastive.pooling import gather_texts
     from neobert_jax.contrastive.run_setup import encoder_only
-    from neobert_jax.contrastive.step import encode_groups, make_contrastive_step, place_batch, process_row_range
+    from neobert_jax.contrastive.step import encode_groups, make_contrastive_step, place_batch
     from neobert_jax.contrastive.tokenized import TokenizedColumns
     from neobert_jax.train import optim, sharding, state
     from neobert_jax.train.config import default_config
@@ -61,7 +61,7 @@ def _run_all() -> dict:
         layout = Layout(kind, SEQ, 6, sharding.batch_rows_divisor(mesh) * accum, (0, 1, 2))
         batches = ContrastiveBatches(data, batch_size=BATCH, seed=0, shuffle=True, layout=layout,
                                      special_ids=dict(cls_id=CLS, sep_id=SEP, pad_id=PAD),
-                                     row_range=lambda rows: process_row_range(mesh, rows))
+                                     row_range=lambda rows: sharding.process_row_range(mesh, rows))
         step = make_contrastive_step(parts, tx, schedule, objective, slots=layout.slots, pooling_mode="mean",
                                      accum=accum, has_targets=False, state_sh=shardings, mesh=mesh)
         losses, norms, first_batch = [], [], None

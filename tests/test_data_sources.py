@@ -124,3 +124,18 @@ def test_no_files_means_the_builtin_corpus():
     assert len(docs) == stats.documents > 10_000 and len(set(docs)) == len(docs)
     assert 1_500_000 < sum(map(len, docs)) < 3_000_000
     assert all("\n" not in d and d == d.strip() for d in docs)
+
+
+def test_builtin_corpus_is_cached_on_disk_and_identical(tmp_path, monkeypatch):
+    from neobert_jax.data import builtin_corpus
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    builtin_corpus.builtin_documents.cache_clear()
+    try:
+        first = builtin_corpus.builtin_documents()
+        cached = list((tmp_path / "neobert_jax").glob("builtin_corpus-*.txt"))
+        assert len(cached) == 1 and cached[0].read_text(encoding="utf-8").count("\n") == len(first) - 1
+        builtin_corpus.builtin_documents.cache_clear()
+        assert builtin_corpus.builtin_documents() == first == builtin_corpus._build(builtin_corpus._stdlib_sources())
+    finally:
+        builtin_corpus.builtin_documents.cache_clear()

@@ -38,7 +38,7 @@ def guide_dir(tmp_path_factory):
 def test_guide_backbone_loads_and_head_is_reported_new(guide_dir):
     path, backbone = guide_dir
     messages = []
-    model, new = build_model(config_for(str(path)), 100, SPECIALS, log=messages.append)
+    model, new = build_model(config_for(str(path), local_attention=16), 100, SPECIALS, log=messages.append)
     assert sorted(new) == ["decoder.bias", "head.dense.weight", "head.norm.weight"]
     assert len(messages) == 1 and "newly initialized" in messages[0] and "head.dense.weight" in messages[0]
     embedding = backbone["embeddings.tok_embeddings.weight"]

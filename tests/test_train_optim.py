@@ -13,9 +13,9 @@ from neobert_jax.train import optim, state
 TOTAL, WARMUP, PEAK = 50, 8, 1e-3
 
 
-def hf_lrs(make_schedule) -> np.ndarray:
+def hf_lrs(make_schedule, warmup: int = WARMUP) -> np.ndarray:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
-    sched = make_schedule(opt, WARMUP, TOTAL)
+    sched = make_schedule(opt, warmup, TOTAL)
     lrs = []
     for _ in range(TOTAL):
         lrs.append(opt.param_groups[0]["lr"])
@@ -34,6 +34,40 @@ def our_lrs(name: str, **overrides) -> np.ndarray:
                                      ("linear", get_linear_schedule_with_warmup)])
 def test_schedules_match_hf(name, hf):
     np.testing.assert_allclose(our_lrs(name), hf_lrs(hf), rtol=1e-5, atol=1e-10)
+
+
+def test_warmup_longer_than_the_run_keeps_hf_semantics():
+    """HF's schedule climbs to step/warmup of the peak and never decays; so does ours, and says so."""
+    long_warmup = 80
+    np.testing.assert_allclose(our_lrs("cosine", warmup_steps=long_warmup),
+                               hf_lrs(get_cosine_schedule_with_warmup, long_warmup), rtol=1e-5, atol=1e-10)
+    cfg = train_cfg(schedule="cosine", learning_rate=PEAK, warmup_steps=long_warmup)
+    summary = optim.summarize_schedule(cfg, TOTAL)
+    assert summary.peak_lr == pytest.approx(PEAK * 49 / 80) and summary.final_lr == pytest.approx(summary.peak_lr)
+    text = summary.describe(cfg, TOTAL)
+    assert "warning: train.warmup_steps=80 >= the run's 50 steps" in text and "61% of" in text, text
+
+
+def test_warmup_fraction_fits_every_run_length():
+    for total in (20, 50, 5000):
+        cfg = train_cfg(schedule="cosine", learning_rate=PEAK, warmup_steps=1000, warmup_fraction=0.1)
+        summary = optim.summarize_schedule(cfg, total)
+        assert summary.warmup_steps == round(0.1 * total)
+        assert summary.peak_lr == pytest.approx(PEAK) and summary.final_lr < 0.01 * PEAK
+        assert "warning" not in summary.describe(cfg, total)
+
+
+@pytest.mark.parametrize("rows,epochs,max_steps,multiple,seq_len,expected", [
+    (1000, 10, 0, 1, 512, 4),  # 8 rows would give 1,250 < 1,500 steps
+    (1000, 10, 0, 8, 512, 8),  # never below one row per batch shard
+    (10_000_000, 10, 0, 1, 512, 64),  # a large corpus: the largest batch, 32k tokens
+    (10_000_000, 10, 0, 1, 128, 256),  # the same tokens in shorter rows
+    (1000, 10, 500, 1, 512, 64),  # max_steps fixes the step count: the largest batch
+    (300, 1, 0, 2, 512, 4),  # too small for 1,500 steps at any batch: the smallest, 2k tokens
+])
+def test_auto_batch_size(rows, epochs, max_steps, multiple, seq_len, expected):
+    cfg = train_cfg(auto_batch_steps=1500, auto_batch_min_tokens=2048, auto_batch_max_tokens=32768, seq_len=seq_len)
+    assert optim.auto_batch_size(rows, epochs, max_steps, cfg, multiple) == expected
 
 
 def test_warmup_stable_decay():

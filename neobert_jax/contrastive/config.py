@@ -17,7 +17,8 @@ LOSSES = ("mnrl", "simcse", "mse")
 LAYOUTS = ("pack", "bucket")
 POOLING_MODES = ("mean", "cls")
 _DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
-_MLM_ONLY_TRAIN_KEYS = ("masked_logits_only", "eval_batches", "export_hf")
+_MLM_ONLY_TRAIN_KEYS = ("masked_logits_only", "eval_batches", "export_hf", "auto_batch_steps", "auto_batch_min_tokens",
+                        "auto_batch_max_tokens")
 _KEPT_MODEL_KEYS = ("attn_implementation", "remat") + _DROPOUTS
 
 

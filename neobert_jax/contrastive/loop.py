@@ -99,8 +99,8 @@ class _ContrastiveRun:
             self._save(step, state, force=True)
             s.checkpointer.wait()
             self.reporter.end_progress()
-            self.reporter.message(f"stopped at step {step}: checkpoint saved in {s.checkpointer.directory}; "
-                                  "rerun the same command to resume")
+            self.reporter.message(f"stopped at step {step}: latest checkpoint step {s.checkpointer.latest_step()} "
+                                  f"in {s.checkpointer.directory}; rerun the same command to resume")
             return ContrastiveResult(step, False, self._train_loss(), None, None, None)
         return self._finish(step, state)
 

@@ -20,16 +20,15 @@ from neobert_jax.contrastive.columns import read_training_columns
 from neobert_jax.contrastive.config import as_list, dropout_overrides, matryoshka
 from neobert_jax.contrastive.evaluation import RetrievalSet, StsSet, load_eval_sets
 from neobert_jax.contrastive.losses import make_objective
-from neobert_jax.contrastive.step import process_row_range
 from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, tokenize_columns
 from neobert_jax.data import load_tokenizer, sources
-from neobert_jax.data.tokenizer import save_tokenizer
 from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.convert import find_tokenizer_dir
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
 from neobert_jax.train.model_init import compute_dtype
+from neobert_jax.train.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
 from neobert_jax.train.run_setup import start_or_resume
 from neobert_jax.train.state import ModelParts, TrainState, state_shardings
 
@@ -139,7 +138,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     special_ids = dict(cls_id=text_tokenizer.cls_id, sep_id=text_tokenizer.sep_id, pad_id=text_tokenizer.pad_id)
     batches = ContrastiveBatches(data, batch_size=t.batch_size, seed=config.seed, shuffle=config.data.shuffle,
                                  layout=layout, special_ids=special_ids,
-                                 row_range=lambda rows: process_row_range(mesh, rows))
+                                 row_range=lambda rows: sharding.process_row_range(mesh, rows))
     total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
@@ -149,17 +148,13 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     tx = encoder_only(optim.make_optimizer(t, schedule), params)
     shardings = state_shardings(parts, tx, mesh)
 
+    write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
     checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
                                                        batches, log)
     del params
 
+    write_run_files(config, output_dir, model_config, tokenizer, None, write_tokenizer)
     run_tokenizer = os.path.join(output_dir, TOKENIZER_DIR)
-    if jax.process_index() == 0:
-        if not os.path.isdir(run_tokenizer):
-            save_tokenizer(tokenizer, run_tokenizer)
-        model_config.save_json(os.path.join(output_dir, "config.json"))
-        with open(os.path.join(output_dir, "run_config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
     return ContrastiveSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
                             batches=batches, objective=objective, total_steps=total_steps,
                             start_step=int(state.step), loss_totals=loss_totals, checkpointer=checkpointer,

@@ -53,13 +53,6 @@ def batch_shardings(mesh: Mesh, num_groups: int, has_targets: bool) -> dict:
     return out
 
 
-def process_row_range(mesh: Mesh, rows: int) -> tuple[int, int]:
-    """The rows [lo, hi) of a batch-sharded (rows, ...) array that live on this process's devices."""
-    index_map = sharding.batch_sharding(mesh).addressable_devices_indices_map((rows,))
-    bounds = [s[0].indices(rows)[:2] for s in index_map.values()]
-    return min(b[0] for b in bounds), max(b[1] for b in bounds)
-
-
 def place_batch(batch: dict, stats: dict, mesh: Mesh) -> dict:
     """Host batch (this process's rows) -> global arrays with `batch_shardings`."""
     shardings = batch_shardings(mesh, len(batch["groups"]), "targets" in batch)

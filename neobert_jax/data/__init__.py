@@ -17,7 +17,7 @@ Bad input raises DataError with a one-line message; scripts exit with `error: <m
 
 from neobert_jax.data.errors import DataError
 from neobert_jax.data.masking import IGNORE_INDEX, max_predictions
-from neobert_jax.data.pipeline import DataStats, MlmIterator, build_mlm_iterator, default_data_config
+from neobert_jax.data.pipeline import DataStats, MlmIterator, build_mlm_iterator, default_data_config, packed_rows
 from neobert_jax.data.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "get_tokenizer",
     "load_tokenizer",
     "max_predictions",
+    "packed_rows",
     "save_tokenizer",
 ]

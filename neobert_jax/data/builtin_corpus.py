@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import os
 import re
 import pathlib
@@ -63,17 +64,48 @@ def _stdlib_sources() -> list[pathlib.Path]:
     return sorted(paths)
 
 
+def _cache_path(sources: list[pathlib.Path]) -> pathlib.Path:
+    """A file named by everything the corpus is made from: this module's code, the Python version
+    and every source's size and mtime, so an edited or upgraded install makes a new one."""
+    identity = hashlib.sha256(pathlib.Path(__file__).read_bytes())
+    identity.update(f"{platform.python_version()} {pydoc_data.topics.__file__}".encode())
+    for path in [pathlib.Path(pydoc_data.topics.__file__), *sources]:
+        stat = path.stat()
+        identity.update(f"{path} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    return root / "neobert_jax" / f"builtin_corpus-{identity.hexdigest()[:16]}.txt"
+
+
 @functools.lru_cache(maxsize=1)
 def builtin_documents() -> tuple[str, ...]:
     """Distinct paragraphs in a fixed order (topics by name, then stdlib files by path): ~1.7 MB.
 
     Exact repeats (inherited docstrings such as "Return self==value.") are kept once, so a held-out
-    eval paragraph cannot also appear in the training split.
+    eval paragraph cannot also appear in the training split. Parsing the standard library takes
+    seconds, so the result is cached as one paragraph per line (paragraphs hold no newlines).
     """
+    sources = _stdlib_sources()
+    cache = _cache_path(sources)
+    try:
+        return tuple(cache.read_text(encoding="utf-8").split("\n"))
+    except (OSError, UnicodeDecodeError):
+        pass
+    documents = _build(sources)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text("\n".join(documents), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home only costs the next run the same seconds
+    return documents
+
+
+def _build(sources: list[pathlib.Path]) -> tuple[str, ...]:
     documents = []
     for name in sorted(pydoc_data.topics.topics):
         documents.extend(_paragraphs(pydoc_data.topics.topics[name]))
-    for path in _stdlib_sources():
+    for path in sources:
         for doc in _docstrings(path):
             documents.extend(_paragraphs(doc))
     return tuple(dict.fromkeys(documents))

@@ -124,11 +124,8 @@ def build_mlm_iterator(
     """
     cfg = data_config
     _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, process_count)
-    store, doc_ids, held_out = _split_documents(cfg, tokenizer, split)
+    store, plan, held_out = _plan_split(cfg, tokenizer, split, seq_len, seed)
     shuffle = split == "train" and cfg.shuffle
-    if shuffle:
-        doc_ids = np.random.default_rng(seed).permutation(doc_ids)
-    plan = plan_rows(doc_ids, store.doc_lengths[doc_ids], seq_len, cfg.packing)
     steps_per_epoch = _steps_per_epoch(plan, split, batch_size * process_count)
     masker = Masker.for_tokenizer(tokenizer, special_ids(tokenizer), seq_len, cfg.mlm_probability, cfg.mask_all)
     make_batch = _BatchMaker(
@@ -172,6 +169,21 @@ def build_mlm_iterator(
         steps_per_epoch=steps_per_epoch,
     )
     return MlmIterator(iter(steps.to_iter_dataset(read_options)), stats, masker.max_predictions)
+
+
+def packed_rows(data_config: ml_collections.ConfigDict, *, tokenizer, seq_len: int, seed: int = 0,
+                split: str = "train") -> int:
+    """Rows (of all processes) the split packs into, before an iterator exists: what sizes an
+    automatic batch. Cheap after the first call: the tokenized corpus is cached."""
+    _check_settings(data_config, tokenizer, split, seq_len, 1, 0, 1)
+    return _plan_split(data_config, tokenizer, split, seq_len, seed)[1].num_rows
+
+
+def _plan_split(cfg, tokenizer, split: str, seq_len: int, seed: int) -> tuple[TokenStore, PackPlan, int]:
+    store, doc_ids, held_out = _split_documents(cfg, tokenizer, split)
+    if split == "train" and cfg.shuffle:
+        doc_ids = np.random.default_rng(seed).permutation(doc_ids)
+    return store, plan_rows(doc_ids, store.doc_lengths[doc_ids], seq_len, cfg.packing), held_out
 
 
 def _steps_per_epoch(plan: PackPlan, split: str, global_batch_size: int) -> int:

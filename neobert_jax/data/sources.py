@@ -126,9 +126,16 @@ def _accept(text: str, stats: ReadStats) -> Iterator[str]:
 
 
 def _read_lines(path: str, text_field: str, is_jsonl: bool, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
-    """Lines split on b'\\n' only (so U+2028 etc. stay inside a document), decoded as UTF-8."""
+    """Lines split on b'\\n' only (so U+2028 etc. stay inside a document), decoded as UTF-8.
+
+    A file whose first lines are mostly undecodable or control bytes is refused as binary:
+    replacing them would train on noise (a binary file need not contain a NUL byte).
+    """
+    probed = suspicious = line_number = 0
     with open(path, "rb") as f:
         for line_number, raw in enumerate(f, start=1):
+            if line_number == _BINARY_PROBE_LINES + 1:
+                _check_not_binary(path, suspicious, probed)
             if line_number == 1:
                 raw = raw.removeprefix(codecs.BOM_UTF8)
             if b"\0" in raw:
@@ -140,6 +147,10 @@ def _read_lines(path: str, text_field: str, is_jsonl: bool, skip_bad: bool, stat
             except UnicodeDecodeError:
                 line = raw.decode("utf-8", errors="replace")
                 stats.invalid_utf8_replaced += 1
+                suspicious += line.count("\ufffd") if line_number <= _BINARY_PROBE_LINES else 0
+            if line_number <= _BINARY_PROBE_LINES:
+                probed += len(raw)
+                suspicious += len(raw.translate(None, _TEXT_BYTES))  # control bytes
             if not is_jsonl:
                 yield from _accept(line, stats)
             elif not line.strip():
@@ -153,6 +164,18 @@ def _read_lines(path: str, text_field: str, is_jsonl: bool, skip_bad: bool, stat
                 else:
                     hint = "set skip_bad_records to count and skip such lines"
                     raise DataError(f"{path}:{line_number}: {problem} ({hint})")
+    if line_number <= _BINARY_PROBE_LINES:
+        _check_not_binary(path, suspicious, probed)
+
+
+_BINARY_PROBE_LINES = 64
+_TEXT_BYTES = bytes([9, 10, 11, 12, 13, *range(32, 256)])
+
+
+def _check_not_binary(path: str, suspicious: int, probed: int) -> None:
+    if suspicious * 10 > probed * 3:
+        raise DataError(f"{path}: {suspicious} of its first {probed} bytes are control bytes or not UTF-8: a binary "
+                        "file? expected UTF-8 text")
 
 
 def _jsonl_text(line: str, text_field: str) -> tuple[str, None] | tuple[None, str]:

@@ -126,6 +126,8 @@ def write_store(
 
     `read_stats` must be the stats object the `texts` iterator counts into. Returns the meta dict.
     """
+    if shard_tokens <= 0:  # a shard would never fill: one file per batch, forever
+        raise DataError(f"shard_tokens={shard_tokens}: must be positive")
     encoder = tokenizers.TextEncoder(tokenizer)
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp_dir:
         shards = _write_shards(tmp_dir, _encode_batches(texts, encoder), encoder.dtype, shard_tokens)

@@ -23,6 +23,7 @@ DEFAULT_VOCAB_SIZE = 32768
 MODEL_MAX_LENGTH = 8192  # ModernBERT's max_position_embeddings
 _REQUIRED_SPECIALS = ("cls", "sep", "pad", "mask")
 _CORPUS_NOTE = "trained_on.json"
+TRAINING_CHUNK_CHARS = 2048
 
 
 def get_tokenizer(
@@ -41,16 +42,34 @@ def get_tokenizer(
     in `output_dir/tokenizer`; a rerun on the same corpus loads the cached one.
     """
     if tokenizer_path:
-        bundled = os.path.join(tokenizer_path, "tokenizer")
-        return load_tokenizer(bundled if os.path.isdir(bundled) else tokenizer_path)
+        return load_tokenizer_or_bundle(tokenizer_path)
+    tokenizer, note, cached = cached_or_trained(train_files, output_dir, vocab_size, text_field=text_field,
+                                                skip_bad_records=skip_bad_records)
+    if cached:
+        return tokenizer
+    cache_dir = os.path.join(output_dir, "tokenizer")
+    save_tokenizer(tokenizer, cache_dir, note)
+    return _load_cached(cache_dir, note)  # another process may have won the race to write it
+
+
+def load_tokenizer_or_bundle(path: str):
+    """An HF tokenizer folder, or a folder holding one under `tokenizer/` (preprocessed shards, run dirs)."""
+    bundled = os.path.join(path, "tokenizer")
+    return load_tokenizer(bundled if os.path.isdir(bundled) else path)
+
+
+def cached_or_trained(train_files, output_dir: str, vocab_size: int, *, text_field: str = "text",
+                      skip_bad_records: bool = False) -> tuple[object, dict, bool]:
+    """-> (tokenizer, corpus note, whether it came from output_dir/tokenizer). Writes nothing, so a
+    run can validate everything else before its output dir gets a tokenizer."""
+    check_vocab_size(vocab_size)
     files = sources.resolve_files(train_files)
     note = {"corpus": sources.describe_files(files), "vocab_size": vocab_size, "text_field": text_field}
     cache_dir = os.path.join(output_dir, "tokenizer")
     if os.path.isdir(cache_dir):
-        return _load_cached(cache_dir, note)
+        return _load_cached(cache_dir, note), note, True
     tokenizer = train_tokenizer(files, vocab_size=vocab_size, text_field=text_field, skip_bad_records=skip_bad_records)
-    save_tokenizer(tokenizer, cache_dir, note)
-    return _load_cached(cache_dir, note)  # another process may have won the race to write it
+    return tokenizer, note, False
 
 
 def _load_cached(cache_dir: str, note: dict):
@@ -75,8 +94,8 @@ def load_tokenizer(path: str):
         raise DataError(f"tokenizer {path}: no such folder (only local tokenizers are loaded; download hub ones first)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"tokenizer {path}: cannot be loaded ({e})") from None
+    except Exception as e:  # transformers raises many types, e.g. for a config.json beside it with bad values
+        raise DataError(f"tokenizer {path}: cannot be loaded ({type(e).__name__}: {e})") from None
     if not tokenizer.is_fast:
         raise DataError(f"tokenizer {path}: no fast (Rust `tokenizers`) version; save it with tokenizer.json")
     if missing := missing_special_tokens(tokenizer):
@@ -88,6 +107,27 @@ def missing_special_tokens(tokenizer) -> list[str]:
     return [name for name in _REQUIRED_SPECIALS if getattr(tokenizer, f"{name}_token_id", None) is None]
 
 
+def check_vocab_size(vocab_size) -> None:
+    smallest = 256 + len(SPECIAL_TOKENS) + 1  # the byte alphabet, the specials, one merge
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
+        raise DataError(f"tokenizer vocab_size={vocab_size!r}: must be an integer >= {smallest} "
+                        f"(256 byte tokens, {len(SPECIAL_TOKENS)} special tokens, at least one merge)")
+
+
+def _bounded(documents, limit: int = TRAINING_CHUNK_CHARS):
+    """Documents cut into pieces of at most `limit` characters, at a space where there is one.
+
+    BPE training time grows with the square of a word's length: one 20 MB line without spaces
+    took minutes. Pieces of ordinary text keep their words whole.
+    """
+    for text in documents:
+        while len(text) > limit:
+            cut = text.rfind(" ", limit // 2, limit) + 1 or limit
+            yield text[:cut]
+            text = text[cut:]
+        yield text
+
+
 def train_tokenizer(
     files: Sequence[str],
     *,
@@ -96,8 +136,8 @@ def train_tokenizer(
     skip_bad_records: bool = False,
 ):
     """Byte-level BPE like ModernBERT's: no unknown bytes, [CLS] text [SEP], no token_type_ids."""
+    check_vocab_size(vocab_size)
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -111,7 +151,7 @@ def train_tokenizer(
     )
     stats = sources.ReadStats()
     documents = sources.read_documents(files, text_field=text_field, skip_bad_records=skip_bad_records, stats=stats)
-    backend.train_from_iterator(documents, trainer=trainer)
+    backend.train_from_iterator(_bounded(documents), trainer=trainer)
     if stats.documents == 0:
         raise DataError(f"no documents to train a tokenizer on in {', '.join(files)} ({stats.empty_skipped} empty)")
     backend.add_special_tokens([AddedToken("[MASK]", lstrip=True, special=True, normalized=False)])  # as ModernBERT
@@ -121,6 +161,17 @@ def train_tokenizer(
         pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
+    return wrap_backend(backend)
+
+
+def wrap_backend(backend):
+    """The transformers tokenizer around a trained `tokenizers.Tokenizer` (also one sent as JSON
+    from process 0, so other hosts need not train it too)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(backend, str):
+        backend = Tokenizer.from_str(backend)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="[UNK]",
@@ -133,11 +184,12 @@ def train_tokenizer(
     )
 
 
-def save_tokenizer(tokenizer, out_dir: str, note: dict | None = None) -> None:
+def save_tokenizer(tokenizer, out_dir: str, note: dict | None = None, replace: bool = False) -> None:
     """Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json, atomically.
 
     The config names the class `PreTrainedTokenizerFast`, which transformers 4.x and 5.x both load
-    (5.x would write its own `TokenizersBackend`, unknown to 4.x). An existing folder is kept.
+    (5.x would write its own `TokenizersBackend`, unknown to 4.x). An existing folder is kept
+    unless `replace`.
     """
     special_tokens = dict(tokenizer.special_tokens_map)
     config = {
@@ -146,7 +198,7 @@ def save_tokenizer(tokenizer, out_dir: str, note: dict | None = None) -> None:
         "model_max_length": tokenizer.model_max_length,
         "model_input_names": list(tokenizer.model_input_names),
     }
-    with atomic_dir(out_dir, if_exists="keep") as tmp_dir:
+    with atomic_dir(out_dir, if_exists="replace" if replace else "keep") as tmp_dir:
         tokenizer.backend_tokenizer.save(os.path.join(tmp_dir, "tokenizer.json"))
         files = {"tokenizer_config.json": config, "special_tokens_map.json": special_tokens, _CORPUS_NOTE: note}
         for name, content in files.items():

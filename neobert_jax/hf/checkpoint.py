@@ -85,24 +85,49 @@ def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForM
 
 
 def restore_params(params_dir: str, target: dict) -> dict:
-    """Restores a params PyTree, checking names and shapes against `target` (abstract or real)."""
+    """Restores a params PyTree, checking names and shapes against `target` (abstract or real).
+
+    Orbax needs an absolute path (a relative one reads no metadata, so every tensor looked
+    missing), and an explicit sharding: without one it reuses the saving run's device layout,
+    which it calls unsafe on another topology (a multi-device run converted on one device).
+    """
     import orbax.checkpoint as ocp
 
+    params_dir = os.path.abspath(params_dir)
+    check_params_match(params_dir, target)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), target)
     with ocp.StandardCheckpointer() as checkpointer:
-        meta = checkpointer.metadata(params_dir)
-        saved_tree = getattr(meta, "item_metadata", meta)
-        saved = {"/".join(map(str, k)): v.shape for k, v in _flatten(saved_tree).items()}
-        wanted = {"/".join(map(str, k)): v.shape for k, v in _flatten(target).items()}
-        for name in sorted(set(saved) | set(wanted)):
-            if name not in saved:
-                raise ValueError(f"{params_dir}: tensor {name} is missing from the checkpoint")
-            if name not in wanted:
-                raise ValueError(f"{params_dir}: tensor {name} is not a parameter of this model")
-            if tuple(saved[name]) != tuple(wanted[name]):
-                raise ValueError(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
-                                 f"the model expects {tuple(wanted[name])}")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), target)
-        return checkpointer.restore(params_dir, abstract)
+        try:
+            return checkpointer.restore(params_dir, abstract)
+        except (ValueError, OSError) as e:  # tensorstore: DATA_LOSS etc. on damaged files
+            raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
+
+
+def check_params_match(params_dir: str, target) -> None:
+    """Raises ValueError naming the first tensor whose name or shape differs between the orbax
+    params item at `params_dir` and `target`, before orbax fails less clearly."""
+    import orbax.checkpoint as ocp
+
+    params_dir = os.path.abspath(params_dir)
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            meta = checkpointer.metadata(params_dir)
+        except (ValueError, OSError, KeyError) as e:
+            raise ValueError(f"{params_dir}: not a readable checkpoint ({' '.join(str(e).split())[:300]})") from None
+    saved_tree = getattr(meta, "item_metadata", meta)
+    if saved_tree is None:
+        raise ValueError(f"{params_dir}: not a readable checkpoint (no metadata)")
+    saved = {"/".join(map(str, k)): v.shape for k, v in _flatten(saved_tree).items()}
+    wanted = {"/".join(map(str, k)): v.shape for k, v in _flatten(target).items()}
+    for name in sorted(set(saved) | set(wanted)):
+        if name not in saved:
+            raise ValueError(f"{params_dir}: tensor {name} is missing from the checkpoint")
+        if name not in wanted:
+            raise ValueError(f"{params_dir}: tensor {name} is not a parameter of this model")
+        if tuple(saved[name]) != tuple(wanted[name]):
+            raise ValueError(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
+                             f"the model expects {tuple(wanted[name])}")
 
 
 def _flatten(tree) -> dict:

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import orbax.checkpoint as ocp
 
+from neobert_jax.hf.checkpoint import check_params_match
 from neobert_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed; the message names it and what to do."""
 
 
 class RunCheckpointer:
@@ -27,7 +33,8 @@ class RunCheckpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
+                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,  # a save killed midway leaves `*.orbax-checkpoint-tmp*`
             ),
             item_handlers={
                 "params": ocp.StandardCheckpointHandler(),
@@ -41,8 +48,12 @@ class RunCheckpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, data_state: dict, meta: dict, force: bool = False) -> bool:
-        """Saves when `step` is a multiple of save_every (or `force`); returns whether it did."""
-        if step in self.manager.all_steps():
+        """Saves when `step` is a multiple of save_every (or `force`); returns whether it did.
+
+        Never during a non-finite streak: the keep-N rotation would delete the checkpoints from
+        before the divergence, the only ones worth resuming from.
+        """
+        if step in self.manager.all_steps() or self.in_nonfinite_streak(state):
             return False
         return self.manager.save(
             step,
@@ -55,17 +66,34 @@ class RunCheckpointer:
             force=force,
         )
 
+    @staticmethod
+    def in_nonfinite_streak(state: TrainState) -> bool:
+        return int(np.asarray(state.nonfinite_streak.addressable_data(0))) > 0
+
     def restore(self, step: int, abstract: TrainState) -> tuple[TrainState, dict, dict]:
-        """-> (state placed with `abstract`'s shardings, data-iterator state, meta)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract.params),
-                trainer=ocp.args.StandardRestore(abstract.trainer_item()),
-                data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        """-> (state placed with `abstract`'s shardings, data-iterator state, meta).
+
+        A checkpoint of another model (model.* or tokenizer changed) or a damaged one fails with
+        one line naming its dir and the step before it, instead of orbax's traceback.
+        """
+        step_dir = os.path.join(self.directory, str(step))
+        try:
+            check_params_match(os.path.join(step_dir, "params"), abstract.params)
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(abstract.params),
+                    trainer=ocp.args.StandardRestore(abstract.trainer_item()),
+                    data=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:  # orbax / tensorstore raise many types for damaged or foreign items
+            earlier = [s for s in self.manager.all_steps() if s < step]
+            hint = (f"move {step_dir} out of {self.directory} to resume from step {max(earlier)}" if earlier else
+                    "rerun with config.resume=False to start over")
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise CheckpointError(f"checkpoint {step_dir} cannot be restored ({reason}); {hint}") from None
         trainer = restored["trainer"]
         state = TrainState(params=restored["params"], **trainer)
         return state, restored["data"], restored["meta"]

@@ -7,6 +7,7 @@ valid ones), the multi-process flags of `distributed.initialize`, and turn bad i
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -18,6 +19,11 @@ from neobert_jax.train import distributed
 from neobert_jax.train.config import check_override_keys
 from neobert_jax.train.loop import NonFiniteLossError
 from neobert_jax.train.model_init import apply_xla_flags
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (library errors often wrap theirs)."""
+    return " ".join(str(error).split())
 
 
 def run(train_fn: Callable, example_config: str) -> None:
@@ -35,6 +41,11 @@ def run(train_fn: Callable, example_config: str) -> None:
         if config.value is None:
             sys.exit(f"error: --config is required, e.g. --config {example_config}")
         apply_xla_flags(config.value.train.precision)  # before JAX starts its backend
+        if config.value.compilation_cache_dir:
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.value.compilation_cache_dir))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the many small ones add up
         try:
             distributed.initialize(coordinator.value, num_processes.value, process_id.value)
         except (ValueError, RuntimeError) as e:
@@ -42,7 +53,7 @@ def run(train_fn: Callable, example_config: str) -> None:
         try:
             result = train_fn(config.value)
         except (ValueError, OSError, DataError, NonFiniteLossError) as e:
-            sys.exit(f"error: {e}")
+            sys.exit(f"error: {one_line(e)}")
         if not result.completed:
             print(f"stopped at step {result.step}; rerun to resume", file=sys.stderr)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 import os
 
 import ml_collections
 
 from neobert_jax.data import default_data_config
+from neobert_jax.data.tokenizer import SPECIAL_TOKENS
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
@@ -30,6 +32,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_from = ""
     c.resume = True  # continue from output_dir's latest checkpoint when there is one
     c.seed = 42
+    # JAX's persistent compilation cache: a rerun (or another run of the same shapes) skips
+    # compilation; "" disables it. Applied by the command line (scripts/*.py).
+    c.compilation_cache_dir = "~/.cache/neobert_jax/jax"
 
     # The data pipeline's own section (neobert_jax.data), less its tokenizer key: that is the
     # top-level `tokenizer` here.
@@ -54,13 +59,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 0  # optimizer steps; 0 = derived from epochs
     c.train.epochs = 1
-    c.train.batch_size = 32  # global rows per optimizer step (all devices, all micro-batches)
+    c.train.batch_size = 32  # global rows per optimizer step (all devices, all micro-batches); 0 = auto:
+    c.train.auto_batch_steps = 1500  # the largest batch that still gives the run this many optimizer steps,
+    c.train.auto_batch_min_tokens = 2048  # but at least this many tokens (batch_size x seq_len)
+    c.train.auto_batch_max_tokens = 32768  # and at most this many
     c.train.grad_accum_steps = 1
     c.train.seq_len = 512
     c.train.precision = "fp32"  # fp32 | tf32 | bf16 (bf16 compute, float32 params)
     c.train.learning_rate = 8e-4
     c.train.schedule = "cosine"  # cosine | linear | wsd | constant, all after a linear warmup from 0
-    c.train.warmup_steps = 1000
+    c.train.warmup_steps = 1000  # HF's meaning; a warmup longer than the run never reaches the peak
+    c.train.warmup_fraction = 0.0  # > 0: the warmup is this share of the run's steps (replaces warmup_steps)
     c.train.decay_fraction = 0.1  # wsd: share of the steps spent decaying to 0
     c.train.weight_decay = 0.01
     c.train.adam_b1 = 0.9
@@ -107,6 +116,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
     need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
+    smallest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # bytes, specials, one merge
+    need(config.data.tokenizer_vocab_size >= smallest_vocab, "data.tokenizer_vocab_size",
+         f"must be >= {smallest_vocab} (256 byte tokens, {len(SPECIAL_TOKENS)} special tokens, one merge), "
+         f"got {config.data.tokenizer_vocab_size}")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "local_attention", "global_attn_every_n_layers"):
+        need(config.model[key] > 0, f"model.{key}", f"must be positive, got {config.model[key]}")
+    need(config.model.hidden_size % config.model.num_attention_heads == 0, "model.hidden_size",
+         f"{config.model.hidden_size} is not divisible by model.num_attention_heads={config.model.num_attention_heads}")
+    need(config.model.vocab_size >= 0, "model.vocab_size", "must be >= 0 (0 = the tokenizer's size)")
 
 
 def validate_training(config: ml_collections.ConfigDict) -> None:
@@ -121,13 +140,26 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {PRECISIONS}")
     need(t.schedule in SCHEDULES, "train.schedule", f"{t.schedule!r} is not one of {SCHEDULES}")
     need(config.model.remat in REMAT_POLICIES, "model.remat", f"{config.model.remat!r} is not one of {REMAT_POLICIES}")
-    need(t.batch_size > 0, "train.batch_size", "must be positive")
+    auto_batch = "auto_batch_steps" in t  # MLM pretraining sizes its batch from the corpus when batch_size=0
+    need(t.batch_size > 0 or (auto_batch and t.batch_size == 0), "train.batch_size",
+         "must be positive" + (" (or 0 = auto)" if auto_batch else ""))
     need(t.grad_accum_steps > 0, "train.grad_accum_steps", "must be positive")
     need(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
          f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
+    if auto_batch:
+        need(t.auto_batch_steps > 0, "train.auto_batch_steps", "must be positive")
+        need(t.auto_batch_min_tokens > 0, "train.auto_batch_min_tokens", "must be positive")
+        need(t.auto_batch_max_tokens >= t.auto_batch_min_tokens, "train.auto_batch_max_tokens",
+             "must be >= train.auto_batch_min_tokens")
     need(t.max_steps > 0 or t.epochs > 0, "train.max_steps", "set max_steps or epochs to a positive value")
+    need(t.max_steps >= 0, "train.max_steps", f"must be >= 0 (0 = from train.epochs), got {t.max_steps}")
+    need(t.epochs >= 0, "train.epochs", f"must be >= 0, got {t.epochs}")
+    need(math.isfinite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
+         f"must be a positive number, got {t.learning_rate}")
+    need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     need(t.seq_len > 0, "train.seq_len", "must be positive")
     need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    need(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", "must be in [0, 1)")
     need(0.0 < t.decay_fraction <= 1.0, "train.decay_fraction", "must be in (0, 1]")
     need(t.log_every > 0, "train.log_every", "must be positive")
     need(t.save_every > 0, "train.save_every", "must be positive")

@@ -8,6 +8,7 @@ with NonFiniteLossError and the last checkpoint untouched.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -18,16 +19,18 @@ import jax
 import numpy as np
 
 from neobert_jax.hf import save_hf_dir
-from neobert_jax.train import sharding
+from neobert_jax.train import optim, sharding
 from neobert_jax.train.config import validate
 from neobert_jax.train.model_init import matmul_precision
 from neobert_jax.train.reporting import RunReporter, perplexity
+from neobert_jax.train.run_dir import RunDirLock
 from neobert_jax.train.run_setup import RunSetup, setup_run
 from neobert_jax.train.signals import StopRequest
 from neobert_jax.train.step import make_eval_step, make_train_step
 from neobert_jax.train.throughput import peak_flops_per_device, train_flops_per_step
 
 HF_EXPORT_DIR = "hf"
+RECENT_STEPS = 100  # the final train loss is the mean over this many last steps
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,7 +41,7 @@ class NonFiniteLossError(RuntimeError):
 class RunResult:
     step: int
     completed: bool  # False: stopped by a signal, resumable
-    train_loss: float | None  # mean over every finite step of the run, resumed parts included
+    train_loss: float | None  # mean of the last RECENT_STEPS finite steps (the run mean reads as a bad run)
     eval_loss: float | None
     hf_dir: str | None
 
@@ -66,11 +69,13 @@ def run_training(config, validate_fn, setup_fn, runner_cls):
     the run's setup and reporter, and their cleanup; `runner_cls(config, setup, reporter).run(stop)`
     is the command's own loop."""
     validate_fn(config)
-    with StopRequest(on_signal=main_process_print) as stop:
+    with StopRequest(on_signal=main_process_print) as stop, RunDirLock(config.output_dir, jax.process_index() == 0):
         with jax.default_matmul_precision(matmul_precision(config.train.precision)):
+            setup_started = time.time()
             setup = setup_fn(config, main_process_print)
             reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
                                    enabled=jax.process_index() == 0)
+            reporter.marks.update(setup_started=setup_started, setup_done=time.time())
             try:
                 return runner_cls(config, setup, reporter).run(stop)
             finally:
@@ -79,7 +84,8 @@ def run_training(config, validate_fn, setup_fn, runner_cls):
 
 
 def train(config) -> RunResult:
-    return run_training(config, validate, setup_run, _Trainer)
+    # A copy: setup resolves automatic settings (train.batch_size=0) into the run's config.
+    return run_training(config.copy_and_resolve_references(), validate, setup_run, _Trainer)
 
 
 class _Trainer:
@@ -92,8 +98,10 @@ class _Trainer:
             self.eval_step = make_eval_step(setup.parts, t, setup.shardings.params, setup.mesh)
             self.eval_start = setup.eval_data.get_state()
         self.peak_flops = peak_flops_per_device(jax.devices()[0].device_kind, t.precision) * jax.device_count()
-        self.loss_totals = dict(setup.loss_totals)
-        self.interval = _Interval()
+        self.loss_totals = {"tokens": 0, **setup.loss_totals}
+        self.recent = collections.deque(self.loss_totals.pop("recent", []), maxlen=RECENT_STEPS)
+        # A resume continues the interval the stop interrupted: the same log records and means as without it.
+        self.interval = _Interval(**self.loss_totals.pop("interval", {}))
         self.last_eval: tuple[int, float] | None = None
         self.tokens_per_s = 0.0
 
@@ -119,8 +127,8 @@ class _Trainer:
             self._save(step, state, force=True)
             s.checkpointer.wait()
             self.reporter.end_progress()
-            self.reporter.message(f"stopped at step {step}: checkpoint saved in {s.checkpointer.directory}; "
-                                  "rerun the same command to resume")
+            self.reporter.message(f"stopped at step {step}: latest checkpoint step {s.checkpointer.latest_step()} "
+                                  f"in {s.checkpointer.directory}; rerun the same command to resume")
             return RunResult(step, False, self._train_loss(), None, None)
         return self._finish(step, state)
 
@@ -132,6 +140,7 @@ class _Trainer:
         finite = math.isfinite(loss) and math.isfinite(float(m["grad_norm"]))
         iv.steps += 1
         iv.real_tokens += int(m["real_tokens"])
+        self.loss_totals["tokens"] += int(m["real_tokens"])
         iv.predicted_tokens += int(m["predicted_tokens"])
         iv.flops += train_flops_per_step(self.setup.parts.config, t.batch_size, t.seq_len, int(m["predicted_tokens"]))
         if finite:
@@ -139,6 +148,7 @@ class _Trainer:
             iv.loss_sum += loss
             self.loss_totals["sum"] += loss
             self.loss_totals["count"] += 1
+            self.recent.append(loss)
         else:
             self.reporter.message(f"step {step}: non-finite loss or gradients, update skipped "
                                   f"({int(m['nonfinite_total'])} skipped so far)")
@@ -146,7 +156,8 @@ class _Trainer:
         mean_loss = iv.loss_sum / iv.finite_steps if iv.finite_steps else float("nan")
         first = step == self.setup.start_step + 1
         self.reporter.progress(step, mean_loss, self.tokens_per_s)
-        if first or extra or streak or step % t.log_every == 0 or step == self.setup.total_steps:
+        # Step 1, not a resume's first step: a resumed run logs the records an uninterrupted one does.
+        if step == 1 or extra or streak or step % t.log_every == 0 or step == self.setup.total_steps:
             self._log(step, m, mean_loss, first, extra)
         if streak >= t.max_nonfinite_steps:
             latest = self.setup.checkpointer.latest_step()
@@ -167,7 +178,15 @@ class _Trainer:
             "packing_efficiency": iv.real_tokens / (iv.steps * t.batch_size * t.seq_len),
             "nonfinite_steps": int(m["nonfinite_total"]),
         }
-        if not first:  # the first step's time is mostly compilation
+        if first:
+            marks, now = self.reporter.marks, time.time()
+            marks["first_step"] = now
+            self.reporter.message(
+                f"start-up: {now - self.reporter.started:.1f} s from process start to the first step's result: "
+                f"imports {marks['setup_started'] - self.reporter.started:.1f} s, setup (tokenizer, data, model, "
+                f"state, checkpoints) {marks['setup_done'] - marks['setup_started']:.1f} s, first steps "
+                f"(compilation) {now - marks['setup_done']:.1f} s")
+        else:  # the first step's time is mostly compilation
             elapsed = time.perf_counter() - iv.started
             self.tokens_per_s = iv.real_tokens / elapsed
             scalars["tokens_per_s"] = self.tokens_per_s
@@ -189,15 +208,16 @@ class _Trainer:
         return {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
 
     def _save(self, step: int, state, force: bool = False) -> None:
-        meta = {"step": step, "loss_totals": self.loss_totals}
+        interval = {k: v for k, v in dataclasses.asdict(self.interval).items() if k != "started"}
+        meta = {"step": step, "loss_totals": {**self.loss_totals, "recent": list(self.recent), "interval": interval}}
         self.setup.checkpointer.save(step, state, self.setup.train_data.get_state(), meta, force=force)
 
     def _train_loss(self) -> float | None:
-        totals = self.loss_totals
-        return totals["sum"] / totals["count"] if totals["count"] else None
+        return sum(self.recent) / len(self.recent) if self.recent else None
 
     def _finish(self, step: int, state) -> RunResult:
         s = self.setup
+        self.reporter.marks["trained"] = time.time()
         self._save(step, state, force=True)
         if self.eval_step is not None and (self.last_eval is None or self.last_eval[0] != step):
             self._eval_scalars(step, state.params)
@@ -212,12 +232,19 @@ class _Trainer:
             report(f"loss curve: {curve}")
         if hf_dir:
             report(f"exported HF model: {hf_dir}")
+        t, lr = self.config.train, optim.summarize_schedule(self.config.train, s.total_steps)
+        tokens = self.loss_totals["tokens"]
+        marks, now = self.reporter.marks, time.time()
+        report(f"run: {step:,} optimizer steps of {t.batch_size} rows x {t.seq_len}, {tokens:,} tokens seen "
+               f"({step / s.train_data.steps_per_epoch:.2f} epochs), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
+               f"{now - self.reporter.started:.1f} s since process start, of which training after the first step "
+               f"{marks['trained'] - marks.get('first_step', marks['trained']):.1f} s and the final "
+               f"save/export {now - marks['trained']:.1f} s")
         if train_loss is not None:
-            report(f"Final Student Train Loss: {train_loss:.4f}")
-            report(f"Final Student Train Perplexity: {perplexity(train_loss):.2f}")
+            report(f"Final Student Train Loss: {train_loss:.4f} (mean of the last {len(self.recent)} steps; "
+                   f"perplexity {perplexity(train_loss):.2f})")
         if eval_loss is not None:
-            report(f"Final Student Eval Loss: {eval_loss:.4f}")
-            report(f"Final Student Eval Perplexity: {perplexity(eval_loss):.2f}")
+            report(f"Final Student Eval Loss: {eval_loss:.4f} (perplexity {perplexity(eval_loss):.2f})")
         return RunResult(step, True, train_loss, eval_loss, hf_dir)
 
     def _export(self, params) -> str:

@@ -63,6 +63,23 @@ def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
     return int(math.ceil(tokenizer_size / multiple) * multiple)
 
 
+def _with_config_keys(model: ModernBertForMaskedLM, config, log) -> ModernBertForMaskedLM:
+    """The init_from model with config.model's dropout, window and positions (no parameter depends
+    on them), each change logged: keeping the loaded values ignored those keys without a word."""
+    loaded = model.config
+    changes = {k: config.model[k] for k in MODEL_KEYS
+               if k not in ARCHITECTURE_KEYS and getattr(loaded, k) != config.model[k]}
+    if not changes:
+        return model
+    said = ", ".join(f"model.{k} {getattr(loaded, k)} -> {v}" for k, v in changes.items())
+    log(f"init_from {config.init_from}: {said} (from the config)")
+    if "global_attn_every_n_layers" in changes:
+        changes["layer_types"] = None  # derived from it again
+    replaced = ModernBertForMaskedLM(loaded.replace(**changes), rngs=nnx.Rngs(config.seed))
+    nnx.update(replaced, nnx.state(model, nnx.Param))
+    return replaced
+
+
 def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print):
     """-> (model, newly initialized tensor names). Errors name the mismatching config key."""
     runtime = dict(dtype=compute_dtype(config.train.precision), attn_implementation=config.model.attn_implementation,
@@ -80,7 +97,7 @@ def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], 
         if newly_initialized:
             log(f"Some weights of ModernBertForMaskedLM were not in {config.init_from} and are newly initialized: "
                 f"{newly_initialized}")
-        return model, newly_initialized
+        return _with_config_keys(model, config, log), newly_initialized
     vocab_size = config.model.vocab_size or padded_vocab_size(tokenizer_size)
     if vocab_size < tokenizer_size:
         raise ValueError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 from tqdm import tqdm
 
@@ -16,23 +17,49 @@ LOSS_CURVE_FILE = "loss.png"
 TENSORBOARD_DIR = "tensorboard"
 
 
+_IMPORTED = time.time()
+
+
+def process_start_time() -> float:
+    """When this process started (wall clock), so start-up figures include the imports; from
+    /proc on Linux, else the time this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), inf instead of an OverflowError for a diverged loss."""
     return math.exp(loss) if loss < 700 else math.inf
 
 
 def _read_records(path: str, up_to_step: int) -> list[dict]:
-    """Records of an earlier run up to the resumed step; later ones are redone by this run."""
-    if not os.path.exists(path):
+    """Records of an earlier run up to the resumed step; later ones are redone by this run.
+
+    A run from step 0 keeps none (with resume=False the old ones, step 0's evaluation included,
+    belong to the run it replaces). A torn last line (a kill mid-write) is dropped.
+    """
+    if up_to_step == 0 or not os.path.exists(path):
         return []
-    records = []
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                record = json.loads(line)
-                if record["step"] <= up_to_step:
-                    records.append(record)
+        lines = [line.strip() for line in f]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record; fix or delete that line to resume") from None
+        if record["step"] <= up_to_step:
+            records.append(record)
     return records
 
 
@@ -40,6 +67,8 @@ class RunReporter:
     def __init__(self, output_dir: str, total_steps: int, start_step: int, enabled: bool):
         self.enabled = enabled
         self.records: list[dict] = []
+        self.started = process_start_time()
+        self.marks: dict[str, float] = {}  # wall-clock times of the run's phases, for the start-up figures
         if not enabled:
             return
         from tensorboardX import SummaryWriter
@@ -62,7 +91,8 @@ class RunReporter:
         if not self.enabled:
             return
         finite = {k: float(v) for k, v in scalars.items() if math.isfinite(float(v))}
-        record = {"step": step, **{k: finite.get(k) for k in scalars}}  # null where not finite
+        record = {"step": step, **{k: finite.get(k) for k in scalars},  # null where not finite
+                  "elapsed_s": round(time.time() - self.started, 3)}  # since process start
         self.records.append(record)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -7,21 +7,22 @@ A run dir holds `config.json` (the model, HF names), `run_config.json` (this con
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax
 import optax
 from jax.sharding import Mesh
 
-from neobert_jax.data import MlmIterator, build_mlm_iterator, get_tokenizer
-from neobert_jax.data.tokenizer import save_tokenizer
+from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
+from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.convert import find_tokenizer_dir
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
 from neobert_jax.train.model_init import build_model
+from neobert_jax.train.run_dir import (TOKENIZER_DIR, check_resume, check_run_tokenizer, has_checkpoints,
+                                       share_tokenizer, write_run_files)
 from neobert_jax.train.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
-
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclasses.dataclass
@@ -50,20 +51,23 @@ def _special_token_ids(tokenizer) -> dict[str, int]:
 
 
 def _tokenizer(config, output_dir: str):
-    """config.tokenizer, else the one beside init_from, else preprocessed_dir's, else one trained
-    on the corpus (cached in output_dir/tokenizer). Always ends up in output_dir/tokenizer."""
+    """-> (tokenizer, corpus note or None): config.tokenizer, else the one beside init_from, else
+    preprocessed_dir's, else one trained on the corpus (or cached in output_dir/tokenizer by an
+    earlier run on it). Nothing is written here: `write_run_files` puts it in output_dir/tokenizer
+    once everything else is validated."""
     source = config.tokenizer or None
     if source is None and config.init_from:
         source = find_tokenizer_dir(config.init_from)
     if source is None and config.data.preprocessed_dir:
         source = config.data.preprocessed_dir
+    if source is not None:
+        return load_tokenizer_or_bundle(source), None
     d = config.data
-    tokenizer = get_tokenizer(source, d.train_files, output_dir, d.tokenizer_vocab_size, text_field=d.text_field,
-                              skip_bad_records=d.skip_bad_records)
-    run_copy = os.path.join(output_dir, TOKENIZER_DIR)
-    if source is not None and jax.process_index() == 0 and not os.path.isdir(run_copy):
-        save_tokenizer(tokenizer, run_copy)
-    return tokenizer, run_copy
+    tokenizer, note = None, None
+    if jax.process_index() == 0:
+        tokenizer, note, _ = cached_or_trained(d.train_files, output_dir, d.tokenizer_vocab_size,
+                                               text_field=d.text_field, skip_bad_records=d.skip_bad_records)
+    return share_tokenizer(tokenizer), note
 
 
 def _check_batch_layout(config, mesh: Mesh) -> int:
@@ -87,25 +91,43 @@ def _check_batch_layout(config, mesh: Mesh) -> int:
     return t.batch_size // processes
 
 
+def _choose_batch_size(config, mesh: Mesh, tokenizer, log) -> None:
+    """Resolves train.batch_size=0 in `config` (so run_config.json records the batch used)."""
+    t = config.train
+    multiple = math.lcm(sharding.batch_rows_divisor(mesh) * t.grad_accum_steps, jax.process_count())
+    rows = packed_rows(config.data, tokenizer=tokenizer, seq_len=t.seq_len, seed=config.seed)
+    t.batch_size = optim.auto_batch_size(rows, t.epochs, t.max_steps, t, multiple)
+    steps = t.max_steps or t.epochs * (rows // t.batch_size)
+    why = ("train.max_steps is set: the largest allowed" if t.max_steps else
+           f"the largest (up to train.auto_batch_max_tokens={t.auto_batch_max_tokens}) leaving the run "
+           f"train.auto_batch_steps={t.auto_batch_steps} steps" if steps >= t.auto_batch_steps else
+           f"the smallest allowed (train.auto_batch_min_tokens={t.auto_batch_min_tokens}); the run has fewer steps "
+           f"than train.auto_batch_steps={t.auto_batch_steps} (more epochs or data give more)")
+    log(f"train.batch_size=0 (auto): {t.batch_size} rows = {t.batch_size * t.seq_len:,} tokens per optimizer step "
+        f"over the corpus's {rows:,} packed rows, {steps:,} steps: {why}")
+
+
 def setup_run(config, log) -> RunSetup:
     if config.init_from and not os.path.exists(config.init_from):
         raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
     output_dir = os.path.abspath(config.output_dir)
     t = config.train
     mesh = sharding.make_mesh(config.mesh)
+    tokenizer, note = _tokenizer(config, output_dir)
+    write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
+    if t.batch_size == 0:
+        _choose_batch_size(config, mesh, tokenizer, log)
     rows = _check_batch_layout(config, mesh)
-    tokenizer, tokenizer_dir = _tokenizer(config, output_dir)
 
     data_args = dict(tokenizer=tokenizer, seq_len=t.seq_len, batch_size=rows, seed=config.seed,
-                     process_index=jax.process_index(), process_count=jax.process_count())
+                     process_index=sharding.process_row_range(mesh, t.batch_size)[0] // rows,
+                     process_count=jax.process_count())
     train_data = build_mlm_iterator(config.data, split="train", num_epochs=None, **data_args)
     has_eval = bool(config.data.eval_files) or config.data.eval_samples > 0
     eval_data = build_mlm_iterator(config.data, split="eval", **data_args) if has_eval else None
     total_steps = t.max_steps or t.epochs * train_data.steps_per_epoch
     log(f"data: {train_data.stats}")
-    if t.warmup_steps >= total_steps:
-        log(f"warning: train.warmup_steps={t.warmup_steps} >= the run's {total_steps} steps: the learning rate "
-            f"never reaches train.learning_rate; lower warmup_steps or train longer")
+    log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {t.batch_size} rows x {t.seq_len} tokens"
         f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
 
@@ -123,13 +145,11 @@ def setup_run(config, log) -> RunSetup:
                                                        train_data, log)
     del params
 
-    if jax.process_index() == 0:
-        parts.config.save_json(os.path.join(output_dir, "config.json"))
-        with open(os.path.join(output_dir, "run_config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+    write_run_files(config, output_dir, parts.config, tokenizer, note, write_tokenizer)
     return RunSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
                     train_data=train_data, eval_data=eval_data, total_steps=total_steps, start_step=int(state.step),
-                    loss_totals=loss_totals, checkpointer=checkpointer, tokenizer_dir=tokenizer_dir)
+                    loss_totals=loss_totals, checkpointer=checkpointer,
+                    tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR))
 
 
 def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log):
@@ -140,6 +160,7 @@ def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data,
     checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None and config.resume:
+        check_resume(config, output_dir)
         state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
         data.set_state(data_state)
         log(f"resumed from {checkpointer.directory}/{latest}")

@@ -112,6 +112,17 @@ def process_batch_shards(mesh: Mesh) -> int:
     return len({index[0].start for index in indices.values()})
 
 
+def process_row_range(mesh: Mesh, rows: int) -> tuple[int, int]:
+    """The rows [lo, hi) of a batch-sharded (rows, ...) array that live on this process's devices.
+
+    Input pipelines pick their rows from this, not from `jax.process_index()`: the mesh orders
+    devices its own way, and a process's rows must be the ones its devices hold.
+    """
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((rows,))
+    bounds = [s[0].indices(rows)[:2] for s in index_map.values()]
+    return min(b[0] for b in bounds), max(b[1] for b in bounds)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows -> global arrays sharded over the batch axes (multi-host safe)."""
     sharding = batch_sharding(mesh)

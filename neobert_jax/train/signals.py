@@ -1,7 +1,7 @@
 """Graceful stop: SIGTERM/SIGINT finish the current step, save, and exit 0.
 
 A preempted job (SIGTERM) or a Ctrl-C then resumes exactly where it stopped. A second
-signal interrupts immediately. On several hosts a signal to any process (a preemption
+signal only says so: an interrupt mid-save lost the steps since the last checkpoint. On several hosts a signal to any process (a preemption
 notice often reaches one host only) stops all of them after the same step, since they
 must save together.
 """
@@ -34,10 +34,13 @@ class StopRequest:
         self._pending = None  # several processes: the agreement started by the previous `requested()`
 
     def _handle(self, signum, frame):
-        if self._requested:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without saving")
+        name = signal.Signals(signum).name
+        if self._requested:  # interrupting now would lose the steps since the last checkpoint
+            self._on_signal(f"{name} received again: still finishing the step and saving (SIGKILL aborts without "
+                            "saving)")
+            return
         self._requested = True
-        self._on_signal(f"{signal.Signals(signum).name} received: finishing the step, saving, then exiting")
+        self._on_signal(f"{name} received: finishing the step, saving, then exiting")
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,94 @@
+"""The shared held-out MLM evaluator (neobert_jax/hf/mlm_eval.py): masking, determinism, batching, the loss."""
+
+import numpy as np
+import pytest
+import torch
+from hf_models import hf_model
+
+from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer
+from neobert_jax.hf.mlm_eval import IGNORE_INDEX, heldout_mlm_loss, mlm_loss, prepare_heldout
+
+WORDS = "masked tokens are predicted from the words around them in every held out paragraph".split()
+
+
+@pytest.fixture(scope="module")
+def paragraphs():
+    rng = np.random.default_rng(1)
+    return [" ".join(rng.choice(WORDS, rng.integers(2, 25))) for _ in range(300)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(paragraphs, tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "train.txt"
+    path.write_text("\n".join(paragraphs) + "\n")
+    return train_tokenizer([str(path)], vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) == (1, 2, 3)  # hf_models' ids
+    return hf_model(seed=0, vocab_size=320, num_hidden_layers=2)
+
+
+def test_masking_counts_and_proportions(tokenizer, paragraphs):
+    heldout = prepare_heldout(tokenizer, paragraphs)
+    encoded = tokenizer(paragraphs, truncation=True, max_length=512, return_special_tokens_mask=True)
+    assert heldout.paragraphs == len(paragraphs)
+    kinds = np.zeros(3)  # [MASK], random id, unchanged
+    for ids, special, masked, labels in zip(encoded["input_ids"], encoded["special_tokens_mask"],
+                                            heldout.input_ids, heldout.labels):
+        ids, special = np.asarray(ids), np.asarray(special, bool)
+        picked = labels != IGNORE_INDEX
+        assert picked.sum() == max(1, round(0.3 * (~special).sum()))
+        assert not (picked & special).any()
+        np.testing.assert_array_equal(labels[picked], ids[picked])
+        np.testing.assert_array_equal(masked[~picked], ids[~picked])
+        is_mask = masked[picked] == tokenizer.mask_token_id
+        unchanged = masked[picked] == ids[picked]
+        kinds += [is_mask.sum(), (~is_mask & ~unchanged).sum(), unchanged.sum()]
+    assert heldout.masked_tokens == kinds.sum() > 1000
+    np.testing.assert_allclose(kinds / kinds.sum(), [0.8, 0.1, 0.1], atol=0.03)  # random ids rarely hit the original
+
+
+def test_masking_is_deterministic_and_seeded(tokenizer, paragraphs):
+    a, b = prepare_heldout(tokenizer, paragraphs), prepare_heldout(tokenizer, paragraphs)
+    c = prepare_heldout(tokenizer, paragraphs, seed=1)
+    for x, y in zip(a.input_ids + a.labels, b.input_ids + b.labels):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a.labels, c.labels))
+    short = prepare_heldout(tokenizer, paragraphs, max_length=8)  # truncation, as the users' script tokenizes
+    assert max(len(ids) for ids in short.input_ids) == 8
+
+
+def test_equal_length_batching_matches_one_at_a_time(model, tokenizer, paragraphs):
+    heldout = prepare_heldout(tokenizer, paragraphs[:120])
+    lengths = [len(ids) for ids in heldout.input_ids]
+    assert len(set(lengths)) < len(lengths) / 2  # many paragraphs share a length, so batches do form
+    alone = mlm_loss(model, heldout, device="cpu", batch_tokens=1)
+    batched = mlm_loss(model, heldout, device="cpu", batch_tokens=4096)
+    assert alone["masked_tokens"] == batched["masked_tokens"] == heldout.masked_tokens
+    assert alone["paragraphs"] == batched["paragraphs"] == 120
+    assert batched["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+    assert batched["perplexity"] == pytest.approx(np.exp(batched["loss"]))
+
+
+def test_loss_is_torch_cross_entropy_over_masked_tokens(model, tokenizer, paragraphs):
+    heldout = prepare_heldout(tokenizer, paragraphs[3:4])
+    ids, labels = (torch.from_numpy(a[None]) for a in (heldout.input_ids[0], heldout.labels[0]))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits, labels[0], ignore_index=IGNORE_INDEX).item()
+    assert mlm_loss(model, heldout, device="cpu")["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_model_dir_with_its_tokenizer(model, tokenizer, paragraphs, tmp_path):
+    model.save_pretrained(tmp_path)
+    save_tokenizer(tokenizer, str(tmp_path / "tok"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((tmp_path / "tok" / name).read_bytes())
+    text_file = tmp_path / "heldout.txt"
+    text_file.write_text("\n\n".join(paragraphs[:40]) + "\n")  # empty lines are not paragraphs
+    from_dir = heldout_mlm_loss(str(tmp_path), str(text_file), device="cpu", seed=5)
+    in_memory = mlm_loss(model, prepare_heldout(tokenizer, paragraphs[:40], seed=5), device="cpu")
+    assert from_dir["paragraphs"] == 40
+    assert from_dir["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)

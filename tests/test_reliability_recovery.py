@@ -1,0 +1,133 @@
+"""Recovery after kills, signals and torn files; bounded tokenizer training; what init_from and
+GUIDE take from their options (issue 14, items 6, 7 and 9)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from reliability_helpers import REPO, tiny_config, write_corpus, write_tokenizer
+from train_batches import tiny_model
+
+from neobert_jax.data.tokenizer import TRAINING_CHUNK_CHARS, _bounded
+from neobert_jax.hf.checkpoint import save_checkpoint_dir
+from neobert_jax.train import config as train_config
+from neobert_jax.train.loop import train
+from neobert_jax.train.model_init import build_model
+from neobert_jax.train.reporting import RunReporter
+from neobert_jax.train.run_dir import RunDirLock
+from neobert_jax.train.signals import StopRequest
+
+
+def test_tokenizer_training_sees_bounded_pieces_of_long_lines():
+    """BPE training time grows with the square of a word: a 20 MB line without spaces ran > 300 s."""
+    text = "x" * (3 * TRAINING_CHUNK_CHARS) + " " + "words with spaces " * 400
+    pieces = list(_bounded([text, "short"]))
+    assert max(map(len, pieces)) <= TRAINING_CHUNK_CHARS and "".join(pieces) == text + "short"
+    assert all(not p.startswith("ords") for p in pieces)  # cut at spaces where there are any
+
+
+def test_a_rerun_removes_temp_dirs_of_a_killed_export(tmp_path):
+    (tmp_path / ".hf.tmp-abc123" / "x").mkdir(parents=True)
+    (tmp_path / "hf").mkdir()
+    with RunDirLock(str(tmp_path)):
+        assert sorted(os.listdir(tmp_path)) == [".lock", "hf"]
+
+
+def test_a_second_signal_does_not_interrupt_the_save():
+    said = []
+    with StopRequest(on_signal=said.append) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # before: KeyboardInterrupt, the steps since the last save lost
+        assert stop.requested()
+    assert len(said) == 2 and "again" in said[1]
+
+
+def _catches_sigterm(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+def test_sigterm_during_imports_exits_cleanly():
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "pretrain.py")],
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    while process.poll() is None and not _catches_sigterm(process.pid):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    assert process.returncode == 0 and "Traceback" not in err, err[-2000:]  # before: -15
+
+
+def test_a_torn_metrics_line_does_not_block_the_resume_and_a_fresh_run_keeps_no_records(tmp_path):
+    records = [{"step": 0, "eval_x": 1.0}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"step": 3, "lo')
+    reporter = RunReporter(str(tmp_path), 10, 2, enabled=True)
+    assert reporter.records == records
+    reporter.close()
+    fresh = RunReporter(str(tmp_path), 10, 0, enabled=True)  # resume=False: not the old run's step 0
+    assert fresh.records == []
+    fresh.close()
+
+
+def test_a_resumed_run_logs_what_an_uninterrupted_one_does(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    tok = write_tokenizer(tmp_path / "tok", corpus)
+    options = {"train.max_steps": 64, "train.log_every": 8, "train.save_every": 1000}
+    train(tiny_config(tmp_path / "whole", corpus, tokenizer=tok, **options))
+    stopped = tmp_path / "stopped"
+    metrics = stopped / "metrics.jsonl"
+
+    def stop_after_the_second_record():
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_after_the_second_record, daemon=True).start()
+    assert not train(tiny_config(stopped, corpus, tokenizer=tok, **options)).completed
+    train(tiny_config(stopped, corpus, tokenizer=tok, **options))
+
+    def read(path):
+        return [(r["step"], r["loss"]) for r in map(json.loads, open(path / "metrics.jsonl"))]
+
+    whole, resumed = read(tmp_path / "whole"), read(stopped)
+    assert [s for s, _ in resumed] == [s for s, _ in whole] == [1, *range(8, 65, 8)]
+    np.testing.assert_allclose([v for _, v in resumed], [v for _, v in whole], rtol=1e-6)
+
+
+def test_init_from_takes_dropout_window_and_positions_from_the_config(tmp_path):
+    loaded = tiny_model(seed=2)
+    save_checkpoint_dir(loaded, str(tmp_path / "ckpt"))
+    config = train_config.default_config()
+    config.init_from = str(tmp_path / "ckpt")
+    for key, value in dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                           local_attention=16, max_position_embeddings=1024, attention_dropout=0.1).items():
+        config.model[key] = value
+    said = []
+    model, _ = build_model(config, 90, {}, log=said.append)
+    assert (model.config.local_attention, model.config.max_position_embeddings, model.config.attention_dropout) == (
+        16, 1024, 0.1)
+    assert any("model.local_attention 8 -> 16" in line for line in said), said
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(loaded, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_guide_writes_the_students_positions(tmp_path):
+    from hf_models import hf_model
+
+    from convert.guide_init import main
+
+    hf_model(seed=0).save_pretrained(tmp_path / "teacher")
+    args = ["--teacher", str(tmp_path / "teacher"), "--hidden-size", "32", "--num-heads", "2",
+            "--intermediate-size", "48", "--num-layers", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--max-position-embeddings", "2048"]) == 0
+    positions = [json.loads((tmp_path / d / "config.json").read_text())["max_position_embeddings"] for d in "ab"]
+    assert positions == [1024, 2048]  # before: the teacher's 8192

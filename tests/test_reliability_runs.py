@@ -1,0 +1,138 @@
+"""Reliability of runs as users drive them: relative paths, the run's tokenizer, divergence,
+one run per output dir (issue 14, items 0-3)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from reliability_helpers import REPO, snapshot, tiny_config, write_corpus, write_tokenizer
+from train_batches import tiny_model
+
+import neobert_jax
+from neobert_jax.data import DataError
+from neobert_jax.data.tokenizer import load_tokenizer, vocab_fingerprint
+from neobert_jax.hf import load_pretrained
+from neobert_jax.hf.checkpoint import save_checkpoint_dir
+from neobert_jax.hf.convert import flax_to_torch, main
+from neobert_jax.train.loop import NonFiniteLossError, train
+from neobert_jax.train.run_dir import RunDirInUse, RunDirLock
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    corpus = write_corpus(root / "corpus.txt")
+    return dict(root=root, corpus=corpus, tok_a=write_tokenizer(root / "tok_a", corpus, 300),
+                tok_b=write_tokenizer(root / "tok_b", corpus, 400))
+
+
+def _fingerprint(path):
+    return vocab_fingerprint(load_tokenizer(str(path)))
+
+
+def test_relative_paths_load_like_absolute_ones(tmp_path, monkeypatch, capsys):
+    """Orbax read no metadata from a relative path: every tensor looked missing."""
+    model = tiny_model(seed=1)
+    save_checkpoint_dir(model, str(tmp_path / "ckpt"))
+    monkeypatch.chdir(tmp_path)
+    ids = np.arange(5, 17, dtype=np.int32)[None]
+    relative, absolute = neobert_jax.from_pretrained("ckpt"), neobert_jax.from_pretrained(str(tmp_path / "ckpt"))
+    np.testing.assert_array_equal(np.asarray(relative(ids)), np.asarray(absolute(ids)))
+    assert main(flax_to_torch, "", ["ckpt", "out"]) == 0, capsys.readouterr().err
+    assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+
+
+SHARDED_SAVE = """
+import jax, numpy as np, orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from neobert_jax.hf.checkpoint import restore_params
+mesh = Mesh(np.asarray(jax.devices()), ("d",))
+params = {"w": jax.device_put(np.ones((4, 2), np.float32), NamedSharding(mesh, PartitionSpec("d")))}
+with ocp.StandardCheckpointer() as c:
+    c.save(PATH, params)
+restored = restore_params(PATH, {"w": jax.ShapeDtypeStruct((4, 2), np.float32)})
+print(len(restored["w"].sharding.device_set))
+"""
+
+
+def test_restored_params_sit_on_one_device_whatever_the_saving_layout(tmp_path):
+    """A given sharding: orbax otherwise reuses the saving run's device layout (unsafe on another topology)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    code = SHARDED_SAVE.replace("PATH", repr(str(tmp_path / "params")))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"  # before: 2, the saving run's layout
+
+
+def test_a_failed_run_writes_nothing(env, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="missing.txt"):
+        train(tiny_config(out, env["corpus"], **{"data.eval_files": str(tmp_path / "missing.txt")}))
+    assert not out.exists()  # before: a tokenizer trained into out/tokenizer stayed behind
+    (out / "keep").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(tiny_config(out, env["corpus"], init_from=str(tmp_path / "nothing")))
+    assert snapshot(out) == {"keep": "dir"}
+
+
+def test_the_run_tokenizer_is_the_one_trained_with(env, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(env["tok_a"], out / "tokenizer")  # left by an earlier, failed run
+    cfg = tiny_config(out, env["corpus"], tokenizer=env["tok_b"], **{"train.max_steps": 2, "train.export_hf": True})
+    train(cfg)
+    assert _fingerprint(out / "tokenizer") == _fingerprint(env["tok_b"])
+    assert _fingerprint(out / "hf") == _fingerprint(env["tok_b"])
+    before = snapshot(out)
+    other = tiny_config(out, env["corpus"], tokenizer=env["tok_a"], **{"train.max_steps": 4})
+    with pytest.raises(ValueError, match="were trained with this tokenizer"):
+        train(other)
+    wider = tiny_config(out, env["corpus"], tokenizer=env["tok_b"], **{"train.max_steps": 4, "train.batch_size": 8})
+    with pytest.raises(ValueError, match=r"train.batch_size=8 .* trained with 4"):
+        train(wider)
+    assert snapshot(out) == before
+
+
+def test_divergence_keeps_the_checkpoints_from_before_it(env, tmp_path):
+    good = {"train.max_steps": 10, "train.keep_checkpoints": 3}
+    train(tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"], **good))
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8, 10]
+    diverging = tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"],
+                            **{**good, "train.max_steps": 30, "train.learning_rate": 1e12,
+                               "train.max_nonfinite_steps": 3})
+    with pytest.raises(NonFiniteLossError) as failure:
+        train(diverging)
+    kept = sorted(map(int, os.listdir(tmp_path / "checkpoints")))
+    assert 10 in kept and max(kept) <= 12, kept  # before: 26, 28, 30 of a diverged model
+    assert f"step {max(kept)}) is intact" in str(failure.value)
+
+
+def test_a_second_run_on_one_output_dir_is_refused(env, tmp_path):
+    out = tmp_path / "run"
+    with RunDirLock(str(out)):
+        before = snapshot(out)
+        with pytest.raises(RunDirInUse, match=rf"in use by pid {os.getpid()} on host"):
+            train(tiny_config(out, env["corpus"], tokenizer=env["tok_a"]))
+        assert snapshot(out) == before
+    assert not out.exists()  # the lock made the dir and leaves nothing behind
+
+
+def test_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    out = tmp_path / "run"
+    code = ("import sys; from neobert_jax.train.run_dir import RunDirLock; "
+            f"lock = RunDirLock({str(out)!r}).__enter__(); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(RunDirInUse, match=rf"pid {holder.pid}"):
+        RunDirLock(str(out)).__enter__()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert os.path.exists(out / ".lock")  # a stale file: its flock died with the holder
+    with RunDirLock(str(out)):
+        pass
