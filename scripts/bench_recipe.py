@@ -177,7 +177,7 @@ def estimated_steps(work: str, overrides: dict) -> int:
     with open(os.path.join(work, "train.txt"), encoding="utf-8") as f:
         lengths = [len(ids) for ids in tokenizer([line.rstrip("\n") for line in f])["input_ids"]]
     rows = max(1, -(-sum(lengths) // t.seq_len))
-    batch = t.batch_size or optim.auto_batch_size(rows, t.epochs, t.max_steps, t, t.grad_accum_steps)
+    batch = t.batch_size or optim.auto_batch_size(rows, t.epochs, t, t.grad_accum_steps)
     return t.max_steps or t.epochs * max(1, rows // batch)
 
 

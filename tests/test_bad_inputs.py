@@ -157,6 +157,10 @@ CASES = {
     "p-log-every-zero": (P("--config.train.log_every=0"), "train.log_every"),
     "p-weight-decay": (P("--config.train.weight_decay=-1"), "train.weight_decay"),
     "p-stray-argument": (P("extra"), "extra"),
+    "p-keep-best-no-evals": (P("--config.train.keep_best_checkpoint=True", "--config.train.eval_every=0"),
+                             "train.keep_best_checkpoint"),
+    "p-keep-best-no-eval-data": (P("--config.train.keep_best_checkpoint=True", "--config.data.eval_samples=0"),
+                                 "train.keep_best_checkpoint"),
     # pretraining: resuming a run dir (OUT is a copy of a finished run, damaged per case)
     "r-flipped-bytes": (P("--config.tokenizer=IN/tok", "--config.train.max_steps=4"), "checkpoints/2"),
     "r-no-trainer-item": (P("--config.tokenizer=IN/tok", "--config.train.max_steps=4"), "checkpoints/2"),
@@ -179,6 +183,8 @@ CASES = {
     "c-init-str-size": (C("--config.init_from=IN/hf_str"), "hidden_size"),
     "c-sts-missing": (C("--config.eval.sts_files=IN/none.jsonl"), "none.jsonl"),
     "c-unknown-key": (C("--config.loss.temperature=1"), "config.loss.temperature"),
+    "c-keep-best-no-eval-sets": (C("--config.train.keep_best_checkpoint=True", "--config.train.eval_every=1"),
+                                 "train.keep_best_checkpoint"),
     # conversion
     "t-missing": (("convert/torch_to_flax.py", ["IN/none", OUT]), "none"),
     "t-no-weights": (("convert/torch_to_flax.py", ["IN/hf_badjson", OUT]), "config.json"),
@@ -298,3 +304,19 @@ def test_a_full_disk_during_preprocess_gets_one_line_naming_the_output(w, tmp_pa
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert len(errors) == 1 and str(out) in errors[0], done.stderr[-2000:]  # before: "[Errno 27] File too large"
     assert sorted(os.listdir(tmp_path)) == ["big.txt"]
+
+
+def test_a_full_disk_during_a_checkpoint_save_gets_one_line_and_keeps_the_previous_one(w, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(w["run"], out)  # checkpoints 1 and 2; resuming saves 3, which does not fit
+    args = [os.path.join(REPO, "scripts", "pretrain.py"), "--config", os.path.join(REPO, "configs/tiny.py"),
+            f"--config.output_dir={out}", f"--config.data.train_files={w['corpus']}", f"--config.tokenizer={w['tok']}",
+            *TINY, "--config.train.max_steps=4", "--config.train.save_every=1", "--config.data.eval_samples=0",
+            "--config.train.learning_rate=3e-3", "--config.train.warmup_steps=2", "--config.compilation_cache_dir="]
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, *args], capture_output=True, text=True, cwd=REPO)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]  # before: 45 tracebacks
+    assert len(errors) == 1 and f"{out}/checkpoints/3 failed (File too large)" in errors[0], done.stderr[-3000:]
+    assert sorted(os.listdir(out / "checkpoints")) == ["1", "2"]  # before: 3.orbax-checkpoint-tmp too
+    resumed = train(tiny_config(out, w["corpus"], tokenizer=w["tok"], **{"train.max_steps": 4}))
+    assert resumed.completed and sorted(os.listdir(out / "checkpoints")) == ["1", "2", "4"]

@@ -139,3 +139,20 @@ def test_simcse_and_distillation_runs_learn(pretrained, tmp_path, loss):
     assert result.completed and all(np.isfinite(losses)) and len(losses) == 12
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     assert os.path.isfile(tmp_path / "run" / "st" / "modules.json")
+
+
+def test_keep_best_checkpoint_keeps_the_best_evaluated_step(pretrained, tmp_path):
+    """The contrastive ranking: the highest mean of the eval sets' metrics (there is no eval loss)."""
+    root, hf_dir = pretrained
+    cfg = train_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
+    cfg.init_from, cfg.output_dir = hf_dir, str(tmp_path / "run")
+    cfg.data.train_files, cfg.eval.retrieval_dirs = str(root / "task" / "train.jsonl"), str(root / "task" / "test")
+    cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-2, warmup_steps=2, log_every=4,
+                     eval_every=3, save_every=100, keep_checkpoints=1, keep_best_checkpoint=True)
+    train_contrastive(cfg)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    means = {r["step"]: np.mean([v for k, v in r.items() if k.startswith("eval_")])
+             for r in records if r["step"] > 0 and any(k.startswith("eval_") for k in r)}
+    assert sorted(means) == [3, 6, 9, 12]
+    best = max(means, key=means.get)
+    assert sorted(map(int, os.listdir(tmp_path / "run" / "checkpoints"))) == sorted({best, 12}), means

@@ -3,6 +3,7 @@ GUIDE take from their options (issue 14, items 6, 7 and 9)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from reliability_helpers import REPO, tiny_config, write_corpus, write_tokenizer
@@ -18,6 +20,7 @@ from train_batches import tiny_model
 from neobert_jax.data.tokenizer import TRAINING_CHUNK_CHARS, _bounded
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
 from neobert_jax.train import config as train_config
+from neobert_jax.train import loop, signals
 from neobert_jax.train.loop import train
 from neobert_jax.train.model_init import build_model
 from neobert_jax.train.reporting import RunReporter
@@ -131,3 +134,81 @@ def test_guide_writes_the_students_positions(tmp_path):
     assert main([*args, "--out", str(tmp_path / "b"), "--max-position-embeddings", "2048"]) == 0
     positions = [json.loads((tmp_path / d / "config.json").read_text())["max_position_embeddings"] for d in "ab"]
     assert positions == [1024, 2048]  # before: the teacher's 8192
+
+
+def test_slow_steps_are_awaited_before_the_next_is_dispatched_fast_ones_are_not(monkeypatch):
+    clock = iter([0.0, 0.01, 0.02, 1.52, 1.53])
+    monkeypatch.setattr(signals.time, "perf_counter", lambda: next(clock))
+
+    class Step:
+        awaited = 0
+
+        def block_until_ready(self):
+            Step.awaited += 1
+
+    stop = StopRequest()
+    awaited = []
+    for _ in range(5):
+        stop.requested(Step())
+        awaited.append(Step.awaited)
+    assert awaited == [0, 0, 0, 1, 1]  # only after the 1.5 s step; fast steps keep the pipeline
+
+
+@jax.jit
+def _about_a_second_more(loss):
+    """Device work that the host does not wait for at dispatch (on CPU a host callback would be run inline)."""
+    m = jnp.full((1000, 1000), 1e-3) + 0 * loss
+    return loss + 0 * jax.lax.fori_loop(0, 150, lambda i, a: a @ m, m).sum()
+
+
+def test_a_stop_ends_the_run_after_the_step_it_arrives_in(tmp_path, monkeypatch, capsys):
+    """SIGTERM while step 3 runs. Before, step 4 was already queued behind it: the run finished it too."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    tok = write_tokenizer(tmp_path / "tok", corpus)
+    monkeypatch.setattr(signals, "SLOW_STEP_S", 0.0)  # every tiny step counts as slow
+    make_step, dispatched = loop.make_train_step, []
+    third, fourth = threading.Event(), threading.Event()
+
+    def signal_during_step_3():
+        third.wait()
+        fourth.wait(0.05)  # returns at once when step 4 gets queued (before)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def slow_third_step(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+
+        def run(state, batch):
+            state, metrics = step(state, batch)
+            dispatched.append(len(dispatched) + 1)
+            if len(dispatched) == 3:
+                metrics = {**metrics, "loss": _about_a_second_more(metrics["loss"])}
+            (third if len(dispatched) == 3 else fourth if len(dispatched) == 4 else threading.Event()).set()
+            return state, metrics
+
+        return run
+
+    _about_a_second_more(jnp.float32(0)).block_until_ready()  # compiled before the run
+    monkeypatch.setattr(loop, "make_train_step", slow_third_step)
+    threading.Thread(target=signal_during_step_3, daemon=True).start()
+    result = train(tiny_config(tmp_path / "run", corpus, tokenizer=tok,
+                               **{"train.max_steps": 8, "train.save_every": 100}))
+    assert (result.completed, result.step, dispatched) == (False, 3, [1, 2, 3])  # before: 4, [1, 2, 3, 4]
+    assert os.listdir(tmp_path / "run" / "checkpoints") == ["3"]
+    assert re.search(r"saving checkpoint 3: [0-9.]+ MiB", "".join(capsys.readouterr()))
+
+
+def test_init_from_keeps_its_positions_and_window_unless_the_config_sets_them(tmp_path):
+    """The student config leaves them unset: a GUIDE init's 1024 positions reach the export."""
+    loaded = tiny_model(seed=2, max_position_embeddings=1024)
+    save_checkpoint_dir(loaded, str(tmp_path / "ckpt"))
+    config = train_config.default_config()
+    config.init_from = str(tmp_path / "ckpt")
+    for key, value in dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2).items():
+        config.model[key] = value
+    said = []
+    model, _ = build_model(config, 90, {}, log=said.append)
+    assert (model.config.local_attention, model.config.max_position_embeddings,
+            model.config.global_attn_every_n_layers) == (loaded.config.local_attention,
+                                                         loaded.config.max_position_embeddings,
+                                                         loaded.config.global_attn_every_n_layers)
+    assert not any("->" in line for line in said), said

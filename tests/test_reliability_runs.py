@@ -1,6 +1,7 @@
 """Reliability of runs as users drive them: relative paths, the run's tokenizer, divergence,
 one run per output dir (issue 14, items 0-3)."""
 
+import json
 import os
 import shutil
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -20,8 +22,10 @@ from neobert_jax.data.tokenizer import load_tokenizer, vocab_fingerprint
 from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
 from neobert_jax.hf.convert import flax_to_torch, main
+from neobert_jax.train.checkpoint import RunCheckpointer
 from neobert_jax.train.loop import NonFiniteLossError, train
 from neobert_jax.train.run_dir import RunDirInUse, RunDirLock
+from neobert_jax.train.state import TrainState
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,39 @@ def test_a_killed_holder_does_not_keep_the_lock(tmp_path):
     assert os.path.exists(out / ".lock")  # a stale file: its flock died with the holder
     with RunDirLock(str(out)):
         pass
+
+
+def _tiny_state(step: int) -> TrainState:
+    scalar = jnp.zeros((), jnp.int32)
+    return TrainState(params={"w": jnp.full((4,), float(step))}, opt_state={}, step=scalar + step,
+                      rng=jax.random.PRNGKey(0), nonfinite_streak=scalar, nonfinite_total=scalar)
+
+
+def test_the_best_checkpoint_outlives_the_rotation_and_a_restart(tmp_path):
+    def run(checkpointer, losses):
+        for step, loss in losses.items():
+            metrics = None if loss is None else {"eval_loss": loss}
+            checkpointer.save(step, _tiny_state(step), {}, {}, metrics=metrics)
+        checkpointer.close()
+        return sorted(map(int, os.listdir(tmp_path / "checkpoints")))
+
+    best = ("eval_loss", "min")
+    assert run(RunCheckpointer(str(tmp_path), 2, 2, best=best), {2: 5.0, 4: 3.0, 6: 4.0, 8: 4.5, 10: 6.0}) == [4, 8, 10]
+    # The metrics are read back from disk; a save between eval points carries none.
+    assert run(RunCheckpointer(str(tmp_path), 2, 2, best=best), {12: 7.0, 14: None}) == [4, 12, 14]
+    assert run(RunCheckpointer(str(tmp_path), 2, 2), {16: None}) == [14, 16]  # without best: the latest only
+
+
+def test_a_run_that_degrades_keeps_its_best_checkpoint(env, tmp_path):
+    """Finite but diverging: the keep-2 rotation alone would keep only the two worst checkpoints."""
+    options = {"train.max_steps": 8, "train.keep_checkpoints": 2, "train.keep_best_checkpoint": True,
+               "train.eval_every": 2, "train.save_every": 4, "data.eval_samples": 20}
+    train(tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"], **options))
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8]  # eval points save too
+    train(tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"],
+                      **{**options, "train.max_steps": 16, "train.learning_rate": 3.0}))
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "eval_loss" in r}
+    assert sorted(evals) == list(range(2, 17, 2)) and all(map(np.isfinite, evals.values()))
+    best = min(evals, key=evals.get)
+    assert best <= 12, evals  # the scenario: the best is older than the two latest
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [best, 14, 16]  # before: [14, 16]

@@ -15,7 +15,7 @@ import portpicker
 import pytest
 
 from neobert_jax.data import build_mlm_iterator, default_data_config
-from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer
+from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer, vocab_fingerprint
 
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
 STEPS = 6
@@ -145,6 +145,18 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step():
     results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     assert [r["process"] for r in results] == [0, 1] and results[0]["source"] == "explicit"
     assert [r["stopped_after"] for r in results] == [4, 4]  # signal after step 3, agreed on one step later
+
+
+def test_rows_follow_the_mesh_and_process_0s_tokenizer_reaches_every_process(corpus):
+    """Rows by `jax.process_index()` would put process 0's rows where the mesh keeps process 1's."""
+    _, tokenizer_dir, tokenizer = corpus
+    env = dict(_env(2), JAX_COORDINATOR_ADDRESS=f"localhost:{portpicker.pick_unused_port()}", JAX_NUM_PROCESSES="2")
+    worker = [sys.executable, os.path.join(REPO, "tests", "scale_rows_worker.py"), tokenizer_dir]
+    outputs = _run_processes([worker, worker], [dict(env, JAX_PROCESS_ID=str(i)) for i in (0, 1)])
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert [r["rows"] for r in results] == [[4, 8], [0, 4]]  # process 0's devices hold the second half
+    assert all(r["batch"] == list(range(8)) for r in results)
+    assert [r["tokenizer"] for r in results] == [vocab_fingerprint(tokenizer)] * 2
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])

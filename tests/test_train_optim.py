@@ -62,12 +62,13 @@ def test_warmup_fraction_fits_every_run_length():
     (1000, 10, 0, 8, 512, 8),  # never below one row per batch shard
     (10_000_000, 10, 0, 1, 512, 64),  # a large corpus: the largest batch, 32k tokens
     (10_000_000, 10, 0, 1, 128, 256),  # the same tokens in shorter rows
-    (1000, 10, 500, 1, 512, 64),  # max_steps fixes the step count: the largest batch
+    (1000, 10, 500, 1, 512, 4),  # max_steps only cuts the run short: the batch of the full run
     (300, 1, 0, 2, 512, 4),  # too small for 1,500 steps at any batch: the smallest, 2k tokens
 ])
 def test_auto_batch_size(rows, epochs, max_steps, multiple, seq_len, expected):
     cfg = train_cfg(auto_batch_steps=1500, auto_batch_min_tokens=2048, auto_batch_max_tokens=32768, seq_len=seq_len)
-    assert optim.auto_batch_size(rows, epochs, max_steps, cfg, multiple) == expected
+    cfg.max_steps = max_steps  # not an argument: the rule must ignore it
+    assert optim.auto_batch_size(rows, epochs, cfg, multiple) == expected
 
 
 def test_warmup_stable_decay():

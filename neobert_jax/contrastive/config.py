@@ -20,6 +20,9 @@ _DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
 _MLM_ONLY_TRAIN_KEYS = ("masked_logits_only", "eval_batches", "export_hf", "auto_batch_steps", "auto_batch_min_tokens",
                         "auto_batch_max_tokens")
 _KEPT_MODEL_KEYS = ("attn_implementation", "remat") + _DROPOUTS
+# What train.keep_best_checkpoint ranks by: the mean of the eval sets' metrics (Spearman, nDCG@10,
+# recall@10, MRR@10: all higher-is-better), there being no eval loss.
+BEST_METRIC = "eval_mean"
 
 
 def contrastive_config() -> ml_collections.ConfigDict:
@@ -104,6 +107,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.loss.scale > 0, "loss.scale", "must be positive")
     need(config.pooling.mode in POOLING_MODES, "pooling.mode", f"{config.pooling.mode!r} is not one of {POOLING_MODES}")
     need(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    has_eval = bool(as_list(config.eval.sts_files) or as_list(config.eval.retrieval_dirs))
+    need(has_eval or not config.train.keep_best_checkpoint, "train.keep_best_checkpoint",
+         "needs evaluation sets: set eval.sts_files or eval.retrieval_dirs")
     need(config.train.seq_len >= 3, "train.seq_len", "must leave room for [CLS] text [SEP]")
     dims, weights = matryoshka(config.loss)
     need(len(weights) == len(dims), "loss.matryoshka_weights", f"{len(weights)} weights for {len(dims)} dims")

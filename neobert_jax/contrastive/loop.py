@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from neobert_jax.contrastive.config import validate
+from neobert_jax.contrastive.config import BEST_METRIC, validate
 from neobert_jax.contrastive.embedder import Embedder
 from neobert_jax.contrastive.evaluation import evaluate, format_comparison
 from neobert_jax.contrastive.run_setup import ContrastiveSetup, setup_contrastive
@@ -80,7 +80,7 @@ class _ContrastiveRun:
         if self.embedder is not None and step == 0:
             self.reporter.log(0, self._eval_scalars(state.params))
             self.interval = _Interval()  # the evaluation's time is not training time
-        while step < s.total_steps and not stop.requested():
+        while step < s.total_steps and not stop.requested(pending):
             batch, stats = next(s.batches)
             state, metrics = self.train_step(state, place_batch(batch, stats, s.mesh))
             step += 1
@@ -92,15 +92,17 @@ class _ContrastiveRun:
             if eval_due or step % t.save_every == 0:
                 self._record(*pending, extra=self._eval_scalars(state.params) if eval_due else None)
                 pending = None
-                self._save(step, state)
+                self._save(step, state, evaluated=eval_due)
         if pending is not None:
             self._record(*pending)
         if step < s.total_steps:
-            self._save(step, state, force=True)
+            saving = time.perf_counter()
+            self._save(step, state, force=True, log=self.reporter.message)
             s.checkpointer.wait()
             self.reporter.end_progress()
-            self.reporter.message(f"stopped at step {step}: latest checkpoint step {s.checkpointer.latest_step()} "
-                                  f"in {s.checkpointer.directory}; rerun the same command to resume")
+            self.reporter.message(f"stopped at step {step} (final save {time.perf_counter() - saving:.1f} s): latest "
+                                  f"checkpoint step {s.checkpointer.latest_step()} in {s.checkpointer.directory}; "
+                                  "rerun the same command to resume")
             return ContrastiveResult(step, False, self._train_loss(), None, None, None)
         return self._finish(step, state)
 
@@ -156,9 +158,12 @@ class _ContrastiveRun:
                 return {k.removeprefix(EVAL_PREFIX): v for k, v in record.items() if k.startswith(EVAL_PREFIX)}
         return None
 
-    def _save(self, step: int, state, force: bool = False) -> None:
+    def _save(self, step: int, state, force: bool = False, evaluated: bool = False, log=None) -> None:
+        """`evaluated`: `last_eval` is this step's, which ranks it for train.keep_best_checkpoint."""
         meta = {"step": step, "loss_totals": self.loss_totals}
-        self.setup.checkpointer.save(step, state, self.setup.batches.get_state(), meta, force=force)
+        metrics = {BEST_METRIC: float(np.mean(list(self.last_eval.values())))} if evaluated and self.last_eval else None
+        self.setup.checkpointer.save(step, state, self.setup.batches.get_state(), meta, force=force, metrics=metrics,
+                                     log=log)
 
     def _train_loss(self) -> float | None:
         totals = self.loss_totals

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
 from neobert_jax.contrastive.columns import read_training_columns
-from neobert_jax.contrastive.config import as_list, dropout_overrides, matryoshka
+from neobert_jax.contrastive.config import BEST_METRIC, as_list, dropout_overrides, matryoshka
 from neobert_jax.contrastive.evaluation import RetrievalSet, StsSet, load_eval_sets
 from neobert_jax.contrastive.losses import make_objective
 from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, tokenize_columns
@@ -150,7 +150,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
 
     write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
     checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
-                                                       batches, log)
+                                                       batches, log, best=(BEST_METRIC, "max"))
     del params
 
     write_run_files(config, output_dir, model_config, tokenizer, None, write_tokenizer)

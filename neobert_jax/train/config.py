@@ -8,6 +8,7 @@ silently ignored setting.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import math
 import os
@@ -20,6 +21,9 @@ from neobert_jax.data.tokenizer import SPECIAL_TOKENS
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots")
+# model keys no parameter depends on; None takes init_from's value, or MODERNBERT_DEFAULTS without it
+MODERNBERT_DEFAULTS = {"max_position_embeddings": 8192, "local_attention": 128, "global_attn_every_n_layers": 3}
+INHERITED_MODEL_KEYS = tuple(MODERNBERT_DEFAULTS)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,9 +51,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.num_attention_heads = 12
     c.model.intermediate_size = 1152
     c.model.vocab_size = 0  # 0 = the tokenizer's size rounded up to a multiple of 64
-    c.model.max_position_embeddings = 8192
-    c.model.local_attention = 128
-    c.model.global_attn_every_n_layers = 3
+    # None: init_from's value (a GUIDE student's 1024 positions must reach its export), else ModernBERT's
+    inherited = functools.partial(ml_collections.FieldReference, None, field_type=int)
+    c.model.max_position_embeddings = inherited()  # else 8192
+    c.model.local_attention = inherited()  # else 128
+    c.model.global_attn_every_n_layers = inherited()  # else 3
     c.model.embedding_dropout = 0.0
     c.model.attention_dropout = 0.0
     c.model.mlp_dropout = 0.0
@@ -60,8 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.max_steps = 0  # optimizer steps; 0 = derived from epochs
     c.train.epochs = 1
     c.train.batch_size = 32  # global rows per optimizer step (all devices, all micro-batches); 0 = auto:
-    c.train.auto_batch_steps = 1500  # the largest batch that still gives the run this many optimizer steps,
-    c.train.auto_batch_min_tokens = 2048  # but at least this many tokens (batch_size x seq_len)
+    c.train.auto_batch_steps = 3000  # the largest batch that still gives the run this many optimizer steps,
+    c.train.auto_batch_min_tokens = 1024  # but at least this many tokens (batch_size x seq_len)
     c.train.auto_batch_max_tokens = 32768  # and at most this many
     c.train.grad_accum_steps = 1
     c.train.seq_len = 512
@@ -82,7 +88,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 0  # 0 = evaluate only at the end
     c.train.eval_batches = 50
     c.train.save_every = 2500
-    c.train.keep_checkpoints = 3
+    c.train.keep_checkpoints = 3  # the most recent ones
+    # Also keep the checkpoint of the lowest eval loss (contrastive: highest mean eval metric); every
+    # eval point then saves. Needs eval_every > 0 and eval data.
+    c.train.keep_best_checkpoint = False
     c.train.export_hf = True  # write output_dir/hf at the end
 
     # Device mesh; -1 on one axis takes the remaining devices.
@@ -112,20 +121,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ValueError(f"config.{key}: {msg}")
 
-    need(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
-         f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
+    positions = config.model.max_position_embeddings  # None with init_from: checked once it is loaded
+    if positions is None and not config.init_from:
+        positions = MODERNBERT_DEFAULTS["max_position_embeddings"]
+    need(positions is None or t.seq_len <= positions, "train.seq_len",
+         f"{t.seq_len} exceeds model.max_position_embeddings={positions}")
     need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
     smallest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # bytes, specials, one merge
     need(config.data.tokenizer_vocab_size >= smallest_vocab, "data.tokenizer_vocab_size",
          f"must be >= {smallest_vocab} (256 byte tokens, {len(SPECIAL_TOKENS)} special tokens, one merge), "
          f"got {config.data.tokenizer_vocab_size}")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "local_attention", "global_attn_every_n_layers"):
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         need(config.model[key] > 0, f"model.{key}", f"must be positive, got {config.model[key]}")
+    for key in INHERITED_MODEL_KEYS:
+        need(config.model[key] is None or config.model[key] > 0, f"model.{key}",
+             f"must be positive or None (init_from's), got {config.model[key]}")
     need(config.model.hidden_size % config.model.num_attention_heads == 0, "model.hidden_size",
          f"{config.model.hidden_size} is not divisible by model.num_attention_heads={config.model.num_attention_heads}")
     need(config.model.vocab_size >= 0, "model.vocab_size", "must be >= 0 (0 = the tokenizer's size)")
+    need(bool(config.data.eval_files) or config.data.eval_samples > 0 or not t.keep_best_checkpoint,
+         "train.keep_best_checkpoint", "needs eval data: set data.eval_files or data.eval_samples")
 
 
 def validate_training(config: ml_collections.ConfigDict) -> None:
@@ -166,6 +182,8 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
     need(t.max_nonfinite_steps > 0, "train.max_nonfinite_steps", "must be positive")
     need(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = only at the end)")
+    need(t.eval_every > 0 or not t.keep_best_checkpoint, "train.keep_best_checkpoint",
+         "needs train.eval_every > 0: the best checkpoint is picked among the eval points'")
     need(bool(config.output_dir), "output_dir", "must be set")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]

@@ -109,7 +109,7 @@ class _Trainer:
     def run(self, stop: StopRequest) -> RunResult:
         s, t = self.setup, self.config.train
         state, step, pending = s.state, s.start_step, None
-        while step < s.total_steps and not stop.requested():
+        while step < s.total_steps and not stop.requested(pending):
             state, metrics = self.train_step(state, sharding.global_batch(next(s.train_data), s.mesh))
             step += 1
             if pending is not None:
@@ -124,11 +124,13 @@ class _Trainer:
         if pending is not None:
             self._record(*pending)
         if step < s.total_steps:
-            self._save(step, state, force=True)
+            saving = time.perf_counter()
+            self._save(step, state, force=True, log=self.reporter.message)
             s.checkpointer.wait()
             self.reporter.end_progress()
-            self.reporter.message(f"stopped at step {step}: latest checkpoint step {s.checkpointer.latest_step()} "
-                                  f"in {s.checkpointer.directory}; rerun the same command to resume")
+            self.reporter.message(f"stopped at step {step} (final save {time.perf_counter() - saving:.1f} s): latest "
+                                  f"checkpoint step {s.checkpointer.latest_step()} in {s.checkpointer.directory}; "
+                                  "rerun the same command to resume")
             return RunResult(step, False, self._train_loss(), None, None)
         return self._finish(step, state)
 
@@ -207,10 +209,13 @@ class _Trainer:
         self.last_eval = (step, loss)
         return {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
 
-    def _save(self, step: int, state, force: bool = False) -> None:
+    def _save(self, step: int, state, force: bool = False, log=None) -> None:
+        """`log`: told the size and expected duration of the save (the stop path: the cluster's grace period)."""
         interval = {k: v for k, v in dataclasses.asdict(self.interval).items() if k != "started"}
         meta = {"step": step, "loss_totals": {**self.loss_totals, "recent": list(self.recent), "interval": interval}}
-        self.setup.checkpointer.save(step, state, self.setup.train_data.get_state(), meta, force=force)
+        evaluated = self.last_eval is not None and self.last_eval[0] == step  # ranks it for train.keep_best_checkpoint
+        self.setup.checkpointer.save(step, state, self.setup.train_data.get_state(), meta, force=force,
+                                     metrics={"eval_loss": self.last_eval[1]} if evaluated else None, log=log)
 
     def _train_loss(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None

@@ -16,6 +16,7 @@ from flax import nnx
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.hf import load_pretrained
 from neobert_jax.model import ModernBertForMaskedLM
+from neobert_jax.train.config import MODERNBERT_DEFAULTS
 
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 MODEL_KEYS = ARCHITECTURE_KEYS + ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
@@ -64,11 +65,12 @@ def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
 
 
 def _with_config_keys(model: ModernBertForMaskedLM, config, log) -> ModernBertForMaskedLM:
-    """The init_from model with config.model's dropout, window and positions (no parameter depends
-    on them), each change logged: keeping the loaded values ignored those keys without a word."""
+    """The init_from model with config.model's dropout, and window and positions where set (no
+    parameter depends on them), each change logged: keeping the loaded values ignored those keys
+    without a word."""
     loaded = model.config
     changes = {k: config.model[k] for k in MODEL_KEYS
-               if k not in ARCHITECTURE_KEYS and getattr(loaded, k) != config.model[k]}
+               if k not in ARCHITECTURE_KEYS and config.model[k] is not None and getattr(loaded, k) != config.model[k]}
     if not changes:
         return model
     said = ", ".join(f"model.{k} {getattr(loaded, k)} -> {v}" for k, v in changes.items())
@@ -102,7 +104,6 @@ def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], 
     if vocab_size < tokenizer_size:
         raise ValueError(
             f"config.model.vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer_size} tokens")
-    model_config = ModernBertConfig(
-        vocab_size=vocab_size, **{k: config.model[k] for k in MODEL_KEYS}, **special_token_ids, **runtime
-    )
+    keys = {k: MODERNBERT_DEFAULTS[k] if config.model[k] is None else config.model[k] for k in MODEL_KEYS}
+    model_config = ModernBertConfig(vocab_size=vocab_size, **keys, **special_token_ids, **runtime)
     return ModernBertForMaskedLM(model_config, rngs=nnx.Rngs(config.seed)), []

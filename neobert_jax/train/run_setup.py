@@ -19,6 +19,7 @@ from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bund
 from neobert_jax.hf.convert import find_tokenizer_dir
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
+from neobert_jax.train.config import INHERITED_MODEL_KEYS
 from neobert_jax.train.model_init import build_model
 from neobert_jax.train.run_dir import (TOKENIZER_DIR, check_resume, check_run_tokenizer, has_checkpoints,
                                        share_tokenizer, write_run_files)
@@ -96,15 +97,15 @@ def _choose_batch_size(config, mesh: Mesh, tokenizer, log) -> None:
     t = config.train
     multiple = math.lcm(sharding.batch_rows_divisor(mesh) * t.grad_accum_steps, jax.process_count())
     rows = packed_rows(config.data, tokenizer=tokenizer, seq_len=t.seq_len, seed=config.seed)
-    t.batch_size = optim.auto_batch_size(rows, t.epochs, t.max_steps, t, multiple)
-    steps = t.max_steps or t.epochs * (rows // t.batch_size)
-    why = ("train.max_steps is set: the largest allowed" if t.max_steps else
-           f"the largest (up to train.auto_batch_max_tokens={t.auto_batch_max_tokens}) leaving the run "
+    t.batch_size = optim.auto_batch_size(rows, t.epochs, t, multiple)
+    steps = t.epochs * (rows // t.batch_size)
+    why = (f"the largest (up to train.auto_batch_max_tokens={t.auto_batch_max_tokens}) leaving the run "
            f"train.auto_batch_steps={t.auto_batch_steps} steps" if steps >= t.auto_batch_steps else
            f"the smallest allowed (train.auto_batch_min_tokens={t.auto_batch_min_tokens}); the run has fewer steps "
            f"than train.auto_batch_steps={t.auto_batch_steps} (more epochs or data give more)")
     log(f"train.batch_size=0 (auto): {t.batch_size} rows = {t.batch_size * t.seq_len:,} tokens per optimizer step "
-        f"over the corpus's {rows:,} packed rows, {steps:,} steps: {why}")
+        f"over the corpus's {rows:,} packed rows, {steps:,} steps in {t.epochs} epochs: {why}"
+        + (f"; train.max_steps={t.max_steps} ends the run there" if t.max_steps else ""))
 
 
 def setup_run(config, log) -> RunSetup:
@@ -132,6 +133,8 @@ def setup_run(config, log) -> RunSetup:
         f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
 
     model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
+    for key in INHERITED_MODEL_KEYS:  # run_config.json records the values the run used
+        config.model[key] = getattr(model.config, key)
     if t.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"config.train.seq_len={t.seq_len} exceeds the model's max_position_embeddings "
                          f"{model.config.max_position_embeddings}")
@@ -152,12 +155,14 @@ def setup_run(config, log) -> RunSetup:
                     tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR))
 
 
-def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log):
+def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log, best=("eval_loss", "min")):
     """-> (checkpointer, state, loss_totals): the latest checkpoint of output_dir (restoring the data
-    iterator too) unless config.resume is False, which deletes them; otherwise a fresh state."""
+    iterator too) unless config.resume is False, which deletes them; otherwise a fresh state.
+    `best`: the metric and mode that pick the checkpoint train.keep_best_checkpoint keeps."""
     t = config.train
     os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
-    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints)
+    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints,
+                                   best=best if t.keep_best_checkpoint else None)
     latest = checkpointer.latest_step()
     if latest is not None and config.resume:
         check_resume(config, output_dir)
