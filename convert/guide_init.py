@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.hf.paths import locate
 from neobert_jax.hf.guide import GuideError, guide_init, parse_layer_map
 from neobert_jax.hf import read_hf_config, read_hf_state_dict, save_checkpoint_dir, save_hf_dir
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         model, explained, guided = guide_init(read_hf_state_dict(args.teacher), teacher, student,
                                               layer_map=parse_layer_map(args.layers), selection=args.selection,
                                               seed=args.seed)
-        tokenizer_dir = find_tokenizer_dir(args.teacher)
+        tokenizer_dir = locate(args.teacher).tokenizer
         save_hf_dir(model, args.out, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite)
         if args.checkpoint:
             save_checkpoint_dir(model, args.checkpoint, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite)

@@ -20,14 +20,14 @@ from neobert_jax.contrastive.columns import read_training_columns
 from neobert_jax.contrastive.config import LOSSES, as_list
 from neobert_jax.contrastive.tokenized import TextTokenizer, save_preprocessed, tokenize_columns
 from neobert_jax.data import DataError, load_tokenizer, sources
-from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.hf.paths import locate
 
 
 def preprocess(args: argparse.Namespace) -> tuple[dict, float]:
     if os.path.exists(args.output) and not args.overwrite:  # before the slow part, not after it
         raise DataError(f"{os.path.abspath(args.output)} already exists; pass --overwrite to replace it")
     start = time.perf_counter()
-    tokenizer_dir = args.tokenizer or find_tokenizer_dir(args.model)
+    tokenizer_dir = args.tokenizer or locate(args.model).tokenizer
     if not tokenizer_dir:
         raise DataError(f"--model {args.model}: no tokenizer files beside it; pass --tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)

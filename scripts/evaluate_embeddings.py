@@ -27,7 +27,7 @@ def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_
     from neobert_jax.contrastive.embedder import Embedder
     from neobert_jax.contrastive.run_setup import load_model_parts
     from neobert_jax.contrastive.tokenized import TextTokenizer
-    from neobert_jax.hf.convert import find_tokenizer_dir
+    from neobert_jax.hf.paths import locate
     from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling
     from neobert_jax.train import sharding
     from neobert_jax.train.config import default_config
@@ -35,7 +35,7 @@ def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_
     st = read_sentence_transformers_pooling(model_dir) or {}
     pooling = pooling or st.get("pooling") or "mean"
     seq_len = seq_len or st.get("max_seq_length") or 512
-    tokenizer_dir = find_tokenizer_dir(model_dir)
+    tokenizer_dir = locate(model_dir).tokenizer
     if tokenizer_dir is None:
         raise DataError(f"{model_dir}: no tokenizer files beside the model")
     parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={}, log=lambda _: None)

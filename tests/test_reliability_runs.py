@@ -12,14 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from reliability_helpers import REPO, snapshot, tiny_config, write_corpus, write_tokenizer
 from train_batches import tiny_model
 
 import neobert_jax
 from neobert_jax.data import DataError
 from neobert_jax.data.tokenizer import load_tokenizer, vocab_fingerprint
-from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
 from neobert_jax.hf.convert import flax_to_torch, main
 from neobert_jax.train.checkpoint import RunCheckpointer

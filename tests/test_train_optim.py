@@ -111,11 +111,14 @@ def test_unknown_override_key_lists_valid_keys(tmp_path):
     config_file.write_text("from neobert_jax.train.config import default_config\n"
                            "def get_config():\n    return default_config()\n")
     with pytest.raises(KeyError) as error:
-        train_config.check_override_keys(["--config", str(config_file), "--config.train.learning_rte=1"])
+        train_config.check_override_keys(train_config.load_config_file(str(config_file)),
+                                         ["--config.train.learning_rte=1"])
     message = error.value.args[0]
     assert "config.train.learning_rte" in message and "did you mean config.train.learning_rate" in message
     assert "train.batch_size" in message and "data.train_files" in message
-    train_config.check_override_keys([f"--config={config_file}", "--config.train.learning_rate=1"])
+    path, argv = train_config.split_config_arg(["x", f"--config={config_file}", "--config.train.learning_rate=1"])
+    assert (path, argv) == (str(config_file), ["x", "--config.train.learning_rate=1"])
+    train_config.check_override_keys(train_config.load_config_file(path), argv[1:])
 
 
 @pytest.mark.parametrize("key,value,fragment", [

@@ -23,7 +23,7 @@ from neobert_jax.contrastive.losses import make_objective
 from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, tokenize_columns
 from neobert_jax.data import load_tokenizer, sources
 from neobert_jax.hf import load_pretrained
-from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.hf.paths import locate
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
@@ -76,7 +76,7 @@ def encoder_only(tx: optax.GradientTransformation, params) -> optax.GradientTran
 
 
 def _tokenizer_source(config) -> str:
-    source = config.tokenizer or find_tokenizer_dir(config.init_from)
+    source = config.tokenizer or locate(config.init_from).tokenizer
     if not source and config.data.preprocessed_dir:
         source = os.path.join(config.data.preprocessed_dir, TOKENIZER_DIR)
     if not source:
@@ -113,6 +113,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
                          f"the {processes} processes; make mesh.data x mesh.fsdp a multiple of {processes}")
     runtime = dict(dtype=compute_dtype(t.precision), attn_implementation=config.model.attn_implementation,
                    remat=config.model.remat)
+    log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
     parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime,
                                      config_changes=dropout_overrides(config), log=log)
     model_config = parts.config

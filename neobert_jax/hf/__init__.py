@@ -2,18 +2,18 @@
 
 from neobert_jax.hf.checkpoint import (
     Pretrained,
-    find_params_dir,
     from_pretrained,
     load_pretrained,
     restore_params,
     save_checkpoint_dir,
     save_hf_dir,
 )
+from neobert_jax.hf.paths import ModelFiles, locate
 from neobert_jax.hf.io import read_hf_config, read_hf_state_dict, write_hf_dir
 from neobert_jax.hf.weights import ConversionError, load_state_dict_into_model, state_dict_from_model
 
 __all__ = [
-    "ConversionError", "Pretrained", "find_params_dir", "from_pretrained", "load_pretrained",
+    "ConversionError", "ModelFiles", "Pretrained", "from_pretrained", "locate", "load_pretrained",
     "load_state_dict_into_model", "read_hf_config", "read_hf_state_dict", "restore_params",
     "save_checkpoint_dir", "save_hf_dir", "state_dict_from_model", "write_hf_dir",
 ]

@@ -15,11 +15,11 @@ from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.fileio import atomic_dir
+from neobert_jax.hf.paths import PARAMS, locate
 from neobert_jax.hf.io import copy_tokenizer_files, read_hf_config, read_hf_state_dict, write_hf_dir
 from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
 from neobert_jax.model import ModernBertForMaskedLM
 
-PARAMS = "params"
 
 
 def save_hf_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_dir: str | None = None,
@@ -40,29 +40,6 @@ def save_checkpoint_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_di
         copy_tokenizer_files(tokenizer_dir, tmp)
 
 
-def find_params_dir(path: str) -> str | None:
-    """The orbax params item inside a model dir, a step dir, or a run dir (latest step)."""
-    if os.path.isdir(os.path.join(path, PARAMS)):
-        return os.path.join(path, PARAMS)
-    steps_dir = os.path.join(path, "checkpoints")
-    if os.path.isdir(steps_dir):
-        steps = sorted((int(s) for s in os.listdir(steps_dir) if s.isdigit()), reverse=True)
-        for step in steps:
-            candidate = os.path.join(steps_dir, str(step), PARAMS)
-            if os.path.isdir(candidate):
-                return candidate
-    return None
-
-
-def _find_config(path: str) -> str:
-    probe = os.path.abspath(path)
-    for _ in range(4):  # model dir, step dir, checkpoints dir, run dir
-        if os.path.isfile(os.path.join(probe, "config.json")):
-            return os.path.join(probe, "config.json")
-        probe = os.path.dirname(probe)
-    raise FileNotFoundError(f"{path}: no config.json here or in the parent dirs")
-
-
 def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForMaskedLM, list[str]]:
     """Model from an HF dir or a project checkpoint; returns (model, newly initialized HF names).
 
@@ -70,13 +47,16 @@ def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForM
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
-    params_dir = find_params_dir(path)
+    files = locate(path)
+    params_dir = files.params
     if params_dir is None:
         config = read_hf_config(path, **runtime)
         model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed))
         newly_initialized, _ = load_state_dict_into_model(model, read_hf_state_dict(path), source=path)
         return model, newly_initialized
-    config = ModernBertConfig.from_json_file(_find_config(path), **runtime)
+    if files.config is None:
+        raise FileNotFoundError(f"{path}: no config.json for its weights ({files.describe()})")
+    config = ModernBertConfig.from_json_file(files.config, **runtime)
     abstract = nnx.eval_shape(lambda: ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed)))
     graphdef, abstract_state = nnx.split(abstract)
     restored = restore_params(params_dir, nnx.to_pure_dict(abstract_state))

@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from neobert_jax.hf.checkpoint import load_pretrained, save_checkpoint_dir, save_hf_dir
-from neobert_jax.hf.io import TOKENIZER_FILES
-
-
-def find_tokenizer_dir(path: str) -> str | None:
-    """Tokenizer files next to a checkpoint: in it, beside its config.json, or in a `tokenizer/` subdir."""
-    probe = os.path.abspath(path)
-    for _ in range(4):
-        for candidate in (probe, os.path.join(probe, "tokenizer")):
-            if any(os.path.isfile(os.path.join(candidate, n)) for n in TOKENIZER_FILES):
-                return candidate
-        probe = os.path.dirname(probe)
-    return None
+from neobert_jax.hf.paths import locate
 
 
 def torch_to_flax(hf_dir: str, out_dir: str, overwrite: bool = False) -> list[str]:
     """HF ModernBERT dir -> project checkpoint dir; returns the newly initialized tensor names."""
     model, newly_initialized = load_pretrained(hf_dir)
-    save_checkpoint_dir(model, out_dir, tokenizer_dir=find_tokenizer_dir(hf_dir), overwrite=overwrite)
+    save_checkpoint_dir(model, out_dir, tokenizer_dir=locate(hf_dir).tokenizer, overwrite=overwrite)
     return newly_initialized
 
 
 def flax_to_torch(ckpt: str, out_dir: str, overwrite: bool = False) -> list[str]:
     """Project checkpoint (model dir, run dir or step dir) -> HF dir with model.safetensors."""
     model, newly_initialized = load_pretrained(ckpt)
-    save_hf_dir(model, out_dir, tokenizer_dir=find_tokenizer_dir(ckpt), overwrite=overwrite)
+    save_hf_dir(model, out_dir, tokenizer_dir=locate(ckpt).tokenizer, overwrite=overwrite)
     return newly_initialized
 
 
@@ -48,5 +36,6 @@ def main(convert, description: str, argv=None) -> int:
         return 1
     if newly_initialized:
         print(f"newly initialized (not in {args.src}): {', '.join(newly_initialized)}")
+    print(f"read {args.src}, a {locate(args.src).describe()}")
     print(f"wrote {args.out}")
     return 0

@@ -11,13 +11,14 @@ import os
 import sys
 from typing import Callable
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from neobert_jax.data import DataError
 from neobert_jax.train import distributed
-from neobert_jax.train.config import check_override_keys
-from neobert_jax.train.loop import NonFiniteLossError
+from neobert_jax.train.config import check_override_keys, load_config_file, split_config_arg
+from neobert_jax.train.runner import NonFiniteLossError
 from neobert_jax.train.model_init import apply_xla_flags
 
 
@@ -27,8 +28,20 @@ def one_line(error: BaseException) -> str:
 
 
 def run(train_fn: Callable, example_config: str) -> None:
-    """Parses the command line and calls `train_fn(config)`; its result needs `.completed`, `.step`."""
-    config = config_flags.DEFINE_config_file("config", None, f"a config file with get_config(), e.g. {example_config}")
+    """Parses the command line and calls `train_fn(config)`; its result needs `.completed`, `.step`.
+
+    The config file is executed once, here: its keys check the overrides before absl applies them.
+    """
+    path, argv = split_config_arg(sys.argv)
+    if path is None and not {"--help", "-h", "--helpfull"} & set(argv):
+        sys.exit(f"error: --config is required, e.g. --config {example_config}")
+    try:
+        loaded = load_config_file(path) if path else ml_collections.ConfigDict()
+        check_override_keys(loaded, argv[1:])
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
+    config = config_flags.DEFINE_config_dict("config", loaded, f"--config FILE: a config file with get_config(), "
+                                             f"e.g. {example_config}; --config.key=value overrides", sys_argv=argv)
     coordinator = flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0")
     num_processes = flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes in all")
     process_id = flags.DEFINE_integer("process_id", None, "multi-process runs: this process's index, 0..n-1")
@@ -38,8 +51,6 @@ def run(train_fn: Callable, example_config: str) -> None:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         if len(argv) > 1:
             sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
-        if config.value is None:
-            sys.exit(f"error: --config is required, e.g. --config {example_config}")
         apply_xla_flags(config.value.train.precision)  # before JAX starts its backend
         if config.value.compilation_cache_dir:
             import jax
@@ -57,8 +68,4 @@ def run(train_fn: Callable, example_config: str) -> None:
         if not result.completed:
             print(f"stopped at step {result.step}; rerun to resume", file=sys.stderr)
 
-    try:
-        check_override_keys(sys.argv[1:])
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
-    app.run(main)
+    app.run(main, argv=argv)

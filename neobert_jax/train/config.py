@@ -191,7 +191,8 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Runs a config file's `get_config()` the way config_flags does, for pre-parse checks."""
+    """Runs a config file's `get_config()`; `path:arg` passes arg, as ml_collections' config_flags do."""
+    path, sep, arg = path.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config: {path}: no such file")
     spec = importlib.util.spec_from_file_location("_neobert_config_file", path)
@@ -199,25 +200,30 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config: {path} defines no get_config()")
-    return module.get_config()
+    return module.get_config(arg) if sep else module.get_config()
 
 
-def check_override_keys(argv: list[str]) -> None:
-    """Fails on a missing config file, or on `--config.x.y=...` keys it lacks, listing the valid ones.
+def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+    """-> (the `--config FILE` / `--config=FILE` value, the last if several, as for any flag; argv
+    without them)."""
+    path, rest, args = None, [], iter(argv)
+    for arg in args:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config":
+            path = next(args, None)
+        else:
+            rest.append(arg)
+    return path, rest
+
+
+def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+    """Fails on `--config.x.y=...` keys the config lacks, listing the valid ones.
 
     ml_collections only raises a traceback for these; users need one line and the list.
     """
-    path, overrides = None, []
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config."):
-            overrides.append(arg[len("--config."):].split("=", 1)[0])
-    if path is None:
-        return
-    valid = flat_keys(load_config_file(path.split(":", 1)[0]))
+    overrides = [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    valid = flat_keys(config)
     for key in overrides:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
-from neobert_jax.hf.convert import find_tokenizer_dir
+from neobert_jax.hf.paths import locate
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
 from neobert_jax.train.config import INHERITED_MODEL_KEYS
@@ -58,7 +58,7 @@ def _tokenizer(config, output_dir: str):
     once everything else is validated."""
     source = config.tokenizer or None
     if source is None and config.init_from:
-        source = find_tokenizer_dir(config.init_from)
+        source = locate(config.init_from).tokenizer
     if source is None and config.data.preprocessed_dir:
         source = config.data.preprocessed_dir
     if source is not None:
@@ -132,6 +132,8 @@ def setup_run(config, log) -> RunSetup:
     log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {t.batch_size} rows x {t.seq_len} tokens"
         f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
 
+    if config.init_from:
+        log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
     model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
     for key in INHERITED_MODEL_KEYS:  # run_config.json records the values the run used
         config.model[key] = getattr(model.config, key)

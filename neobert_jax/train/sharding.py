@@ -127,3 +127,13 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     """This process's rows -> global arrays sharded over the batch axes (multi-host safe)."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def to_host(tree):
+    """A (sharded) pytree as numpy arrays on every host: an all-gather across processes, so every
+    process must call it, though typically only process 0 writes what it returns."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, jax.device_get(tree))

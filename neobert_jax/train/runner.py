@@ -1,0 +1,275 @@
+"""The one training loop every task runs: `run_task(config, setup, TaskClass, stop, setup_started)`.
+
+A task (MLM: neobert_jax.train.loop.MlmTask; contrastive: neobert_jax.contrastive.loop.
+ContrastiveTask) supplies what differs, through the `Task` protocol below: its batches, compiled
+step, per-step counters, evaluation, export and closing lines. The runner owns what they share:
+
+- step metrics are read back one step late, so the host never waits for the device except at
+  log, eval and save points;
+- the log / eval / save cadence, and a resume that continues the interval the stop cut (the same
+  records and means as an uninterrupted run);
+- a SIGTERM/SIGINT ends the run after the step in flight with a checkpoint (rerun to resume);
+- too many non-finite steps in a row end it with NonFiniteLossError, the checkpoints untouched;
+- the final save, evaluation, export, loss curve and run summary.
+
+A task's entry point reads top to bottom: validate, `run_frame`, its setup, `run_task`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any, Protocol
+
+import jax
+
+from neobert_jax.train import optim
+from neobert_jax.train.model_init import matmul_precision
+from neobert_jax.train.reporting import RunReporter
+from neobert_jax.train.run_dir import RunDirLock
+from neobert_jax.train.signals import StopRequest
+
+RECENT_STEPS = 100  # the final train loss is the mean over this many last steps (the run mean reads as a bad run)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `train.max_nonfinite_steps` skipped steps in a row."""
+
+
+class Task(Protocol):
+    """What a training task gives the runner. `setup` holds state, start_step, total_steps and
+    checkpointer; counters are plain numbers summed per log interval (one of them "tokens")."""
+
+    setup: Any
+    loss_label: str | None  # the loss curve's axis label (None: "MLM loss")
+    export_name: str  # what `export` writes, for the closing line
+    batch_description: str  # one optimizer step's batch, e.g. "2 rows x 512"
+    steps_per_epoch: int
+    has_eval: bool
+    eval_before_training: bool  # evaluate the starting model at step 0
+
+    def next_batch(self) -> tuple[dict, dict]:
+        """-> (the step's device batch, host-side counters of it)."""
+
+    def train_step(self, state, batch) -> tuple[Any, dict]: ...
+
+    def data_state(self) -> dict:
+        """The data iterator's state after the last batch: what a checkpoint saves."""
+
+    def step_counters(self, metrics: dict, host: dict) -> dict[str, float]:
+        """A finished step's counters, from its fetched metrics and `next_batch`'s counters."""
+
+    def interval_scalars(self, mean_loss: float, counters: dict, steps: int,
+                         elapsed_s: float | None) -> dict[str, float]:
+        """Log scalars of an interval's mean loss (nan: no finite step) and summed counters;
+        elapsed_s is None for the first step (mostly compilation), which gets no throughput."""
+
+    def evaluate(self, params) -> tuple[dict[str, float], dict[str, float]]:
+        """-> (scalars to log, the metric that ranks checkpoints for train.keep_best_checkpoint)."""
+
+    def export(self, params) -> str:
+        """Writes the run's final model (process 0) and returns its dir."""
+
+    def closing_lines(self, train_loss: float | None, recent_steps: int, last_eval: dict | None) -> list[str]:
+        """Lines after the run summary: the final train loss (the mean of the last `recent_steps`)
+        beside the task's evaluation."""
+
+    def result(self, step: int, completed: bool, train_loss: float | None, last_eval: dict | None,
+               export_dir: str | None): ...
+
+
+@dataclasses.dataclass
+class Interval:
+    """Host-side sums over the steps since the last log line."""
+
+    steps: int = 0
+    finite_steps: int = 0
+    loss_sum: float = 0.0
+    counters: dict = dataclasses.field(default_factory=dict)
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def saved(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "started"}
+
+    @classmethod
+    def restored(cls, saved: dict) -> "Interval":
+        """From a checkpoint's `saved()`; one of the release before the runner kept the MLM counters
+        as fields (real_tokens, predicted_tokens, flops)."""
+        counters = dict(saved.get("counters", {}))
+        legacy = {"real_tokens": "tokens", "predicted_tokens": "predicted_tokens", "flops": "flops"}
+        counters.update({new: saved[old] for old, new in legacy.items() if old in saved})
+        return cls(saved.get("steps", 0), saved.get("finite_steps", 0), saved.get("loss_sum", 0.0), counters)
+
+
+def main_process_print(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def run_frame(config):
+    """Signal handling, the output dir's lock and the matmul precision around a run."""
+    with StopRequest(on_signal=main_process_print) as stop, RunDirLock(config.output_dir, jax.process_index() == 0):
+        with jax.default_matmul_precision(matmul_precision(config.train.precision)):
+            yield stop
+
+
+def run_task(config, setup, task_cls, stop: StopRequest, setup_started: float):
+    """Runs `task_cls(config, setup, reporter)` to its end (or its stop) and closes the run's files."""
+    reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
+                           enabled=jax.process_index() == 0)
+    reporter.marks.update(setup_started=setup_started, setup_done=time.time())
+    try:
+        return Runner(config, task_cls(config, setup, reporter), reporter).run(stop)
+    finally:
+        setup.checkpointer.close()
+        reporter.close()
+
+
+class Runner:
+    def __init__(self, config, task: Task, reporter: RunReporter):
+        self.config, self.task, self.reporter = config, task, reporter
+        self.setup = task.setup
+        totals = dict(self.setup.loss_totals)
+        self.recent = collections.deque(totals.pop("recent", []), maxlen=RECENT_STEPS)
+        self.interval = Interval.restored(totals.pop("interval", {}))
+        self.totals = {"sum": 0.0, "count": 0, "tokens": 0, **totals}  # run-wide, resumed with the run
+        self.last_eval: tuple[int, dict, dict] | None = None  # (step, logged scalars, ranking metric)
+        self.tokens_per_s = 0.0
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: StopRequest):
+        s, t, task = self.setup, self.config.train, self.task
+        state, step, pending = s.state, s.start_step, None
+        if task.has_eval and task.eval_before_training and step == 0:
+            self.reporter.log(0, self._evaluate(0, state.params))
+            self.interval = Interval()  # the evaluation's time is not training time
+        while step < s.total_steps and not stop.requested(pending[1] if pending else None):
+            batch, host = task.next_batch()
+            state, metrics = task.train_step(state, batch)
+            step += 1
+            if pending is not None:
+                self._record(*pending)
+            pending = (step, metrics, host)
+            eval_due = task.has_eval and (step == s.total_steps or (t.eval_every > 0 and step % t.eval_every == 0))
+            if eval_due or step % t.save_every == 0:
+                self._record(*pending, extra=self._evaluate(step, state.params) if eval_due else None)
+                pending = None
+                self._save(step, state)
+        if pending is not None:
+            self._record(*pending)
+        if step < s.total_steps:
+            saving = time.perf_counter()
+            self._save(step, state, force=True, log=self.reporter.message)
+            s.checkpointer.wait()
+            self.reporter.end_progress()
+            self.reporter.message(f"stopped at step {step} (final save {time.perf_counter() - saving:.1f} s): latest "
+                                  f"checkpoint step {s.checkpointer.latest_step()} in {s.checkpointer.directory}; "
+                                  "rerun the same command to resume")
+            return task.result(step, False, self._train_loss(), None, None)
+        return self._finish(step, state)
+
+    def _record(self, step: int, metrics, host: dict, extra: dict | None = None) -> None:
+        """Host side of one step: sums, non-finite check, progress bar, and a log line when due."""
+        m = jax.device_get(metrics)
+        t, iv = self.config.train, self.interval
+        loss = float(m["loss"])
+        finite = math.isfinite(loss) and math.isfinite(float(m["grad_norm"]))
+        iv.steps += 1
+        for key, value in self.task.step_counters(m, host).items():
+            iv.counters[key] = iv.counters.get(key, 0) + value
+            if key == "tokens":
+                self.totals["tokens"] += value
+        if finite:
+            iv.finite_steps += 1
+            iv.loss_sum += loss
+            self.totals["sum"] += loss
+            self.totals["count"] += 1
+            self.recent.append(loss)
+        else:
+            self.reporter.message(f"step {step}: non-finite loss or gradients, update skipped "
+                                  f"({int(m['nonfinite_total'])} skipped so far)")
+        streak = int(m["nonfinite_streak"])
+        mean_loss = iv.loss_sum / iv.finite_steps if iv.finite_steps else float("nan")
+        self.reporter.progress(step, mean_loss, self.tokens_per_s)
+        # Step 1, not a resume's first step: a resumed run logs the records an uninterrupted one does.
+        if step == 1 or extra or streak or step % t.log_every == 0 or step == self.setup.total_steps:
+            self._log(step, m, mean_loss, extra)
+        if streak >= t.max_nonfinite_steps:
+            latest = self.setup.checkpointer.latest_step()
+            raise NonFiniteLossError(
+                f"{streak} non-finite steps in a row (train.max_nonfinite_steps={t.max_nonfinite_steps}) at step "
+                f"{step}; the last checkpoint ({'none' if latest is None else f'step {latest}'}) is intact. "
+                "Lower train.learning_rate or use train.precision=fp32 before resuming")
+
+    def _log(self, step: int, m: dict, mean_loss: float, extra: dict | None) -> None:
+        """One metrics.jsonl / TensorBoard record of the steps since the previous one."""
+        iv = self.interval
+        elapsed = None
+        if step == self.setup.start_step + 1:
+            self._report_start_up()
+        else:  # the first step's time is mostly compilation
+            elapsed = time.perf_counter() - iv.started
+        scalars = {"loss": mean_loss, "learning_rate": float(m["learning_rate"]), "grad_norm": float(m["grad_norm"]),
+                   "nonfinite_steps": int(m["nonfinite_total"]),
+                   **self.task.interval_scalars(mean_loss, iv.counters, iv.steps, elapsed)}
+        self.tokens_per_s = scalars.get("tokens_per_s", self.tokens_per_s)
+        self.reporter.log(step, {**scalars, **(extra or {})})
+        self.interval = Interval()
+
+    def _report_start_up(self) -> None:
+        marks, now = self.reporter.marks, time.time()
+        marks["first_step"] = now
+        self.reporter.message(
+            f"start-up: {now - self.reporter.started:.1f} s from process start to the first step's result: "
+            f"imports {marks['setup_started'] - self.reporter.started:.1f} s, setup (tokenizer, data, model, "
+            f"state, checkpoints) {marks['setup_done'] - marks['setup_started']:.1f} s, first steps "
+            f"(compilation) {now - marks['setup_done']:.1f} s")
+
+    # ------------------------------------------------------------------ eval / save / finish
+    def _evaluate(self, step: int, params) -> dict:
+        scalars, ranking = self.task.evaluate(params)
+        self.last_eval = (step, scalars, ranking)
+        return scalars
+
+    def _save(self, step: int, state, force: bool = False, log=None) -> None:
+        """`log`: told the size and expected duration of the save (the stop path: the cluster's grace period)."""
+        totals = {**self.totals, "recent": list(self.recent), "interval": self.interval.saved()}
+        evaluated = self.last_eval is not None and self.last_eval[0] == step  # ranks it for keep_best_checkpoint
+        self.setup.checkpointer.save(step, state, self.task.data_state(), {"step": step, "loss_totals": totals},
+                                     force=force, metrics=self.last_eval[2] if evaluated else None, log=log)
+
+    def _train_loss(self) -> float | None:
+        return sum(self.recent) / len(self.recent) if self.recent else None
+
+    def _finish(self, step: int, state):
+        s, task, report = self.setup, self.task, self.reporter.message
+        self.reporter.marks["trained"] = time.time()
+        self._save(step, state, force=True)
+        if task.has_eval and (self.last_eval is None or self.last_eval[0] != step):  # resumed after the last step
+            self._evaluate(step, state.params)  # its record is in metrics.jsonl already
+        export_dir = task.export(state.params)
+        s.checkpointer.wait()
+        curve = self.reporter.write_loss_curve(task.loss_label) if task.loss_label else self.reporter.write_loss_curve()
+        self.reporter.end_progress()
+        if curve:
+            report(f"loss curve: {curve}")
+        if export_dir:
+            report(f"exported {task.export_name}: {export_dir}")
+        lr = optim.summarize_schedule(self.config.train, s.total_steps)
+        marks, now = self.reporter.marks, time.time()
+        report(f"run: {step:,} optimizer steps of {task.batch_description}, {self.totals['tokens']:,} tokens seen "
+               f"({step / task.steps_per_epoch:.2f} epochs), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
+               f"{now - self.reporter.started:.1f} s since process start, of which training after the first step "
+               f"{marks['trained'] - marks.get('first_step', marks['trained']):.1f} s and the final "
+               f"save/export {now - marks['trained']:.1f} s")
+        train_loss = self._train_loss()
+        last_eval = self.last_eval[1] if self.last_eval else None
+        for line in task.closing_lines(train_loss, len(self.recent), last_eval):
+            report(line)
+        return task.result(step, True, train_loss, last_eval, export_dir)
