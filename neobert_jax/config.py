@@ -15,7 +15,16 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 # Fields that only steer how this project computes (not part of the checkpoint).
-RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat")
+RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp")
+# The hand-written kernels' backends: "pallas" (GPU), "xla", "interpret" (the Pallas kernel run on
+# the CPU, for tests); "auto" is the Pallas kernel on GPU and XLA elsewhere (`kernel_backend`).
+KERNEL_BACKENDS = ("auto", "pallas", "xla", "interpret")
+
+
+def kernel_backend(mode: str, platform: str) -> str:
+    """A kernel field's backend on `platform` (jax.default_backend()); trainers resolve "auto" at
+    setup and record the result in run_config.json."""
+    return ("pallas" if platform == "gpu" else "xla") if mode == "auto" else mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +64,8 @@ class ModernBertConfig:
     dtype: str = "float32"
     attn_implementation: str = "xla"
     remat: str = "none"
+    layer_norm_backward: str = "auto"  # the LayerNorm backward pass (neobert_jax.model.layer_norm)
+    logsumexp: str = "auto"  # the MLM head's log-sum-exp (neobert_jax.model.decoder_loss)
 
     def __post_init__(self):
         if self.layer_types is None:
@@ -80,6 +91,9 @@ class ModernBertConfig:
             raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        for name in ("layer_norm_backward", "logsumexp"):
+            if getattr(self, name) not in KERNEL_BACKENDS:
+                raise ValueError(f"{name} must be one of {KERNEL_BACKENDS}, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -19,7 +19,7 @@ POOLING_MODES = ("mean", "cls")
 _DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
 _MLM_ONLY_TRAIN_KEYS = ("masked_logits_only", "eval_batches", "export_hf", "auto_batch_steps", "auto_batch_min_tokens",
                         "auto_batch_max_tokens")
-_KEPT_MODEL_KEYS = ("attn_implementation", "remat") + _DROPOUTS
+_KEPT_MODEL_KEYS = ("attn_implementation", "remat", "layer_norm_backward", "logsumexp") + _DROPOUTS
 # What train.keep_best_checkpoint ranks by: the mean of the eval sets' metrics (Spearman, nDCG@10,
 # recall@10, MRR@10: all higher-is-better), there being no eval loss.
 BEST_METRIC = "eval_mean"

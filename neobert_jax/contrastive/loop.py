@@ -37,6 +37,7 @@ class ContrastiveResult:
 
 
 def train_contrastive(config) -> ContrastiveResult:
+    config = config.copy_and_resolve_references()  # setup resolves the kernels' "auto" into it
     validate(config)
     with run_frame(config) as stop:
         setup_started = time.time()

@@ -27,7 +27,7 @@ from neobert_jax.hf.paths import locate
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.train import optim, sharding
 from neobert_jax.train.checkpoint import RunCheckpointer
-from neobert_jax.train.model_init import compute_dtype
+from neobert_jax.train.model_init import runtime_policy
 from neobert_jax.train.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
 from neobert_jax.train.run_setup import start_or_resume
 from neobert_jax.train.state import ModelParts, TrainState, state_shardings
@@ -111,8 +111,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     if sharding.process_batch_shards(mesh) * processes != sharding.batch_rows_divisor(mesh):
         raise ValueError(f"config.mesh {dict(mesh.shape)}: the batch shards (mesh.data x mesh.fsdp) do not split over "
                          f"the {processes} processes; make mesh.data x mesh.fsdp a multiple of {processes}")
-    runtime = dict(dtype=compute_dtype(t.precision), attn_implementation=config.model.attn_implementation,
-                   remat=config.model.remat)
+    runtime = runtime_policy(config)
     log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
     parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime,
                                      config_changes=dropout_overrides(config), log=log)

@@ -8,17 +8,17 @@ logsumexp_pallas) and once to form the gradient, which is what bounds the head's
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from neobert_jax.config import kernel_backend
 from neobert_jax.model.shards import per_batch_shard
 
-# "auto": the one-pass Pallas log-sum-exp on GPU, XLA elsewhere; "xla"; "interpret" (tests, CPU).
-LOGSUMEXP = "auto"
 
-
-def _logsumexp(logits_NV):
-    mode = LOGSUMEXP if LOGSUMEXP != "auto" else ("pallas" if jax.default_backend() == "gpu" else "xla")
+def _logsumexp(logits_NV, backend: str):
+    mode = kernel_backend(backend, jax.default_backend())
     if mode == "xla":
         return jax.nn.logsumexp(logits_NV.astype(jnp.float32), axis=-1)
     from neobert_jax.model.logsumexp_pallas import logsumexp_rows
@@ -27,18 +27,19 @@ def _logsumexp(logits_NV):
     return run(logits_NV)[0]
 
 
-@jax.custom_vjp
-def decoder_nll(x_ND, embedding_VD, bias_V, labels_N):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def decoder_nll(x_ND, embedding_VD, bias_V, labels_N, logsumexp: str = "auto"):
     """-log softmax(x @ embeddingᵀ + bias)[label] per row in float32; rows with label < 0 give 0.
 
-    x, embedding and bias share the compute dtype; the log-sum-exp is taken in float32.
+    x, embedding and bias share the compute dtype; the log-sum-exp is taken in float32, by the
+    backend `logsumexp` names (ModernBertConfig.logsumexp).
     """
-    return _forward(x_ND, embedding_VD, bias_V, labels_N)[0]
+    return _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp)[0]
 
 
-def _forward(x_ND, embedding_VD, bias_V, labels_N):
+def _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp):
     logits_NV = jnp.dot(x_ND, embedding_VD.T) + bias_V
-    lse_N = _logsumexp(logits_NV)
+    lse_N = _logsumexp(logits_NV, logsumexp)
     valid_N = labels_N >= 0
     safe_N = jnp.where(valid_N, labels_N, 0)
     label_logit_N = jnp.take_along_axis(logits_NV, safe_N[:, None], axis=-1)[:, 0].astype(jnp.float32)
@@ -46,7 +47,7 @@ def _forward(x_ND, embedding_VD, bias_V, labels_N):
     return nll_N, (x_ND, embedding_VD, logits_NV, lse_N, safe_N, valid_N)
 
 
-def _backward(residuals, g_N):
+def _backward(logsumexp, residuals, g_N):
     x_ND, embedding_VD, logits_NV, lse_N, safe_N, valid_N = residuals
     scale_N = jnp.where(valid_N, g_N, 0.0)
     probs_NV = jnp.exp(logits_NV.astype(jnp.float32) - lse_N[:, None])
@@ -58,4 +59,4 @@ def _backward(residuals, g_N):
     return d_x, d_embedding, d_bias, None
 
 
-decoder_nll.defvjp(lambda *args: _forward(*args), _backward)
+decoder_nll.defvjp(_forward, _backward)

@@ -13,10 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from neobert_jax.config import kernel_backend
 from neobert_jax.model.shards import per_batch_shard
-
-# "auto": the Pallas backward kernel on GPU, XLA elsewhere; "xla"; "interpret" (the kernel on CPU, tests).
-BACKWARD = "auto"
 
 
 def _statistics(x, scale, bias, eps, out_dtype):
@@ -29,9 +27,10 @@ def _statistics(x, scale, bias, eps, out_dtype):
     return y.astype(out_dtype), mean, rstd
 
 
-def _input_grads(x, mean, rstd, scale, with_bias, dy, dres):
-    """(dx [+ dres], d_scale, d_bias) through the kernel or XLA, as BACKWARD says."""
-    mode = BACKWARD if BACKWARD != "auto" else ("pallas" if jax.default_backend() == "gpu" else "xla")
+def _input_grads(x, mean, rstd, scale, with_bias, dy, dres, backward: str):
+    """(dx [+ dres], d_scale, d_bias) through the kernel or XLA, as `backward`
+    (ModernBertConfig.layer_norm_backward) says."""
+    mode = kernel_backend(backward, jax.default_backend())
     if mode != "xla":
         from neobert_jax.model.layer_norm_pallas import layer_norm_backward
 
@@ -58,43 +57,43 @@ def _input_grads(x, mean, rstd, scale, with_bias, dy, dres):
     return dx.astype(x.dtype), jnp.sum(dy32 * xhat, axis=rows), d_bias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def layer_norm(x, scale, bias, eps: float, out_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def layer_norm(x, scale, bias, eps: float, out_dtype, backward: str = "auto"):
     """torch.nn.LayerNorm (biased variance) in float32; `bias` may be None."""
     return _statistics(x, scale, bias, eps, out_dtype)[0]
 
 
-def _norm_forward(x, scale, bias, eps, out_dtype):
+def _norm_forward(x, scale, bias, eps, out_dtype, backward):
     y, mean, rstd = _statistics(x, scale, bias, eps, out_dtype)
     return y, (x, scale, bias, mean, rstd)
 
 
-def _norm_backward(eps, out_dtype, residuals, dy):
+def _norm_backward(eps, out_dtype, backward, residuals, dy):
     x, scale, bias, mean, rstd = residuals
-    return _input_grads(x, mean, rstd, scale, bias is not None, dy, None)
+    return _input_grads(x, mean, rstd, scale, bias is not None, dy, None, backward)
 
 
 layer_norm.defvjp(_norm_forward, _norm_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def add_layer_norm(h, delta, scale, bias, eps: float, out_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def add_layer_norm(h, delta, scale, bias, eps: float, out_dtype, backward: str = "auto"):
     """(h + delta, layer_norm(h + delta)): a pre-norm residual step whose backward is one pass."""
     s = h + delta
     return s, _statistics(s, scale, bias, eps, out_dtype)[0]
 
 
-def _add_forward(h, delta, scale, bias, eps, out_dtype):
+def _add_forward(h, delta, scale, bias, eps, out_dtype, backward):
     s = h + delta
     y, mean, rstd = _statistics(s, scale, bias, eps, out_dtype)
     # two empty scalars carry h's and delta's dtypes, which their cotangents must have
     return (s, y), (s, scale, bias, mean, rstd, jnp.zeros((), h.dtype), jnp.zeros((), delta.dtype))
 
 
-def _add_backward(eps, out_dtype, residuals, cotangents):
+def _add_backward(eps, out_dtype, backward, residuals, cotangents):
     s, scale, bias, mean, rstd, h_like, delta_like = residuals
     ds, dy = cotangents
-    dx, d_scale, d_bias = _input_grads(s, mean, rstd, scale, bias is not None, dy, ds)
+    dx, d_scale, d_bias = _input_grads(s, mean, rstd, scale, bias is not None, dy, ds, backward)
     return dx.astype(h_like.dtype), dx.astype(delta_like.dtype), d_scale, d_bias
 
 

@@ -76,15 +76,16 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32), logical_axes=("norm",)) if config.norm_bias else None
         self.eps = config.norm_eps
         self.dtype = jnp.dtype(config.dtype)
+        self.backward = config.layer_norm_backward
 
     def __call__(self, x):
         bias = self.bias[...] if self.bias is not None else None
-        return layer_norm(x, self.scale[...], bias, self.eps, self.dtype)
+        return layer_norm(x, self.scale[...], bias, self.eps, self.dtype, self.backward)
 
     def add(self, h, delta):
         """(h + delta, norm(h + delta)): the residual add that precedes this norm, fused with it."""
         bias = self.bias[...] if self.bias is not None else None
-        return add_layer_norm(h, delta, self.scale[...], bias, self.eps, self.dtype)
+        return add_layer_norm(h, delta, self.scale[...], bias, self.eps, self.dtype, self.backward)
 
 
 class Embeddings(nnx.Module):
@@ -329,7 +330,8 @@ class ModernBertForMaskedLM(nnx.Module):
                        dropout_rng)
         embedding_VD, bias_V = self._decoder()
         labels = jnp.asarray(labels, jnp.int32)
-        nll = decoder_nll(x.reshape(-1, x.shape[-1]), embedding_VD, bias_V, labels.reshape(-1))
+        nll = decoder_nll(x.reshape(-1, x.shape[-1]), embedding_VD, bias_V, labels.reshape(-1),
+                          self.config.logsumexp)
         return nll.reshape(labels.shape)
 
 

@@ -60,6 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attention_dropout = 0.0
     c.model.mlp_dropout = 0.0
     c.model.attn_implementation = "auto"  # Pallas flash kernel for bf16 on GPU, XLA otherwise
+    # The hand-written backward kernels, "auto" | "pallas" | "xla" | "interpret"; setup resolves "auto"
+    # (Pallas on GPU, XLA elsewhere) and run_config.json records the choice.
+    c.model.layer_norm_backward = "auto"
+    c.model.logsumexp = "auto"
     c.model.remat = "none"  # none | full | dots: per-layer activation checkpointing
 
     c.train = ml_collections.ConfigDict()

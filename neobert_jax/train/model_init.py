@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 
+import jax
 from flax import nnx
 
-from neobert_jax.config import ModernBertConfig
+from neobert_jax.config import ModernBertConfig, kernel_backend
 from neobert_jax.hf import load_pretrained
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.train.config import MODERNBERT_DEFAULTS
@@ -82,10 +83,20 @@ def _with_config_keys(model: ModernBertForMaskedLM, config, log) -> ModernBertFo
     return replaced
 
 
+def runtime_policy(config) -> dict:
+    """The ModernBertConfig runtime fields of a run, decided once: precision, attention backend,
+    remat and the kernels' backends, whose "auto" is resolved here for this platform and written
+    back into `config` (so run_config.json records what ran)."""
+    m = config.model
+    for key in ("layer_norm_backward", "logsumexp"):
+        m[key] = kernel_backend(m[key], jax.default_backend())
+    return dict(dtype=compute_dtype(config.train.precision), attn_implementation=m.attn_implementation,
+                remat=m.remat, layer_norm_backward=m.layer_norm_backward, logsumexp=m.logsumexp)
+
+
 def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print):
     """-> (model, newly initialized tensor names). Errors name the mismatching config key."""
-    runtime = dict(dtype=compute_dtype(config.train.precision), attn_implementation=config.model.attn_implementation,
-                   remat=config.model.remat)
+    runtime = runtime_policy(config)
     if config.init_from:
         model, newly_initialized = load_pretrained(config.init_from, seed=config.seed, **runtime)
         loaded = model.config
