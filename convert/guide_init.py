@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from neobert_jax.hf.paths import locate
-from neobert_jax.hf.guide import GuideError, guide_init, parse_layer_map
+from neobert_jax.guide import GuideError, guide_init, parse_layer_map
 from neobert_jax.hf import read_hf_config, read_hf_state_dict, save_checkpoint_dir, save_hf_dir
 
 

@@ -15,7 +15,7 @@ import time
 import jax
 
 from neobert_jax.contrastive.config import contrastive_config
-from neobert_jax.contrastive.run_setup import setup_contrastive
+from neobert_jax.contrastive.setup import setup_contrastive
 from neobert_jax.contrastive.step import make_contrastive_step, place_batch
 
 

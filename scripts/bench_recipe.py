@@ -101,7 +101,7 @@ def build_init(train_file: str, out: str, shape: dict, vocab_size: int, seed: in
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer
-    from neobert_jax.train.model_init import padded_vocab_size
+    from neobert_jax.runtime.model_init import padded_vocab_size
 
     shutil.rmtree(out, ignore_errors=True)
     tokenizer = train_tokenizer([train_file], vocab_size=vocab_size)
@@ -165,8 +165,8 @@ def estimated_steps(work: str, overrides: dict) -> int:
     the corpus's tokens over seq_len (rows packed full), the config's batch (for 0, its auto rule on
     one device)."""
     from neobert_jax.data.tokenizer import load_tokenizer
-    from neobert_jax.train import optim
-    from neobert_jax.train.config import load_config_file
+    from neobert_jax.runtime import optim
+    from neobert_jax.runtime.config import load_config_file
 
     config = load_config_file(os.path.join(REPO, "configs", "student.py"))
     t = config.train

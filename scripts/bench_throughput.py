@@ -108,13 +108,13 @@ def run_jax(args, precision: str, implementation: str, data: str, algorithm: str
     import jax
 
     from neobert_jax.model import ModernBertForMaskedLM
-    from neobert_jax.train import sharding
-    from neobert_jax.train.config import default_config
-    from neobert_jax.train.model_init import matmul_precision
-    from neobert_jax.train.optim import make_optimizer, make_schedule
-    from neobert_jax.train.state import ModelParts, create_train_state, state_shardings
-    from neobert_jax.train.step import make_train_step
-    from neobert_jax.train.throughput import peak_flops_per_device, train_flops_per_step
+    from neobert_jax.runtime import sharding
+    from neobert_jax.runtime.config import default_config
+    from neobert_jax.runtime.model_init import matmul_precision
+    from neobert_jax.runtime.optim import make_optimizer, make_schedule
+    from neobert_jax.runtime.state import ModelParts, create_train_state, state_shardings
+    from neobert_jax.mlm.step import make_train_step
+    from neobert_jax.runtime.throughput import peak_flops_per_device, train_flops_per_step
     from flax import nnx
 
     jax.config.update("jax_default_matmul_precision", algorithm or matmul_precision(precision))
@@ -262,7 +262,7 @@ def run_torch(args, precision: str, data: str) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    from neobert_jax.train.throughput import peak_flops_per_device, train_flops_per_step
+    from neobert_jax.runtime.throughput import peak_flops_per_device, train_flops_per_step
 
     seq = args.seq_len if data == "random" else int(np.mean([b["input_ids"].shape[1] for b in batches]))
     flops = train_flops_per_step(model_config(args, vocab, precision, "xla"), args.batch, seq,
@@ -275,7 +275,7 @@ def run_torch(args, precision: str, data: str) -> dict:
 def worker(args) -> None:
     framework, precision, implementation, data, *algorithm = ROWS[args.worker]
     if framework == "jax":
-        from neobert_jax.train.model_init import apply_xla_flags
+        from neobert_jax.runtime.model_init import apply_xla_flags
 
         apply_xla_flags(precision)  # what scripts/pretrain.py does, before JAX starts its backend
     if framework == "jax":

@@ -18,8 +18,8 @@ def _stopped_before_start(signum, frame):
 for _sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(_sig, _stopped_before_start)
 
-from neobert_jax.contrastive.loop import train_contrastive  # noqa: E402
-from neobert_jax.train.cli import run  # noqa: E402
+from neobert_jax.contrastive.task import train_contrastive  # noqa: E402
+from neobert_jax.runtime.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     run(train_contrastive, "configs/contrastive.py")

@@ -25,12 +25,12 @@ BACKENDS = ("jax", "sentence-transformers")
 
 def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_size: int):
     from neobert_jax.contrastive.embedder import Embedder
-    from neobert_jax.contrastive.run_setup import load_model_parts
+    from neobert_jax.contrastive.setup import load_model_parts
     from neobert_jax.contrastive.tokenized import TextTokenizer
     from neobert_jax.hf.paths import locate
     from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling
-    from neobert_jax.train import sharding
-    from neobert_jax.train.config import default_config
+    from neobert_jax.runtime import sharding
+    from neobert_jax.runtime.config import default_config
 
     st = read_sentence_transformers_pooling(model_dir) or {}
     pooling = pooling or st.get("pooling") or "mean"

@@ -12,8 +12,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from neobert_jax.data.tokenizer import load_tokenizer, vocab_fingerprint
-from neobert_jax.train import distributed, sharding
-from neobert_jax.train.run_dir import share_tokenizer
+from neobert_jax.runtime import distributed, sharding
+from neobert_jax.runtime.run_dir import share_tokenizer
 
 if __name__ == "__main__":
     distributed.initialize()

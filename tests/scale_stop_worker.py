@@ -7,8 +7,8 @@ import signal
 
 import jax
 
-from neobert_jax.train import distributed
-from neobert_jax.train.signals import StopRequest
+from neobert_jax.runtime import distributed
+from neobert_jax.runtime.signals import StopRequest
 
 if __name__ == "__main__":
     settings = distributed.initialize()

@@ -16,7 +16,7 @@ from absl import flags
 from hf_models import hf_model
 from reliability_helpers import REPO, snapshot, tiny_config, write_corpus, write_tokenizer
 
-from neobert_jax.train.loop import train
+from neobert_jax.mlm.task import train
 
 OUT = "OUT"  # stands for the case's output dir in the arguments
 
@@ -29,7 +29,7 @@ def _script(relative):
 
 
 def _absl_cli(train_fn, argv):
-    from neobert_jax.train.cli import run
+    from neobert_jax.runtime.cli import run
 
     sys.argv = argv
     try:
@@ -49,7 +49,7 @@ def run_cli(cli: str, args: list[str]) -> tuple[int, str]:
             if cli == "pretrain":
                 code = _absl_cli(train, ["pretrain.py", "--config", os.path.join(REPO, "configs/tiny.py"), *args])
             elif cli == "contrastive":
-                from neobert_jax.contrastive.loop import train_contrastive
+                from neobert_jax.contrastive.task import train_contrastive
 
                 code = _absl_cli(train_contrastive, ["contrastive.py", "--config",
                                                       os.path.join(REPO, "configs/contrastive.py"), *args])
@@ -257,7 +257,7 @@ def _prepare(case: str, w, out):
         _script("scripts/train_tokenizer.py").main(["--output-dir", str(out), "--train-files", w["corpus"],
                                                     "--vocab-size", "300"])
     if case == "r-locked":
-        from neobert_jax.train.run_dir import RunDirLock
+        from neobert_jax.runtime.run_dir import RunDirLock
 
         return RunDirLock(str(out))
     return None

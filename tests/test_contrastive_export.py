@@ -8,14 +8,14 @@ from contrastive_tiny import TEXTS, tiny_hf_dir, tiny_tokenizer_dir
 from neobert_jax.contrastive.batching import Layout, assemble
 from neobert_jax.contrastive.embedder import Embedder
 from neobert_jax.contrastive.pooling import gather_texts, l2_normalize
-from neobert_jax.contrastive.run_setup import load_model_parts
+from neobert_jax.contrastive.setup import load_model_parts
 from neobert_jax.contrastive.step import encode_groups
 from neobert_jax.contrastive.tokenized import TextTokenizer, TokenizedColumns
 from neobert_jax.data import load_tokenizer
 from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling, save_sentence_transformers_dir
-from neobert_jax.train import sharding
-from neobert_jax.train.config import default_config
+from neobert_jax.runtime import sharding
+from neobert_jax.runtime.config import default_config
 
 SEQ_LEN = 16  # shorter than the longest text: truncation must match too
 

@@ -32,11 +32,11 @@ def _run_all() -> dict:
     from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
     from neobert_jax.contrastive.losses import make_objective
     from neobert_jax.contrastive.pooling import gather_texts
-    from neobert_jax.contrastive.run_setup import encoder_only
+    from neobert_jax.contrastive.setup import encoder_only
     from neobert_jax.contrastive.step import encode_groups, make_contrastive_step, place_batch
     from neobert_jax.contrastive.tokenized import TokenizedColumns
-    from neobert_jax.train import optim, sharding, state
-    from neobert_jax.train.config import default_config
+    from neobert_jax.runtime import optim, sharding, state
+    from neobert_jax.runtime.config import default_config
 
     rng = np.random.default_rng(0)
     ids, offsets = [], []

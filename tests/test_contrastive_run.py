@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from neobert_jax.contrastive.loop import train_contrastive
-from neobert_jax.contrastive.stdlib_task import write_task
-from neobert_jax.train import config as train_config
-from neobert_jax.train.loop import train
+from neobert_jax.contrastive.task import train_contrastive
+from neobert_jax.data.builtin_retrieval import write_task
+from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm.task import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = {

@@ -8,7 +8,7 @@ from transformers import ModernBertModel
 import neobert_jax
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.hf import state_dict_from_model
-from neobert_jax.hf.guide import GuideError, guide_init
+from neobert_jax.guide import GuideError, guide_init
 from convert.guide_init import main
 
 TEACHER = dict(hidden_size=64, num_attention_heads=4, intermediate_size=96, num_hidden_layers=3)

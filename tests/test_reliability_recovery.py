@@ -19,13 +19,14 @@ from train_batches import tiny_model
 
 from neobert_jax.data.tokenizer import TRAINING_CHUNK_CHARS, _bounded
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
-from neobert_jax.train import config as train_config
-from neobert_jax.train import loop, signals
-from neobert_jax.train.loop import train
-from neobert_jax.train.model_init import build_model
-from neobert_jax.train.reporting import RunReporter
-from neobert_jax.train.run_dir import RunDirLock
-from neobert_jax.train.signals import StopRequest
+from neobert_jax.runtime import config as train_config
+from neobert_jax.runtime import signals
+from neobert_jax.mlm import task as loop
+from neobert_jax.mlm.task import train
+from neobert_jax.runtime.model_init import build_model
+from neobert_jax.runtime.reporting import RunReporter
+from neobert_jax.runtime.run_dir import RunDirLock
+from neobert_jax.runtime.signals import StopRequest
 
 
 def test_tokenizer_training_sees_bounded_pieces_of_long_lines():

@@ -20,10 +20,10 @@ from neobert_jax.data import DataError
 from neobert_jax.data.tokenizer import load_tokenizer, vocab_fingerprint
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
 from neobert_jax.hf.convert import flax_to_torch, main
-from neobert_jax.train.checkpoint import RunCheckpointer
-from neobert_jax.train.loop import NonFiniteLossError, train
-from neobert_jax.train.run_dir import RunDirInUse, RunDirLock
-from neobert_jax.train.state import TrainState
+from neobert_jax.runtime.checkpoint import RunCheckpointer
+from neobert_jax.mlm.task import NonFiniteLossError, train
+from neobert_jax.runtime.run_dir import RunDirInUse, RunDirLock
+from neobert_jax.runtime.state import TrainState
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_a_second_run_on_one_output_dir_is_refused(env, tmp_path):
 
 def test_a_killed_holder_does_not_keep_the_lock(tmp_path):
     out = tmp_path / "run"
-    code = ("import sys; from neobert_jax.train.run_dir import RunDirLock; "
+    code = ("import sys; from neobert_jax.runtime.run_dir import RunDirLock; "
             f"lock = RunDirLock({str(out)!r}).__enter__(); print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, cwd=REPO)

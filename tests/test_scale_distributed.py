@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from neobert_jax.train.distributed import DistributedSettings, resolve_settings
+from neobert_jax.runtime.distributed import DistributedSettings, resolve_settings
 
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
 SLURM = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",

@@ -9,9 +9,9 @@ from hf_models import SPECIAL_IDS, hf_config
 from transformers import ModernBertModel
 
 from neobert_jax.hf import save_checkpoint_dir
-from neobert_jax.train.config import default_config
-from neobert_jax.train.model_init import build_model
-from neobert_jax.train.state import ModelParts
+from neobert_jax.runtime.config import default_config
+from neobert_jax.runtime.model_init import build_model
+from neobert_jax.runtime.state import ModelParts
 
 ARCH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
 SPECIALS = SPECIAL_IDS
@@ -74,7 +74,7 @@ def test_fresh_model_vocab_is_rounded_to_64():
 
 
 def test_xla_flags_follow_precision_and_never_override_the_user():
-    from neobert_jax.train.model_init import apply_xla_flags
+    from neobert_jax.runtime.model_init import apply_xla_flags
 
     env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
     apply_xla_flags("bf16", env)

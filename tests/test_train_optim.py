@@ -7,8 +7,8 @@ import torch
 from train_batches import tiny_model, train_cfg
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from neobert_jax.train import config as train_config
-from neobert_jax.train import optim, state
+from neobert_jax.runtime import config as train_config
+from neobert_jax.runtime import optim, state
 
 TOTAL, WARMUP, PEAK = 50, 8, 1e-3
 
@@ -108,7 +108,7 @@ def test_decay_is_decoupled_and_scaled_by_lr():
 
 def test_unknown_override_key_lists_valid_keys(tmp_path):
     config_file = tmp_path / "c.py"
-    config_file.write_text("from neobert_jax.train.config import default_config\n"
+    config_file.write_text("from neobert_jax.runtime.config import default_config\n"
                            "def get_config():\n    return default_config()\n")
     with pytest.raises(KeyError) as error:
         train_config.check_override_keys(train_config.load_config_file(str(config_file)),

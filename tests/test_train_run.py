@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 from neobert_jax.hf import load_pretrained
-from neobert_jax.train import config as train_config
-from neobert_jax.train.loop import NonFiniteLossError, train
+from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm.task import NonFiniteLossError, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 150

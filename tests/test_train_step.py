@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from train_batches import compiled_step, mlm_batch, one_device_mesh, tiny_model, train_cfg
 
-from neobert_jax.train import sharding, step
+from neobert_jax.runtime import sharding
+from neobert_jax.mlm import step
 
 ROWS, SEQ, VOCAB = 8, 24, 96
 

@@ -12,8 +12,9 @@ from transformers.trainer_pt_utils import get_parameter_names
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.hf import load_state_dict_into_model
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.train import config as train_config
-from neobert_jax.train import optim, sharding, state, step
+from neobert_jax.runtime import config as train_config
+from neobert_jax.runtime import optim, sharding, state
+from neobert_jax.mlm import step
 
 STEPS, ROWS, SEQ, ACCUM, WARMUP = 20, 8, 32, 2, 5
 PAD = SPECIAL_IDS["pad_token_id"]

@@ -5,8 +5,9 @@ from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.train import config as train_config
-from neobert_jax.train import optim, sharding, state, step
+from neobert_jax.runtime import config as train_config
+from neobert_jax.runtime import optim, sharding, state
+from neobert_jax.mlm import step
 
 PAD, MASK = 3, 4
 

@@ -11,7 +11,7 @@ import functools
 
 import ml_collections
 
-from neobert_jax.train.config import default_config, validate_training
+from neobert_jax.runtime.config import default_config, validate_training
 
 LOSSES = ("mnrl", "simcse", "mse")
 LAYOUTS = ("pack", "bucket")

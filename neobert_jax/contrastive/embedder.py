@@ -15,8 +15,8 @@ from neobert_jax.contrastive.batching import Layout, assemble, round_up
 from neobert_jax.contrastive.pooling import l2_normalize, pool_rows
 from neobert_jax.contrastive.step import ROW_KEYS, place_batch
 from neobert_jax.contrastive.tokenized import TextTokenizer, TokenizedColumns
-from neobert_jax.train import sharding
-from neobert_jax.train.state import ModelParts
+from neobert_jax.runtime import sharding
+from neobert_jax.runtime.state import ModelParts
 
 
 class Embedder:

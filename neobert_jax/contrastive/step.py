@@ -20,9 +20,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from neobert_jax.contrastive.pooling import gather_texts, pool_rows
-from neobert_jax.train import sharding
-from neobert_jax.train.state import ModelParts, TrainState
-from neobert_jax.train.step import apply_update_if_finite, split_micro
+from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.state import ModelParts, TrainState
 
 ROW_KEYS = ("input_ids", "segment_ids", "positions")
 
@@ -39,7 +38,7 @@ def encode_groups(model, groups: list[dict], slots: tuple[int, ...], mode: str, 
 
 
 def _merge_micro(x, mesh: Mesh):
-    """Inverse of train.step.split_micro: (accum, R/accum, ...) -> (R, ...) in the original row order."""
+    """Inverse of sharding.split_micro: (accum, R/accum, ...) -> (R, ...) in the original row order."""
     merged = jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
     spec = PartitionSpec(sharding.BATCH_AXES, *([None] * (merged.ndim - 1)))
     return jax.lax.with_sharding_constraint(merged, NamedSharding(mesh, spec))
@@ -89,12 +88,12 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
             loss, grads = jax.value_and_grad(
                 lambda p: loss_of_pooled(embed(p, batch["groups"], 0), batch["text_slot"], targets))(state.params)
         else:
-            micro = jax.tree.map(lambda x: split_micro(x, accum, mesh), batch["groups"])
+            micro = jax.tree.map(lambda x: sharding.split_micro(x, accum, mesh), batch["groups"])
             indices = jnp.arange(accum)
             pooled_micro = jax.lax.map(lambda xs: embed(state.params, *xs), (micro, indices))
             pooled = [_merge_micro(p, mesh) for p in pooled_micro]
             loss, d_pooled = jax.value_and_grad(loss_of_pooled)(pooled, batch["text_slot"], targets)
-            d_micro = [split_micro(d, accum, mesh) for d in d_pooled]
+            d_micro = [sharding.split_micro(d, accum, mesh) for d in d_pooled]
 
             def accumulate(grads_acc, xs):
                 groups, d_groups, micro_index = xs
@@ -104,7 +103,7 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
 
             zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
             grads, _ = jax.lax.scan(accumulate, zeros, (micro, d_micro, indices))
-        new_state, grad_norm = apply_update_if_finite(state, grads, loss, tx)
+        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, tx)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,

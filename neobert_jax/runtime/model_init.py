@@ -17,7 +17,7 @@ from flax import nnx
 from neobert_jax.config import ModernBertConfig, kernel_backend
 from neobert_jax.hf import load_pretrained
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.train.config import MODERNBERT_DEFAULTS
+from neobert_jax.runtime.config import MODERNBERT_DEFAULTS
 
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 MODEL_KEYS = ARCHITECTURE_KEYS + ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",

@@ -25,12 +25,12 @@ from neobert_jax.data import load_tokenizer, sources
 from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.paths import locate
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.train import optim, sharding
-from neobert_jax.train.checkpoint import RunCheckpointer
-from neobert_jax.train.model_init import runtime_policy
-from neobert_jax.train.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
-from neobert_jax.train.run_setup import start_or_resume
-from neobert_jax.train.state import ModelParts, TrainState, state_shardings
+from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.checkpoint import RunCheckpointer
+from neobert_jax.runtime.model_init import runtime_policy
+from neobert_jax.runtime.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
+from neobert_jax.mlm.setup import start_or_resume
+from neobert_jax.runtime.state import ModelParts, TrainState, state_shardings
 
 TOKENIZER_DIR = "tokenizer"
 

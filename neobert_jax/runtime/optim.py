@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+
+from neobert_jax.runtime.state import TrainState
 
 
 def warmup_steps(train_cfg, total_steps: int) -> int:
@@ -114,3 +117,25 @@ def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
     if train_cfg.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), adamw)
     return adamw
+
+
+def apply_update_if_finite(state: TrainState, grads, loss, tx: optax.GradientTransformation):
+    """-> (next state, gradient norm). A step whose loss or gradient norm is not finite leaves
+    params and optimizer state untouched and raises `nonfinite_streak`; a finite one resets it.
+    Every task's step ends with it."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        params=keep_if_finite(new_params, state.params),
+        opt_state=keep_if_finite(new_opt_state, state.opt_state),
+        step=state.step + 1,
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+    )
+    return new_state, grad_norm

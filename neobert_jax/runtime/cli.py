@@ -16,10 +16,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from neobert_jax.data import DataError
-from neobert_jax.train import distributed
-from neobert_jax.train.config import check_override_keys, load_config_file, split_config_arg
-from neobert_jax.train.runner import NonFiniteLossError
-from neobert_jax.train.model_init import apply_xla_flags
+from neobert_jax.runtime import distributed
+from neobert_jax.runtime.config import check_override_keys, load_config_file, split_config_arg
+from neobert_jax.runtime.runner import NonFiniteLossError
+from neobert_jax.runtime.model_init import apply_xla_flags
 
 
 def one_line(error: BaseException) -> str:

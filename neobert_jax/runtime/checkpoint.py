@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from neobert_jax.hf.checkpoint import check_params_match
-from neobert_jax.train.state import TrainState
+from neobert_jax.runtime.state import TrainState
 
 CHECKPOINTS = "checkpoints"
 

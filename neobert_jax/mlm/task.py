@@ -1,5 +1,5 @@
 """MLM pretraining: `train(config)` from setup to the exported HF model, on the shared runner
-(neobert_jax.train.runner: the loop, cadence, stop, resume and summary live there)."""
+(neobert_jax.runtime.runner: the loop, cadence, stop, resume and summary live there)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 import jax
 
 from neobert_jax.hf import save_hf_dir
-from neobert_jax.train import sharding
-from neobert_jax.train.config import validate
-from neobert_jax.train.reporting import RunReporter, perplexity
-from neobert_jax.train.run_setup import RunSetup, setup_run
-from neobert_jax.train.runner import NonFiniteLossError, main_process_print, run_frame, run_task
-from neobert_jax.train.step import make_eval_step, make_train_step
-from neobert_jax.train.throughput import peak_flops_per_device, train_flops_per_step
+from neobert_jax.runtime import sharding
+from neobert_jax.runtime.config import validate
+from neobert_jax.runtime.reporting import RunReporter, perplexity
+from neobert_jax.mlm.setup import RunSetup, setup_run
+from neobert_jax.runtime.runner import NonFiniteLossError, main_process_print, run_frame, run_task
+from neobert_jax.mlm.step import make_eval_step, make_train_step
+from neobert_jax.runtime.throughput import peak_flops_per_device, train_flops_per_step
 
 __all__ = ["NonFiniteLossError", "RunResult", "train"]
 

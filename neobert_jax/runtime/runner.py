@@ -1,6 +1,6 @@
 """The one training loop every task runs: `run_task(config, setup, TaskClass, stop, setup_started)`.
 
-A task (MLM: neobert_jax.train.loop.MlmTask; contrastive: neobert_jax.contrastive.loop.
+A task (MLM: neobert_jax.mlm.task.MlmTask; contrastive: neobert_jax.contrastive.task.
 ContrastiveTask) supplies what differs, through the `Task` protocol below: its batches, compiled
 step, per-step counters, evaluation, export and closing lines. The runner owns what they share:
 
@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 import jax
 
-from neobert_jax.train import optim
-from neobert_jax.train.model_init import matmul_precision
-from neobert_jax.train.reporting import RunReporter
-from neobert_jax.train.run_dir import RunDirLock
-from neobert_jax.train.signals import StopRequest
+from neobert_jax.runtime import optim
+from neobert_jax.runtime.model_init import matmul_precision
+from neobert_jax.runtime.reporting import RunReporter
+from neobert_jax.runtime.run_dir import RunDirLock
+from neobert_jax.runtime.signals import StopRequest
 
 RECENT_STEPS = 100  # the final train loss is the mean over this many last steps (the run mean reads as a bad run)
 

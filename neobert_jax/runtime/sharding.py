@@ -12,6 +12,7 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -137,3 +138,14 @@ def to_host(tree):
 
         tree = multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def split_micro(x, accum: int, mesh: Mesh):
+    """(B, ...) -> (accum, B/accum, ...), row b going to micro-batch b % accum.
+
+    Interleaving keeps every device's contiguous block of rows spread over all micro-batches,
+    so the split needs no communication.
+    """
+    micro = jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+    spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, spec))

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from neobert_jax.model import ModernBertForMaskedLM, logical_axes
-from neobert_jax.train import sharding
+from neobert_jax.runtime import sharding
 
 
 @flax.struct.dataclass

@@ -17,13 +17,13 @@ from jax.sharding import Mesh
 from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.paths import locate
-from neobert_jax.train import optim, sharding
-from neobert_jax.train.checkpoint import RunCheckpointer
-from neobert_jax.train.config import INHERITED_MODEL_KEYS
-from neobert_jax.train.model_init import build_model
-from neobert_jax.train.run_dir import (TOKENIZER_DIR, check_resume, check_run_tokenizer, has_checkpoints,
+from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.checkpoint import RunCheckpointer
+from neobert_jax.runtime.config import INHERITED_MODEL_KEYS
+from neobert_jax.runtime.model_init import build_model
+from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_resume, check_run_tokenizer, has_checkpoints,
                                        share_tokenizer, write_run_files)
-from neobert_jax.train.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
+from neobert_jax.runtime.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ Functions and public-class methods are read with `ast` (nothing is imported). Do
 occur more than once are dropped, so every query has exactly one relevant document. Train and
 test are split by top-level package (all of `email.*` lands on one side), so no module is shared.
 
-    python -m neobert_jax.contrastive.stdlib_task OUT_DIR [--max-train N] [--max-test N]
+    python -m neobert_jax.data.builtin_retrieval OUT_DIR [--max-train N] [--max-test N]
 
 writes OUT_DIR/train.jsonl (anchor, positive) and OUT_DIR/test/ (corpus.jsonl, queries.jsonl,
 qrels.tsv), the layouts `data.train_files` and `eval.retrieval_dirs` read.

@@ -1,5 +1,5 @@
 """The contrastive run: `train_contrastive(config)` from setup to `output_dir/st`, on the runner
-the MLM trainer uses (neobert_jax.train.runner). The evaluation sets run before the first step and
+the MLM trainer uses (neobert_jax.runtime.runner). The evaluation sets run before the first step and
 after the last (and every `eval_every` steps); the end prints both side by side.
 """
 
@@ -15,12 +15,12 @@ import numpy as np
 from neobert_jax.contrastive.config import BEST_METRIC, validate
 from neobert_jax.contrastive.embedder import Embedder
 from neobert_jax.contrastive.evaluation import evaluate, format_comparison
-from neobert_jax.contrastive.run_setup import ContrastiveSetup, setup_contrastive
+from neobert_jax.contrastive.setup import ContrastiveSetup, setup_contrastive
 from neobert_jax.contrastive.step import make_contrastive_step, place_batch
 from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
-from neobert_jax.train import sharding
-from neobert_jax.train.reporting import RunReporter
-from neobert_jax.train.runner import main_process_print, run_frame, run_task
+from neobert_jax.runtime import sharding
+from neobert_jax.runtime.reporting import RunReporter
+from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
 ST_EXPORT_DIR = "st"
 EVAL_PREFIX = "eval_"

@@ -14,10 +14,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from neobert_jax.train import sharding
-from neobert_jax.train.state import ModelParts, TrainState
+from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.state import ModelParts, TrainState
 
 IGNORE_LABEL = -100
 
@@ -40,43 +40,10 @@ def nll_sum_and_count(model, batch: dict, masked_logits_only: bool, dropout_rng=
     return jnp.sum(nll), jnp.sum(labels != IGNORE_LABEL)
 
 
-def split_micro(x, accum: int, mesh: Mesh):
-    """(B, ...) -> (accum, B/accum, ...), row b going to micro-batch b % accum.
-
-    Interleaving keeps every device's contiguous block of rows spread over all micro-batches,
-    so the split needs no communication.
-    """
-    micro = jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
-    spec = PartitionSpec(None, sharding.BATCH_AXES, *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, spec))
-
-
-def apply_update_if_finite(state: TrainState, grads, loss, tx: optax.GradientTransformation):
-    """-> (next state, gradient norm). A step whose loss or gradient norm is not finite leaves
-    params and optimizer state untouched and raises `nonfinite_streak`; a finite one resets it.
-    Shared with the contrastive step (neobert_jax.contrastive.step)."""
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-
-    def keep_if_finite(new, old):
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-    new_state = state.replace(
-        params=keep_if_finite(new_params, state.params),
-        opt_state=keep_if_finite(new_opt_state, state.opt_state),
-        step=state.step + 1,
-        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
-        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
-    )
-    return new_state, grad_norm
-
-
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     train_cfg, state_sh: TrainState, mesh: Mesh) -> Callable:
     """(state, batch) -> (state, metrics); the state is donated, metrics are replicated scalars.
-    Non-finite steps are skipped (`apply_update_if_finite`)."""
+    Non-finite steps are skipped (`optim.apply_update_if_finite`)."""
     accum = train_cfg.grad_accum_steps
     masked_only = train_cfg.masked_logits_only
     c = parts.config
@@ -85,7 +52,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
     def train_step(state: TrainState, batch: dict):
         predicted = jnp.sum(batch[labels_key(masked_only)] != IGNORE_LABEL)
         denom = jnp.maximum(predicted, 1).astype(jnp.float32)
-        micro = jax.tree.map(lambda x: split_micro(x, accum, mesh), batch)
+        micro = jax.tree.map(lambda x: sharding.split_micro(x, accum, mesh), batch)
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def accumulate(grads_acc, xs):
@@ -103,7 +70,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
         zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
         grads, nll_sums = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum)))
         loss = jnp.sum(nll_sums) / denom
-        new_state, grad_norm = apply_update_if_finite(state, grads, loss, tx)
+        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, tx)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
