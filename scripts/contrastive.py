@@ -5,18 +5,9 @@ starts over). SIGTERM/SIGINT save a checkpoint and exit 0. Writes output_dir/st.
 Multi-host runs start the same command on every host, as scripts/pretrain.py (docs/scaling.md).
 """
 
-import signal
-import sys
+from neobert_jax.runtime import early_signals
 
-
-def _stopped_before_start(signum, frame):
-    """Until the run installs its own handlers (imports take seconds): a clean exit, not -15."""
-    print(f"{signal.Signals(signum).name} before the run started: nothing to save", file=sys.stderr)
-    sys.exit(0)
-
-
-for _sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(_sig, _stopped_before_start)
+early_signals.install()
 
 from neobert_jax.contrastive.task import train_contrastive  # noqa: E402
 from neobert_jax.runtime.cli import run  # noqa: E402

@@ -8,18 +8,9 @@ and under `srun` / `mpirun` the processes find each other by themselves; elsewhe
 --coordinator_address, --num_processes and --process_id (or the JAX_* variables).
 """
 
-import signal
-import sys
+from neobert_jax.runtime import early_signals
 
-
-def _stopped_before_start(signum, frame):
-    """Until the run installs its own handlers (imports take seconds): a clean exit, not -15."""
-    print(f"{signal.Signals(signum).name} before the run started: nothing to save", file=sys.stderr)
-    sys.exit(0)
-
-
-for _sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(_sig, _stopped_before_start)
+early_signals.install()
 
 from neobert_jax.runtime.cli import run  # noqa: E402
 from neobert_jax.mlm.task import train  # noqa: E402

@@ -13,7 +13,6 @@ import os
 import jax
 import optax
 from flax import nnx
-from jax.sharding import Mesh
 
 from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
 from neobert_jax.contrastive.columns import read_training_columns
@@ -26,30 +25,18 @@ from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.paths import locate
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.runtime import optim, sharding
-from neobert_jax.runtime.checkpoint import RunCheckpointer
 from neobert_jax.runtime.model_init import runtime_policy
 from neobert_jax.runtime.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
-from neobert_jax.mlm.setup import start_or_resume
-from neobert_jax.runtime.state import ModelParts, TrainState, state_shardings
+from neobert_jax.runtime.setup import TaskSetup, start_or_resume
+from neobert_jax.runtime.state import ModelParts, state_shardings
 
 TOKENIZER_DIR = "tokenizer"
 
 
-@dataclasses.dataclass
-class ContrastiveSetup:
-    mesh: Mesh
-    parts: ModelParts
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    shardings: TrainState
-    state: TrainState
+@dataclasses.dataclass(kw_only=True)
+class ContrastiveSetup(TaskSetup):
     batches: ContrastiveBatches
     objective: object
-    total_steps: int
-    start_step: int
-    loss_totals: dict
-    checkpointer: RunCheckpointer
-    tokenizer_dir: str
     text_tokenizer: TextTokenizer
     sts_sets: list[StsSet]
     retrieval_sets: list[RetrievalSet]

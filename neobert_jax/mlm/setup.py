@@ -11,36 +11,24 @@ import math
 import os
 
 import jax
-import optax
 from jax.sharding import Mesh
 
 from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.paths import locate
 from neobert_jax.runtime import optim, sharding
-from neobert_jax.runtime.checkpoint import RunCheckpointer
 from neobert_jax.runtime.config import INHERITED_MODEL_KEYS
 from neobert_jax.runtime.model_init import build_model
-from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_resume, check_run_tokenizer, has_checkpoints,
+from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_run_tokenizer, has_checkpoints,
                                        share_tokenizer, write_run_files)
-from neobert_jax.runtime.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
+from neobert_jax.runtime.setup import TaskSetup, start_or_resume
+from neobert_jax.runtime.state import ModelParts, state_shardings
 
 
-@dataclasses.dataclass
-class RunSetup:
-    mesh: Mesh
-    parts: ModelParts
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    shardings: TrainState
-    state: TrainState
+@dataclasses.dataclass(kw_only=True)
+class RunSetup(TaskSetup):
     train_data: MlmIterator
     eval_data: MlmIterator | None
-    total_steps: int
-    start_step: int
-    loss_totals: dict  # run-wide {"sum", "count"} of finite step losses, restored on resume
-    checkpointer: RunCheckpointer
-    tokenizer_dir: str
 
 
 def _special_token_ids(tokenizer) -> dict[str, int]:
@@ -155,24 +143,3 @@ def setup_run(config, log) -> RunSetup:
                     train_data=train_data, eval_data=eval_data, total_steps=total_steps, start_step=int(state.step),
                     loss_totals=loss_totals, checkpointer=checkpointer,
                     tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR))
-
-
-def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log, best=("eval_loss", "min")):
-    """-> (checkpointer, state, loss_totals): the latest checkpoint of output_dir (restoring the data
-    iterator too) unless config.resume is False, which deletes them; otherwise a fresh state.
-    `best`: the metric and mode that pick the checkpoint train.keep_best_checkpoint keeps."""
-    t = config.train
-    os.makedirs(output_dir, exist_ok=True)  # only now: bad data or init_from leave no empty run dir behind
-    checkpointer = RunCheckpointer(output_dir, t.save_every, t.keep_checkpoints,
-                                   best=best if t.keep_best_checkpoint else None)
-    latest = checkpointer.latest_step()
-    if latest is not None and config.resume:
-        check_resume(config, output_dir)
-        state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
-        data.set_state(data_state)
-        log(f"resumed from {checkpointer.directory}/{latest}")
-        return checkpointer, state, meta["loss_totals"]
-    if latest is not None:
-        log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
-        checkpointer.delete_all()
-    return checkpointer, create_train_state(params, tx, shardings, config.seed), {"sum": 0.0, "count": 0}

@@ -32,6 +32,7 @@ from neobert_jax.runtime import optim
 from neobert_jax.runtime.model_init import matmul_precision
 from neobert_jax.runtime.reporting import RunReporter
 from neobert_jax.runtime.run_dir import RunDirLock
+from neobert_jax.runtime.setup import TaskSetup
 from neobert_jax.runtime.signals import StopRequest
 
 RECENT_STEPS = 100  # the final train loss is the mean over this many last steps (the run mean reads as a bad run)
@@ -42,10 +43,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Task(Protocol):
-    """What a training task gives the runner. `setup` holds state, start_step, total_steps and
-    checkpointer; counters are plain numbers summed per log interval (one of them "tokens")."""
+    """What a training task gives the runner. Counters are plain numbers summed per log interval
+    (one of them "tokens")."""
 
-    setup: Any
+    setup: TaskSetup  # state, steps, checkpointer; the task's own setup extends it
     loss_label: str | None  # the loss curve's axis label (None: "MLM loss")
     export_name: str  # what `export` writes, for the closing line
     batch_description: str  # one optimizer step's batch, e.g. "2 rows x 512"
