@@ -91,7 +91,7 @@ def load_tokenizer(path: str):
 
     A folder whose tokenizer_config.json names the plain fast class (this project's, ModernBERT's)
     is loaded by that class: AutoTokenizer would first import transformers' model registry to
-    read a config.json beside it, which cost ~2 s of every run's start-up.
+    read a config.json beside it, a large share of a run's start-up (docs/recipe.md).
     """
     if not os.path.isdir(path):
         raise DataError(f"tokenizer {path}: no such folder (only local tokenizers are loaded; download hub ones first)")

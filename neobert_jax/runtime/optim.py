@@ -82,9 +82,8 @@ def auto_batch_size(rows_per_epoch: int, epochs: int, train_cfg, multiple: int) 
 
     Quality per second needs both ends: a small corpus gets enough updates (packing puts ~19 of the
     users' paragraphs in one 512-token row, so their "32 per step" gave a few hundred steps), a large
-    one gets batches that keep the accelerator busy. At 10 epochs of the built-in corpus, 2 rows
-    (about the seed's 32 paragraphs) and 3,130 steps beat 4 rows and 1,560 steps by 0.07 in
-    held-out loss, for twice the steps (docs/recipe.md). `train.max_steps` does not change the
+    one gets batches that keep the accelerator busy. The defaults come from the sweep in
+    docs/recipe.md: 2 rows (about the seed's 32 paragraphs per step) beat 4 at 10 epochs. `train.max_steps` does not change the
     batch: a run cut short by it trains the first steps of the full run (a smoke test with a few
     steps uses the full run's memory, not the largest batch's).
     """
