@@ -10,6 +10,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.multiprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = {  # name: ((data, fsdp, tensor), layout, micro-batches)

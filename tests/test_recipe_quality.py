@@ -12,7 +12,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from neobert_jax.data.builtin_corpus import builtin_documents
+
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARGIN = 0.05  # nats of held-out MLM loss by which ours may trail theirs

@@ -17,6 +17,8 @@ import pytest
 from neobert_jax.data import build_mlm_iterator, default_data_config
 from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer, vocab_fingerprint
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
 STEPS = 6
 OVERRIDES = {
