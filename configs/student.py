@@ -14,7 +14,7 @@ corpus (enough optimizer steps on a small corpus, full batches on a large one) a
 a share of the run. The measured comparison with the seed's own script: docs/recipe.md.
 """
 
-from neobert_jax.runtime.config import default_config
+from neobert_jax.mlm.config import default_config
 
 
 def get_config():

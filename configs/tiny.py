@@ -3,7 +3,7 @@
     python scripts/pretrain.py --config configs/tiny.py
 """
 
-from neobert_jax.runtime.config import default_config
+from neobert_jax.mlm.config import default_config
 
 
 def get_config():

@@ -109,7 +109,7 @@ def run_jax(args, precision: str, implementation: str, data: str, algorithm: str
 
     from neobert_jax.model import ModernBertForMaskedLM
     from neobert_jax.runtime import sharding
-    from neobert_jax.runtime.config import default_config
+    from neobert_jax.mlm.config import default_config
     from neobert_jax.runtime.model_init import matmul_precision
     from neobert_jax.runtime.optim import make_optimizer, make_schedule
     from neobert_jax.runtime.state import ModelParts, create_train_state, state_shardings

@@ -30,7 +30,7 @@ def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_
     from neobert_jax.hf.paths import locate
     from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling
     from neobert_jax.runtime import sharding
-    from neobert_jax.runtime.config import default_config
+    from neobert_jax.runtime.config import base_config
 
     st = read_sentence_transformers_pooling(model_dir) or {}
     pooling = pooling or st.get("pooling") or "mean"
@@ -39,7 +39,7 @@ def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_
     if tokenizer_dir is None:
         raise DataError(f"{model_dir}: no tokenizer files beside the model")
     parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={}, log=lambda _: None)
-    mesh = sharding.make_mesh(default_config().mesh)
+    mesh = sharding.make_mesh(base_config().mesh)
     params = jax.device_put(params, sharding.param_shardings(parts.abstract_params, parts.axes, mesh))
     embedder = Embedder(parts, TextTokenizer(load_tokenizer(tokenizer_dir), seq_len), pooling_mode=pooling,
                         mesh=mesh, batch_size=batch_size)

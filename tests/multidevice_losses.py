@@ -9,7 +9,7 @@ import numpy as np
 from train_batches import compiled_step, mlm_batch, tiny_model, train_cfg
 
 from neobert_jax.runtime import sharding
-from neobert_jax.runtime.config import default_config
+from neobert_jax.mlm.config import default_config
 
 MESHES = {"one_device": (1, 1, 1), "data4": (4, 1, 1), "fsdp4": (1, 4, 1), "data2_tensor2": (2, 1, 2),
           "fsdp2_tensor2": (1, 2, 2)}

@@ -5,7 +5,7 @@ import os
 import random
 
 from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer
-from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm import config as train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the model reads a corpus of short lines and learns which tokens follow which others in every "

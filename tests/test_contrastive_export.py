@@ -15,7 +15,7 @@ from neobert_jax.data import load_tokenizer
 from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling, save_sentence_transformers_dir
 from neobert_jax.runtime import sharding
-from neobert_jax.runtime.config import default_config
+from neobert_jax.runtime.config import base_config
 
 SEQ_LEN = 16  # shorter than the longest text: truncation must match too
 
@@ -55,7 +55,7 @@ def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, nor
     if normalize:
         packed = np.asarray(l2_normalize(packed))
     assert np.abs(packed - theirs).max() < 1e-4
-    mesh = sharding.make_mesh(default_config().mesh)
+    mesh = sharding.make_mesh(base_config().mesh)
     embedder = Embedder(parts, text_tokenizer, pooling_mode=pooling, mesh=mesh, batch_size=4)
     unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
     assert np.abs(embedder.encode(params, TEXTS) - unit).max() < 1e-4

@@ -39,7 +39,7 @@ def _run_all() -> dict:
     from neobert_jax.contrastive.step import encode_groups, make_contrastive_step, place_batch
     from neobert_jax.contrastive.tokenized import TokenizedColumns
     from neobert_jax.runtime import optim, sharding, state
-    from neobert_jax.runtime.config import default_config
+    from neobert_jax.runtime.config import base_config
 
     rng = np.random.default_rng(0)
     ids, offsets = [], []
@@ -52,7 +52,7 @@ def _run_all() -> dict:
     objective = make_objective(loss_cfg, columns=3, normalize=True, dims=[32, 8], weights=[1.0, 0.5])
 
     def run(sizes, kind, accum):
-        mesh_cfg = default_config().mesh
+        mesh_cfg = base_config().mesh
         mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = sizes
         mesh = sharding.make_mesh(mesh_cfg, devices=jax.devices()[:int(np.prod(sizes))])
         parts, params = state.ModelParts.split(tiny_model())

@@ -16,7 +16,7 @@ import pytest
 
 from neobert_jax.contrastive.task import train_contrastive
 from neobert_jax.data.builtin_retrieval import write_task
-from neobert_jax.runtime import config as train_config
+from neobert_jax.runtime import config as runtime_config
 from neobert_jax.mlm.task import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def pretrained(tmp_path_factory):
         for line in f:
             pair = json.loads(line)
             corpus.write(f"{pair['anchor']}\n{pair['positive']}\n")
-    cfg = train_config.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+    cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
     for key, value in PRETRAIN.items():
         section, name = key.split(".")
         cfg[section][name] = value
@@ -121,7 +121,7 @@ def write_distillation_set(path, texts, dim=32):
 @pytest.mark.parametrize("loss", ["simcse", "mse"])
 def test_simcse_and_distillation_runs_learn(pretrained, tmp_path, loss):
     root, hf_dir = pretrained
-    cfg = train_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
+    cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
     # init_from the pretraining run dir: a project checkpoint (its latest orbax step), not an HF dir
     cfg.init_from, cfg.output_dir, cfg.loss.name = os.path.dirname(hf_dir), str(tmp_path / "run"), loss
     cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-3, warmup_steps=2, log_every=1)
@@ -144,7 +144,7 @@ def test_simcse_and_distillation_runs_learn(pretrained, tmp_path, loss):
 def test_keep_best_checkpoint_keeps_the_best_evaluated_step(pretrained, tmp_path):
     """The contrastive ranking: the highest mean of the eval sets' metrics (there is no eval loss)."""
     root, hf_dir = pretrained
-    cfg = train_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
+    cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
     cfg.init_from, cfg.output_dir = hf_dir, str(tmp_path / "run")
     cfg.data.train_files, cfg.eval.retrieval_dirs = str(root / "task" / "train.jsonl"), str(root / "task" / "test")
     cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-2, warmup_steps=2, log_every=4,

@@ -19,7 +19,7 @@ from train_batches import tiny_model
 
 from neobert_jax.data.tokenizer import TRAINING_CHUNK_CHARS, _bounded
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
-from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm import config as train_config
 from neobert_jax.runtime import signals
 from neobert_jax.mlm import task as loop
 from neobert_jax.mlm.task import train

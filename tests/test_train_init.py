@@ -9,7 +9,7 @@ from hf_models import SPECIAL_IDS, hf_config
 from transformers import ModernBertModel
 
 from neobert_jax.hf import save_checkpoint_dir
-from neobert_jax.runtime.config import default_config
+from neobert_jax.mlm.config import default_config
 from neobert_jax.runtime.model_init import build_model
 from neobert_jax.runtime.state import ModelParts
 

@@ -7,7 +7,8 @@ import torch
 from train_batches import tiny_model, train_cfg
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm import config as train_config
+from neobert_jax.runtime import config as runtime_config
 from neobert_jax.runtime import optim, state
 
 TOTAL, WARMUP, PEAK = 50, 8, 1e-3
@@ -108,17 +109,17 @@ def test_decay_is_decoupled_and_scaled_by_lr():
 
 def test_unknown_override_key_lists_valid_keys(tmp_path):
     config_file = tmp_path / "c.py"
-    config_file.write_text("from neobert_jax.runtime.config import default_config\n"
+    config_file.write_text("from neobert_jax.mlm.config import default_config\n"
                            "def get_config():\n    return default_config()\n")
     with pytest.raises(KeyError) as error:
-        train_config.check_override_keys(train_config.load_config_file(str(config_file)),
+        runtime_config.check_override_keys(runtime_config.load_config_file(str(config_file)),
                                          ["--config.train.learning_rte=1"])
     message = error.value.args[0]
     assert "config.train.learning_rte" in message and "did you mean config.train.learning_rate" in message
     assert "train.batch_size" in message and "data.train_files" in message
-    path, argv = train_config.split_config_arg(["x", f"--config={config_file}", "--config.train.learning_rate=1"])
+    path, argv = runtime_config.split_config_arg(["x", f"--config={config_file}", "--config.train.learning_rate=1"])
     assert (path, argv) == (str(config_file), ["x", "--config.train.learning_rate=1"])
-    train_config.check_override_keys(train_config.load_config_file(path), argv[1:])
+    runtime_config.check_override_keys(runtime_config.load_config_file(path), argv[1:])
 
 
 @pytest.mark.parametrize("key,value,fragment", [

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from neobert_jax.hf import load_pretrained
-from neobert_jax.runtime import config as train_config
+from neobert_jax.runtime import config as runtime_config
 from neobert_jax.mlm.task import NonFiniteLossError, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ OVERRIDES = {
 
 
 def run_config(output_dir, **extra):
-    cfg = train_config.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+    cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
     for key, value in {**OVERRIDES, **extra}.items():
         section, name = key.split(".") if "." in key else (None, key)
         (cfg[section] if section else cfg)[name] = value

@@ -12,7 +12,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.hf import load_state_dict_into_model
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm import config as train_config
 from neobert_jax.runtime import optim, sharding, state
 from neobert_jax.mlm import step
 

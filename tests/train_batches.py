@@ -5,7 +5,7 @@ from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.runtime import config as train_config
+from neobert_jax.mlm import config as train_config
 from neobert_jax.runtime import optim, sharding, state
 from neobert_jax.mlm import step
 

@@ -1,8 +1,9 @@
-"""The contrastive run's config: the trainer's schema (`default_config()`) with its MLM-only keys
-removed and the contrastive sections added, so `--config.x=...` typos fail the same way.
+"""The contrastive run's config schema: `base_config()` plus the contrastive sections, declared
+once here, and their validation; `--config.x=...` typos fail as the MLM trainer's do.
 
-The architecture comes from `init_from` (required), so `model.*` keeps only what a run may
-change: the attention backend, rematerialization and the dropout rates (SimCSE's noise).
+The architecture comes from `init_from` (required), so `model.*` holds only base_config's: what a
+run may change (the attention and kernel backends, rematerialization, the dropout rates: SimCSE's
+noise).
 """
 
 from __future__ import annotations
@@ -11,28 +12,21 @@ import functools
 
 import ml_collections
 
-from neobert_jax.runtime.config import default_config, validate_training
+from neobert_jax.runtime.config import base_config, validate_training
 
 LOSSES = ("mnrl", "simcse", "mse")
 LAYOUTS = ("pack", "bucket")
 POOLING_MODES = ("mean", "cls")
 _DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
-_MLM_ONLY_TRAIN_KEYS = ("masked_logits_only", "eval_batches", "export_hf", "auto_batch_steps", "auto_batch_min_tokens",
-                        "auto_batch_max_tokens")
-_KEPT_MODEL_KEYS = ("attn_implementation", "remat", "layer_norm_backward", "logsumexp") + _DROPOUTS
 # What train.keep_best_checkpoint ranks by: the mean of the eval sets' metrics (Spearman, nDCG@10,
 # recall@10, MRR@10: all higher-is-better), there being no eval loss.
 BEST_METRIC = "eval_mean"
 
 
 def contrastive_config() -> ml_collections.ConfigDict:
-    c = default_config()
+    c = base_config()
     c.output_dir = "runs/contrastive"
     c.init_from = ""  # required: an HF dir (e.g. a pretraining run's output_dir/hf) or a project checkpoint
-    for key in [k for k in c.model if k not in _KEPT_MODEL_KEYS]:
-        del c.model[key]
-    for key in _MLM_ONLY_TRAIN_KEYS:
-        del c.train[key]
 
     files = functools.partial(ml_collections.FieldReference, "", field_type=object)  # a str or a list
     c.data = ml_collections.ConfigDict({
@@ -98,6 +92,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ValueError(f"config.{key}: {msg}")
 
+    need(config.train.batch_size > 0, "train.batch_size", f"must be positive, got {config.train.batch_size}")
     need(bool(config.init_from), "init_from", "required: an HF model dir or a project checkpoint to fine-tune")
     need(bool(as_list(config.data.train_files)) or bool(config.data.preprocessed_dir), "data.train_files",
          "required (or data.preprocessed_dir)")

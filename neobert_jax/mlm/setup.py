@@ -17,7 +17,7 @@ from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.paths import locate
 from neobert_jax.runtime import optim, sharding
-from neobert_jax.runtime.config import INHERITED_MODEL_KEYS
+from neobert_jax.mlm.config import INHERITED_MODEL_KEYS
 from neobert_jax.runtime.model_init import build_model
 from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_run_tokenizer, has_checkpoints,
                                        share_tokenizer, write_run_files)

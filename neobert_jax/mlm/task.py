@@ -12,7 +12,7 @@ import jax
 
 from neobert_jax.hf import save_hf_dir
 from neobert_jax.runtime import sharding
-from neobert_jax.runtime.config import validate
+from neobert_jax.mlm.config import validate
 from neobert_jax.runtime.reporting import RunReporter, perplexity
 from neobert_jax.mlm.setup import RunSetup, setup_run
 from neobert_jax.runtime.runner import NonFiniteLossError, main_process_print, run_frame, run_task

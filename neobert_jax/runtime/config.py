@@ -1,36 +1,33 @@
-"""The trainer's config schema: every knob a run has, its default, and its validation.
+"""The config keys and checks every task shares, and the command line's config-file handling.
 
-`configs/*.py` start from `default_config()` and change values; they never add keys, so a
-typo in a file or on the command line is an error that lists the valid keys instead of a
-silently ignored setting.
+A task declares its schema once on top of `base_config()` (neobert_jax.mlm.config,
+neobert_jax.contrastive.config); `configs/*.py` start from a task's schema and change values,
+never add keys, so a typo in a file or on the command line is an error that lists the valid keys
+instead of a silently ignored setting.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib.util
 import math
 import os
 
 import ml_collections
 
-from neobert_jax.data import default_data_config
-from neobert_jax.data.tokenizer import SPECIAL_TOKENS
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots")
-# model keys no parameter depends on; None takes init_from's value, or MODERNBERT_DEFAULTS without it
-MODERNBERT_DEFAULTS = {"max_position_embeddings": 8192, "local_attention": 128, "global_attn_every_n_layers": 3}
-INHERITED_MODEL_KEYS = tuple(MODERNBERT_DEFAULTS)
 
 
-def default_config() -> ml_collections.ConfigDict:
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every task has; a task's schema (neobert_jax.mlm.config, neobert_jax.contrastive.config)
+    adds its own sections and keys to these."""
     c = ml_collections.ConfigDict()
     c.output_dir = "runs/neobert"
-    # HF tokenizer dir; "" = the one beside init_from, else data.preprocessed_dir's, else one
-    # trained on the training corpus (cached in output_dir/tokenizer).
+    # HF tokenizer dir; "" = the one beside init_from (MLM: else data.preprocessed_dir's, else one
+    # trained on the training corpus, cached in output_dir/tokenizer).
     c.tokenizer = ""
     # HF dir (e.g. a GUIDE init) or project checkpoint / run dir: parameters only, fresh optimizer.
     c.init_from = ""
@@ -40,22 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
     # compilation; "" disables it. Applied by the command line (scripts/*.py).
     c.compilation_cache_dir = "~/.cache/neobert_jax/jax"
 
-    # The data pipeline's own section (neobert_jax.data), less its tokenizer key: that is the
-    # top-level `tokenizer` here.
-    c.data = default_data_config()
-    del c.data["tokenizer"]
-
+    # How the model computes; what it is comes from the task (its config, or init_from).
     c.model = ml_collections.ConfigDict()
-    c.model.hidden_size = 768
-    c.model.num_hidden_layers = 22
-    c.model.num_attention_heads = 12
-    c.model.intermediate_size = 1152
-    c.model.vocab_size = 0  # 0 = the tokenizer's size rounded up to a multiple of 64
-    # None: init_from's value (a GUIDE student's 1024 positions must reach its export), else ModernBERT's
-    inherited = functools.partial(ml_collections.FieldReference, None, field_type=int)
-    c.model.max_position_embeddings = inherited()  # else 8192
-    c.model.local_attention = inherited()  # else 128
-    c.model.global_attn_every_n_layers = inherited()  # else 3
     c.model.embedding_dropout = 0.0
     c.model.attention_dropout = 0.0
     c.model.mlp_dropout = 0.0
@@ -69,10 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 0  # optimizer steps; 0 = derived from epochs
     c.train.epochs = 1
-    c.train.batch_size = 32  # global rows per optimizer step (all devices, all micro-batches); 0 = auto:
-    c.train.auto_batch_steps = 3000  # the largest batch that still gives the run this many optimizer steps,
-    c.train.auto_batch_min_tokens = 1024  # but at least this many tokens (batch_size x seq_len)
-    c.train.auto_batch_max_tokens = 32768  # and at most this many
+    c.train.batch_size = 32  # global rows (MLM) or examples (contrastive) per optimizer step
     c.train.grad_accum_steps = 1
     c.train.seq_len = 512
     c.train.precision = "fp32"  # fp32 | tf32 | bf16 (bf16 compute, float32 params)
@@ -86,17 +66,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.adam_b2 = 0.999
     c.train.adam_eps = 1e-8
     c.train.max_grad_norm = 1.0  # global-norm clipping; 0 disables
-    c.train.masked_logits_only = True  # False: full (B, T, V) logits with labels (ablation, torch parity)
     c.train.max_nonfinite_steps = 10  # stop after this many non-finite steps in a row
     c.train.log_every = 100
     c.train.eval_every = 0  # 0 = evaluate only at the end
-    c.train.eval_batches = 50
     c.train.save_every = 2500
     c.train.keep_checkpoints = 3  # the most recent ones
     # Also keep the checkpoint of the lowest eval loss (contrastive: highest mean eval metric); every
     # eval point then saves. Needs eval_every > 0 and eval data.
     c.train.keep_best_checkpoint = False
-    c.train.export_hf = True  # write output_dir/hf at the end
 
     # Device mesh; -1 on one axis takes the remaining devices.
     c.mesh = ml_collections.ConfigDict()
@@ -116,41 +93,8 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad key; keys themselves are checked at parse time."""
-    validate_training(config)
-    t = config.train
-
-    def need(ok: bool, key: str, msg: str):
-        if not ok:
-            raise ValueError(f"config.{key}: {msg}")
-
-    positions = config.model.max_position_embeddings  # None with init_from: checked once it is loaded
-    if positions is None and not config.init_from:
-        positions = MODERNBERT_DEFAULTS["max_position_embeddings"]
-    need(positions is None or t.seq_len <= positions, "train.seq_len",
-         f"{t.seq_len} exceeds model.max_position_embeddings={positions}")
-    need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
-    need(t.eval_batches > 0, "train.eval_batches", "must be positive")
-    smallest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # bytes, specials, one merge
-    need(config.data.tokenizer_vocab_size >= smallest_vocab, "data.tokenizer_vocab_size",
-         f"must be >= {smallest_vocab} (256 byte tokens, {len(SPECIAL_TOKENS)} special tokens, one merge), "
-         f"got {config.data.tokenizer_vocab_size}")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-        need(config.model[key] > 0, f"model.{key}", f"must be positive, got {config.model[key]}")
-    for key in INHERITED_MODEL_KEYS:
-        need(config.model[key] is None or config.model[key] > 0, f"model.{key}",
-             f"must be positive or None (init_from's), got {config.model[key]}")
-    need(config.model.hidden_size % config.model.num_attention_heads == 0, "model.hidden_size",
-         f"{config.model.hidden_size} is not divisible by model.num_attention_heads={config.model.num_attention_heads}")
-    need(config.model.vocab_size >= 0, "model.vocab_size", "must be >= 0 (0 = the tokenizer's size)")
-    need(bool(config.data.eval_files) or config.data.eval_samples > 0 or not t.keep_best_checkpoint,
-         "train.keep_best_checkpoint", "needs eval data: set data.eval_files or data.eval_samples")
-
-
 def validate_training(config: ml_collections.ConfigDict) -> None:
-    """The checks every trainer built on this schema shares (train.*, output_dir, mesh.*);
-    the contrastive trainer (neobert_jax.contrastive.config) reuses them."""
+    """The checks of `base_config()`'s keys (train.*, output_dir, mesh.*), which every task runs."""
     t = config.train
 
     def need(ok: bool, key: str, msg: str):
@@ -160,17 +104,10 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {PRECISIONS}")
     need(t.schedule in SCHEDULES, "train.schedule", f"{t.schedule!r} is not one of {SCHEDULES}")
     need(config.model.remat in REMAT_POLICIES, "model.remat", f"{config.model.remat!r} is not one of {REMAT_POLICIES}")
-    auto_batch = "auto_batch_steps" in t  # MLM pretraining sizes its batch from the corpus when batch_size=0
-    need(t.batch_size > 0 or (auto_batch and t.batch_size == 0), "train.batch_size",
-         "must be positive" + (" (or 0 = auto)" if auto_batch else ""))
+    need(t.batch_size >= 0, "train.batch_size", f"must be positive, got {t.batch_size}")  # each task: 0 or not
     need(t.grad_accum_steps > 0, "train.grad_accum_steps", "must be positive")
     need(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
          f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
-    if auto_batch:
-        need(t.auto_batch_steps > 0, "train.auto_batch_steps", "must be positive")
-        need(t.auto_batch_min_tokens > 0, "train.auto_batch_min_tokens", "must be positive")
-        need(t.auto_batch_max_tokens >= t.auto_batch_min_tokens, "train.auto_batch_max_tokens",
-             "must be >= train.auto_batch_min_tokens")
     need(t.max_steps > 0 or t.epochs > 0, "train.max_steps", "set max_steps or epochs to a positive value")
     need(t.max_steps >= 0, "train.max_steps", f"must be >= 0 (0 = from train.epochs), got {t.max_steps}")
     need(t.epochs >= 0, "train.epochs", f"must be >= 0, got {t.epochs}")

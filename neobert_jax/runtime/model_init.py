@@ -17,7 +17,6 @@ from flax import nnx
 from neobert_jax.config import ModernBertConfig, kernel_backend
 from neobert_jax.hf import load_pretrained
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.runtime.config import MODERNBERT_DEFAULTS
 
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 MODEL_KEYS = ARCHITECTURE_KEYS + ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
@@ -115,6 +114,6 @@ def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], 
     if vocab_size < tokenizer_size:
         raise ValueError(
             f"config.model.vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer_size} tokens")
-    keys = {k: MODERNBERT_DEFAULTS[k] if config.model[k] is None else config.model[k] for k in MODEL_KEYS}
+    keys = {k: getattr(ModernBertConfig, k) if config.model[k] is None else config.model[k] for k in MODEL_KEYS}
     model_config = ModernBertConfig(vocab_size=vocab_size, **keys, **special_token_ids, **runtime)
     return ModernBertForMaskedLM(model_config, rngs=nnx.Rngs(config.seed)), []
