@@ -7,6 +7,7 @@ steps under `checkpoints/<step>/params`; both are accepted wherever a checkpoint
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -74,14 +75,26 @@ def restore_params(params_dir: str, target: dict) -> dict:
     import orbax.checkpoint as ocp
 
     params_dir = os.path.abspath(params_dir)
-    check_params_match(params_dir, target)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), target)
-    with ocp.StandardCheckpointer() as checkpointer:
+    quiet = _NoStepMetadataWarning()  # a run's params item keeps its metadata in the step dir, as orbax's manager writes it
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        check_params_match(params_dir, target)
         try:
-            return checkpointer.restore(params_dir, abstract)
+            with ocp.StandardCheckpointer() as checkpointer:
+                return checkpointer.restore(params_dir, abstract)
         except (ValueError, OSError) as e:  # tensorstore: DATA_LOSS etc. on damaged files
             raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
+
+
+class _NoStepMetadataWarning(logging.Filter):
+    """Drops orbax's "Metadata file does not exist" warning, printed by every conversion of a run's checkpoint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Metadata file does not exist")
 
 
 def check_params_match(params_dir: str, target) -> None:
