@@ -52,8 +52,14 @@ def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForM
     params_dir = files.params
     if params_dir is None:
         config = read_hf_config(path, **runtime)
-        model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed))
-        newly_initialized, _ = load_state_dict_into_model(model, read_hf_state_dict(path), source=path)
+        state_dict = read_hf_state_dict(path)
+        # Shapes only first: when the dir has every tensor, the random init (hundreds of eager ops,
+        # seconds of a run's start-up) would be overwritten anyway.
+        model = nnx.eval_shape(lambda: ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed)))
+        newly_initialized, _ = load_state_dict_into_model(model, state_dict, source=path)
+        if newly_initialized or any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model))):
+            model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed))  # e.g. a bare encoder: the head starts fresh
+            newly_initialized, _ = load_state_dict_into_model(model, state_dict, source=path)
         return model, newly_initialized
     if files.config is None:
         raise FileNotFoundError(f"{path}: no config.json for its weights ({files.describe()})")

@@ -7,6 +7,7 @@ Our parameter paths mirror HF names, so the mapping is a rename (`kernel` <-> `w
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -68,12 +69,13 @@ def load_state_dict_into_model(model: nnx.Module, state_dict: dict[str, np.ndarr
             continue
         value = np.asarray(lookup[name])
         value = value.T if transposed else value
-        if value.shape != var[...].shape:
-            expected = var[...].shape[::-1] if transposed else var[...].shape
+        shape = var.get_value().shape  # also on an abstract (eval_shape) model
+        if value.shape != shape:
+            expected = shape[::-1] if transposed else shape
             raise ConversionError(
                 f"{source}: tensor {name} has shape {tuple(lookup[name].shape)}, the model expects {tuple(expected)}"
             )
-        var[...] = np.asarray(value, dtype=np.float32)
+        var.set_value(jnp.asarray(value, dtype=jnp.float32))
         used.add(name)
     if TIED_DECODER in lookup:
         used.add(TIED_DECODER)
