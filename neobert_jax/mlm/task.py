@@ -46,7 +46,7 @@ def train(config) -> RunResult:
 class MlmTask:
     """Packed MLM rows in, held-out MLM loss as the eval, an HF ModernBertForMaskedLM out."""
 
-    loss_label = None
+    loss_label = "MLM loss"
     export_name = "HF model"
     eval_before_training = False
 

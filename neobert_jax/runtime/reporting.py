@@ -105,7 +105,7 @@ class RunReporter:
         if self.enabled:
             tqdm.write(text)
 
-    def write_loss_curve(self, loss_name: str = "MLM loss") -> str | None:
+    def write_loss_curve(self, loss_name: str) -> str | None:
         """PNG of train loss (and eval loss where present) against step."""
         if not self.enabled or not self.records:
             return None

@@ -47,7 +47,7 @@ class Task(Protocol):
     (one of them "tokens")."""
 
     setup: TaskSetup  # state, steps, checkpointer; the task's own setup extends it
-    loss_label: str | None  # the loss curve's axis label (None: "MLM loss")
+    loss_label: str  # the loss curve's axis label
     export_name: str  # what `export` writes, for the closing line
     batch_description: str  # one optimizer step's batch, e.g. "2 rows x 512"
     steps_per_epoch: int
@@ -256,7 +256,7 @@ class Runner:
             self._evaluate(step, state.params)  # its record is in metrics.jsonl already
         export_dir = task.export(state.params)
         s.checkpointer.wait()
-        curve = self.reporter.write_loss_curve(task.loss_label) if task.loss_label else self.reporter.write_loss_curve()
+        curve = self.reporter.write_loss_curve(task.loss_label)
         self.reporter.end_progress()
         if curve:
             report(f"loss curve: {curve}")
