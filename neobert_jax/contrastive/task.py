@@ -56,7 +56,7 @@ class ContrastiveTask:
         self.config, self.setup, self.reporter = config, setup, reporter
         t = config.train
         layout = setup.batches.layout
-        self.train_step = make_contrastive_step(
+        self._step = make_contrastive_step(
             setup.parts, setup.tx, setup.schedule, setup.objective, slots=layout.slots,
             pooling_mode=config.pooling.mode, accum=t.grad_accum_steps,
             has_targets=setup.batches.data.vectors is not None, state_sh=setup.shardings, mesh=setup.mesh)
@@ -67,10 +67,14 @@ class ContrastiveTask:
         self.loss_label = f"{config.loss.name} loss"
         self.batch_description = f"{t.batch_size} examples"
         self.steps_per_epoch = setup.batches.steps_per_epoch
+        self.steps_per_call = 1  # its batches differ in shape (length buckets), so they do not stack
 
-    def next_batch(self) -> tuple[dict, dict]:
+    def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
         batch, stats = next(self.setup.batches)
-        return place_batch(batch, stats, self.setup.mesh), {k: stats[k] for k in ("texts", "tokens", "slots")}
+        return place_batch(batch, stats, self.setup.mesh), [{k: stats[k] for k in ("texts", "tokens", "slots")}]
+
+    def train_step(self, state, batch, steps: int):
+        return self._step(state, batch)
 
     def data_state(self) -> dict:
         return self.setup.batches.get_state()

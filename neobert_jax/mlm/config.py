@@ -42,6 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
     t.auto_batch_max_tokens = 32768  # and at most this many
     t.masked_logits_only = True  # False: full (B, T, V) logits with labels (ablation, torch parity)
     t.eval_batches = 50
+    # Optimizer steps per compiled call (neobert_jax.runtime.multistep); 0 = auto: 16 on GPU/TPU, where
+    # a small step is shorter than its dispatch, 1 on CPU. Any value gives the same run.
+    t.steps_per_call = 0
     t.export_hf = True  # write output_dir/hf at the end
     return c
 
@@ -66,6 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{t.seq_len} exceeds model.max_position_embeddings={positions}")
     need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
+    need(t.steps_per_call >= 0, "train.steps_per_call", "must be >= 0 (0 = auto)")
     smallest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # bytes, specials, one merge
     need(config.data.tokenizer_vocab_size >= smallest_vocab, "data.tokenizer_vocab_size",
          f"must be >= {smallest_vocab} (256 byte tokens, {len(SPECIAL_TOKENS)} special tokens, one merge), "

@@ -16,12 +16,12 @@ from jax.sharding import Mesh
 from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.paths import locate
-from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime import multistep, optim, sharding
 from neobert_jax.mlm.config import INHERITED_MODEL_KEYS
 from neobert_jax.runtime.model_init import build_model
 from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_run_tokenizer, has_checkpoints,
                                        share_tokenizer, write_run_files)
-from neobert_jax.runtime.setup import TaskSetup, start_or_resume
+from neobert_jax.runtime.setup import Phases, TaskSetup, start_or_resume
 from neobert_jax.runtime.state import ModelParts, state_shardings
 
 
@@ -101,12 +101,16 @@ def setup_run(config, log) -> RunSetup:
         raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
     output_dir = os.path.abspath(config.output_dir)
     t = config.train
+    phases = Phases()
     mesh = sharding.make_mesh(config.mesh)
+    phases.done("devices")
     tokenizer, note = _tokenizer(config, output_dir)
+    phases.done("tokenizer")
     write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
     if t.batch_size == 0:
         _choose_batch_size(config, mesh, tokenizer, log)
     rows = _check_batch_layout(config, mesh)
+    t.steps_per_call = multistep.resolve_steps_per_call(t.steps_per_call, jax.default_backend())
 
     data_args = dict(tokenizer=tokenizer, seq_len=t.seq_len, batch_size=rows, seed=config.seed,
                      process_index=sharding.process_row_range(mesh, t.batch_size)[0] // rows,
@@ -116,6 +120,7 @@ def setup_run(config, log) -> RunSetup:
     eval_data = build_mlm_iterator(config.data, split="eval", **data_args) if has_eval else None
     total_steps = t.max_steps or t.epochs * train_data.steps_per_epoch
     log(f"data: {train_data.stats}")
+    phases.done("data")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {t.batch_size} rows x {t.seq_len} tokens"
         f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
@@ -130,6 +135,7 @@ def setup_run(config, log) -> RunSetup:
                          f"{model.config.max_position_embeddings}")
     parts, params = ModelParts.split(model)
     del model
+    phases.done("model")
     schedule = optim.make_schedule(t, total_steps)
     tx = optim.make_optimizer(t, schedule)
     shardings = state_shardings(parts, tx, mesh)
@@ -137,9 +143,11 @@ def setup_run(config, log) -> RunSetup:
     checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
                                                        train_data, log)
     del params
+    phases.done("state")
 
     write_run_files(config, output_dir, parts.config, tokenizer, note, write_tokenizer)
+    phases.done("run files")
     return RunSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
                     train_data=train_data, eval_data=eval_data, total_steps=total_steps, start_step=int(state.step),
                     loss_totals=loss_totals, checkpointer=checkpointer,
-                    tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR))
+                    tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR), phases=phases.seconds)

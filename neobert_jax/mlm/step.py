@@ -1,7 +1,7 @@
 """The compiled train and eval steps.
 
-One `jax.jit` call per optimizer step: the global batch is split into micro-batches inside
-the step, their gradients are summed, and every micro-batch loss is divided by the number
+One `jax.jit` call per optimizer step, or per `train.steps_per_call` steps
+(neobert_jax.runtime.multistep). The global batch is split into micro-batches inside the step, their gradients are summed, and every micro-batch loss is divided by the number
 of predicted tokens of the whole global batch. The summed gradient is therefore exactly
 the gradient of the one-big-batch mean loss, however the batch is split over micro-batches
 and devices.
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime import multistep, optim, sharding
 from neobert_jax.runtime.state import ModelParts, TrainState
 
 IGNORE_LABEL = -100
@@ -41,9 +41,10 @@ def nll_sum_and_count(model, batch: dict, masked_logits_only: bool, dropout_rng=
 
 
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    train_cfg, state_sh: TrainState, mesh: Mesh) -> Callable:
+                    train_cfg, state_sh: TrainState, mesh: Mesh, steps_per_call: int = 1) -> Callable:
     """(state, batch) -> (state, metrics); the state is donated, metrics are replicated scalars.
-    Non-finite steps are skipped (`optim.apply_update_if_finite`)."""
+    Non-finite steps are skipped (`optim.apply_update_if_finite`). steps_per_call > 1:
+    (state, stacked batches, n) -> (state, metrics of each of the steps_per_call slots), n steps run."""
     accum = train_cfg.grad_accum_steps
     masked_only = train_cfg.masked_logits_only
     c = parts.config
@@ -82,13 +83,13 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
         }
         return new_state, metrics
 
-    batch_sh = sharding.batch_sharding(mesh)
-    return jax.jit(
-        sharding.traced_under(mesh, train_step),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+    replicated = sharding.replicated(mesh)
+    if steps_per_call == 1:
+        return jax.jit(sharding.traced_under(mesh, train_step), in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sh, replicated), donate_argnums=0)
+    return jax.jit(sharding.traced_under(mesh, multistep.fold_steps(train_step, steps_per_call)),
+                   in_shardings=(state_sh, multistep.stacked_batch_sharding(mesh), replicated),
+                   out_shardings=(state_sh, replicated), donate_argnums=0)
 
 
 def make_eval_step(parts: ModelParts, train_cfg, params_sh, mesh: Mesh) -> Callable:

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
 
 import jax
+import numpy as np
 
 from neobert_jax.hf import save_hf_dir
-from neobert_jax.runtime import sharding
+from neobert_jax.runtime import executables, multistep, sharding
 from neobert_jax.mlm.config import validate
 from neobert_jax.runtime.reporting import RunReporter, perplexity
 from neobert_jax.mlm.setup import RunSetup, setup_run
@@ -53,17 +55,33 @@ class MlmTask:
     def __init__(self, config, setup: RunSetup, reporter: RunReporter):
         self.config, self.setup = config, setup
         t = config.train
-        self.train_step = make_train_step(setup.parts, setup.tx, setup.schedule, t, setup.shardings, setup.mesh)
+        self.steps_per_call = t.steps_per_call
+        # what the compiled steps are made of besides their arguments (neobert_jax.runtime.executables)
+        made_of = dict(model=dataclasses.asdict(setup.parts.config), train=t.to_dict(), mesh=config.mesh.to_dict(),
+                       total_steps=setup.total_steps)
+        cache = functools.partial(executables.cached, settings=made_of, cache_dir=config.compilation_cache_dir,
+                                  log=reporter.message)
+        self._step = cache(make_train_step(setup.parts, setup.tx, setup.schedule, t, setup.shardings, setup.mesh,
+                                           self.steps_per_call), "mlm_train_step")
         self.has_eval = setup.eval_data is not None
         if self.has_eval:
-            self.eval_step = make_eval_step(setup.parts, t, setup.shardings.params, setup.mesh)
+            self.eval_step = cache(make_eval_step(setup.parts, t, setup.shardings.params, setup.mesh), "mlm_eval_step")
             self.eval_start = setup.eval_data.get_state()
         self.peak_flops = peak_flops_per_device(jax.devices()[0].device_kind, t.precision) * jax.device_count()
         self.batch_description = f"{t.batch_size} rows x {t.seq_len}"
         self.steps_per_epoch = setup.train_data.steps_per_epoch
 
-    def next_batch(self) -> tuple[dict, dict]:
-        return sharding.global_batch(next(self.setup.train_data), self.setup.mesh), {}
+    def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
+        s = self.setup
+        if self.steps_per_call == 1:
+            return sharding.global_batch(next(s.train_data), s.mesh), [{}]
+        local = multistep.stack_batches([next(s.train_data) for _ in range(steps)], self.steps_per_call)
+        return sharding.global_batch(local, s.mesh, multistep.stacked_batch_sharding(s.mesh)), [{}] * steps
+
+    def train_step(self, state, batch, steps: int):
+        if self.steps_per_call == 1:
+            return self._step(state, batch)
+        return self._step(state, batch, np.int32(steps))
 
     def data_state(self) -> dict:
         return self.setup.train_data.get_state()

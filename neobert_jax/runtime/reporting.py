@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 from tqdm import tqdm
@@ -31,6 +32,24 @@ def process_start_time() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported with torch hidden unless it is loaded already.
+
+    tensorboardX imports torch only to recognize torch tensors, which a run never logs; that
+    import was 1.3 s of a run's start-up. A None entry in sys.modules makes `import torch` raise
+    ImportError, which tensorboardX handles; the entry is removed right after, so a later
+    `import torch` in the process works as usual."""
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def perplexity(loss: float) -> float:
@@ -71,14 +90,12 @@ class RunReporter:
         self.marks: dict[str, float] = {}  # wall-clock times of the run's phases, for the start-up figures
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
-
         self.output_dir = output_dir
         self.metrics_path = os.path.join(output_dir, METRICS_FILE)
         self.records = _read_records(self.metrics_path, start_step)
         with open(self.metrics_path, "w") as f:  # rewritten without the steps this run redoes
             f.writelines(json.dumps(r) + "\n" for r in self.records)
-        self.tensorboard = SummaryWriter(logdir=os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
+        self.tensorboard = _summary_writer_class()(logdir=os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def progress(self, step: int, loss: float, tokens_per_s: float) -> None:

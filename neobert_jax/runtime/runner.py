@@ -4,8 +4,8 @@ A task (MLM: neobert_jax.mlm.task.MlmTask; contrastive: neobert_jax.contrastive.
 ContrastiveTask) supplies what differs, through the `Task` protocol below: its batches, compiled
 step, per-step counters, evaluation, export and closing lines. The runner owns what they share:
 
-- step metrics are read back one step late, so the host never waits for the device except at
-  log, eval and save points;
+- step metrics are read back one call late (a call runs `steps_per_call` steps), so the host
+  never waits for the device except at eval and save points;
 - the log / eval / save cadence, and a resume that continues the interval the stop cut (the same
   records and means as an uninterrupted run);
 - a SIGTERM/SIGINT ends the run after the step in flight with a checkpoint (rerun to resume);
@@ -54,10 +54,14 @@ class Task(Protocol):
     has_eval: bool
     eval_before_training: bool  # evaluate the starting model at step 0
 
-    def next_batch(self) -> tuple[dict, dict]:
-        """-> (the step's device batch, host-side counters of it)."""
+    steps_per_call: int  # optimizer steps per compiled call (neobert_jax.runtime.multistep)
 
-    def train_step(self, state, batch) -> tuple[Any, dict]: ...
+    def next_batch(self, steps: int) -> tuple[Any, list[dict]]:
+        """-> (the device batch of the next `steps` steps, host-side counters of each)."""
+
+    def train_step(self, state, batch, steps: int) -> tuple[Any, dict]:
+        """Runs `steps` steps; with steps_per_call > 1 each metric has a leading axis of
+        steps_per_call (the first `steps` are the steps run)."""
 
     def data_state(self) -> dict:
         """The data iterator's state after the last batch: what a checkpoint saves."""
@@ -122,8 +126,10 @@ def run_frame(config):
 
 def run_task(config, setup, task_cls, stop: StopRequest, setup_started: float):
     """Runs `task_cls(config, setup, reporter)` to its end (or its stop) and closes the run's files."""
+    reporting = time.time()
     reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
                            enabled=jax.process_index() == 0)
+    setup.phases["reporting"] = time.time() - reporting
     reporter.marks.update(setup_started=setup_started, setup_done=time.time())
     try:
         return Runner(config, task_cls(config, setup, reporter), reporter).run(stop)
@@ -151,19 +157,20 @@ class Runner:
             self.reporter.log(0, self._evaluate(0, state.params))
             self.interval = Interval()  # the evaluation's time is not training time
         while step < s.total_steps and not stop.requested(pending[1] if pending else None):
-            batch, host = task.next_batch()
-            state, metrics = task.train_step(state, batch)
-            step += 1
+            steps = self._steps_in_call(step)
+            batch, hosts = task.next_batch(steps)
+            state, metrics = task.train_step(state, batch, steps)
             if pending is not None:
-                self._record(*pending)
-            pending = (step, metrics, host)
+                self._record_call(*pending)
+            pending = (step, metrics, hosts)
+            step += steps
             eval_due = task.has_eval and (step == s.total_steps or (t.eval_every > 0 and step % t.eval_every == 0))
             if eval_due or step % t.save_every == 0:
-                self._record(*pending, extra=self._evaluate(step, state.params) if eval_due else None)
+                self._record_call(*pending, extra=self._evaluate(step, state.params) if eval_due else None)
                 pending = None
                 self._save(step, state)
         if pending is not None:
-            self._record(*pending)
+            self._record_call(*pending)
         if step < s.total_steps:
             saving = time.perf_counter()
             self._save(step, state, force=True, log=self.reporter.message)
@@ -175,9 +182,23 @@ class Runner:
             return task.result(step, False, self._train_loss(), None, None)
         return self._finish(step, state)
 
-    def _record(self, step: int, metrics, host: dict, extra: dict | None = None) -> None:
-        """Host side of one step: sums, non-finite check, progress bar, and a log line when due."""
+    def _steps_in_call(self, step: int) -> int:
+        """As many steps as a call holds, up to the next eval or save point or the run's end."""
+        t, end = self.config.train, self.setup.total_steps
+        for every in (t.save_every, t.eval_every if self.task.has_eval else 0):
+            if every > 0:
+                end = min(end, (step // every + 1) * every)
+        return min(self.task.steps_per_call, end - step)
+
+    def _record_call(self, first_step: int, metrics, hosts: list[dict], extra: dict | None = None) -> None:
+        """The steps of one call, read back in one transfer; `extra` goes with the last step's record."""
         m = jax.device_get(metrics)
+        for i, host in enumerate(hosts):
+            one = {k: v[i] for k, v in m.items()} if self.task.steps_per_call > 1 else m
+            self._record(first_step + i + 1, one, host, extra if i == len(hosts) - 1 else None)
+
+    def _record(self, step: int, m: dict, host: dict, extra: dict | None = None) -> None:
+        """Host side of one step: sums, non-finite check, progress bar, and a log line when due."""
         t, iv = self.config.train, self.interval
         loss = float(m["loss"])
         finite = math.isfinite(loss) and math.isfinite(float(m["grad_norm"]))
@@ -226,11 +247,12 @@ class Runner:
     def _report_start_up(self) -> None:
         marks, now = self.reporter.marks, time.time()
         marks["first_step"] = now
+        phases = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.setup.phases.items())
         self.reporter.message(
             f"start-up: {now - self.reporter.started:.1f} s from process start to the first step's result: "
-            f"imports {marks['setup_started'] - self.reporter.started:.1f} s, setup (tokenizer, data, model, "
-            f"state, checkpoints) {marks['setup_done'] - marks['setup_started']:.1f} s, first steps "
-            f"(compilation) {now - marks['setup_done']:.1f} s")
+            f"imports {marks['setup_started'] - self.reporter.started:.1f} s, setup "
+            f"{marks['setup_done'] - marks['setup_started']:.1f} s ({phases}), first steps (compilation or "
+            f"loading it) {now - marks['setup_done']:.1f} s")
 
     # ------------------------------------------------------------------ eval / save / finish
     def _evaluate(self, step: int, params) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import optax
 from jax.sharding import Mesh
@@ -12,6 +13,19 @@ from jax.sharding import Mesh
 from neobert_jax.runtime.checkpoint import RunCheckpointer
 from neobert_jax.runtime.run_dir import check_resume
 from neobert_jax.runtime.state import ModelParts, TrainState, abstract_state, create_train_state
+
+
+class Phases:
+    """Seconds spent in each phase of a setup, for the run's start-up line."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._since
+        self._since = now
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -27,6 +41,7 @@ class TaskSetup:
     loss_totals: dict  # run-wide sums of the runner, restored on resume
     checkpointer: RunCheckpointer
     tokenizer_dir: str  # output_dir/tokenizer, the one the model trains with
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)  # Phases.seconds
 
 
 def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log, best=("eval_loss", "min")):

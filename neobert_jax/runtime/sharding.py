@@ -124,9 +124,11 @@ def process_row_range(mesh: Mesh, rows: int) -> tuple[int, int]:
     return min(b[0] for b in bounds), max(b[1] for b in bounds)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays sharded over the batch axes (multi-host safe)."""
-    sharding = batch_sharding(mesh)
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, sharding: NamedSharding | None = None
+                 ) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over the batch axes (multi-host safe);
+    `sharding` for another layout of them (stacked steps: neobert_jax.runtime.multistep)."""
+    sharding = sharding or batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
