@@ -34,7 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume = True  # continue from output_dir's latest checkpoint when there is one
     c.seed = 42
     # JAX's persistent compilation cache: a rerun (or another run of the same shapes) skips
-    # compilation; "" disables it. Applied by the command line (scripts/*.py).
+    # compilation; "" disables it. Applied by the command line (scripts/*.py). Its executables/
+    # subdir keeps MLM's compiled steps (GPU/TPU), so a rerun skips tracing too (runtime/executables.py).
     c.compilation_cache_dir = "~/.cache/neobert_jax/jax"
 
     # How the model computes; what it is comes from the task (its config, or init_from).
