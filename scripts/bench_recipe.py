@@ -164,7 +164,7 @@ def estimated_steps(work: str, overrides: dict) -> int:
     """Our run's optimizer steps, estimated before it starts so that save_every gives ~K checkpoints:
     the corpus's tokens over seq_len (rows packed full), the config's batch (for 0, its auto rule on
     one device)."""
-    from neobert_jax.data.tokenizer import load_tokenizer
+    from neobert_jax.data.tokenizer import TextEncoder, load_tokenizer
     from neobert_jax.runtime import optim
     from neobert_jax.runtime.config import load_config_file
 
@@ -173,10 +173,10 @@ def estimated_steps(work: str, overrides: dict) -> int:
     for key, value in overrides.items():
         if key.startswith("train.") and key[6:] in t:
             t[key[6:]] = type(t[key[6:]])(_literal(value))
-    tokenizer = load_tokenizer(os.path.join(work, "init"))
+    encoder = TextEncoder(load_tokenizer(os.path.join(work, "init")))
     with open(os.path.join(work, "train.txt"), encoding="utf-8") as f:
-        lengths = [len(ids) for ids in tokenizer([line.rstrip("\n") for line in f])["input_ids"]]
-    rows = max(1, -(-sum(lengths) // t.seq_len))
+        _, lengths = encoder.encode([line.rstrip("\n") for line in f])
+    rows = max(1, -(-int(lengths.sum() + 2 * len(lengths)) // t.seq_len))  # each paragraph gets [CLS] and [SEP]
     batch = t.batch_size or optim.auto_batch_size(rows, t.epochs, t, t.grad_accum_steps)
     return t.max_steps or t.epochs * max(1, rows // batch)
 

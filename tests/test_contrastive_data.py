@@ -176,7 +176,7 @@ def tiny_model_dir(tmp_path_factory):
 def test_text_tokenizer_matches_the_tokenizer_template_with_truncation(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     ids, offsets = TextTokenizer(tokenizer, 8).encode(TEXTS)
-    expected = tokenizer(TEXTS, truncation=True, max_length=8)["input_ids"]
+    expected = tokenizer.to_transformers()(TEXTS, truncation=True, max_length=8)["input_ids"]
     for i, reference in enumerate(expected):
         assert [tokenizer.cls_token_id, *ids[offsets[i]:offsets[i + 1]], tokenizer.sep_token_id] == reference
 

@@ -32,7 +32,7 @@ def model(tokenizer):
 
 def test_masking_counts_and_proportions(tokenizer, paragraphs):
     heldout = prepare_heldout(tokenizer, paragraphs)
-    encoded = tokenizer(paragraphs, truncation=True, max_length=512, return_special_tokens_mask=True)
+    encoded = tokenizer.to_transformers()(paragraphs, truncation=True, max_length=512, return_special_tokens_mask=True)
     assert heldout.paragraphs == len(paragraphs)
     kinds = np.zeros(3)  # [MASK], random id, unchanged
     for ids, special, masked, labels in zip(encoded["input_ids"], encoded["special_tokens_mask"],

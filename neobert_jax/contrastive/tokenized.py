@@ -48,7 +48,7 @@ class TextTokenizer:
         self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
         probe = "Return the sum."
         body = self.encoder.encode([probe])[0].tolist()
-        if tokenizer(probe)["input_ids"] != [self.cls_id, *body, self.sep_id]:
+        if self.encoder.with_specials(probe) != [self.cls_id, *body, self.sep_id]:
             raise DataError("the tokenizer does not wrap a text as [CLS] text [SEP] (its post-processor differs); "
                             "embeddings would not match sentence-transformers'")
 

@@ -1,5 +1,8 @@
 """Tokenizers: load an HF tokenizer folder, or train a ModernBERT-style byte-level BPE on the corpus.
 
+Runs hold a `RunTokenizer` (the Rust tokenizer and its named special tokens), not transformers'
+object: importing transformers was 3.5 s of a GPU run's start-up (docs/recipe.md).
+
 A trained tokenizer is cached in `output_dir/tokenizer` with a note of the corpus it came from, so
 a rerun reuses it and a run on other data refuses to silently reuse a tokenizer that does not fit.
 """
@@ -35,7 +38,7 @@ def get_tokenizer(
     text_field: str = "text",
     skip_bad_records: bool = False,
 ):
-    """The run's tokenizer, a transformers `PreTrainedTokenizerFast`.
+    """The run's tokenizer, a `RunTokenizer`.
 
     With `tokenizer_path` (an HF tokenizer folder, or a folder written by scripts/preprocess.py) it is
     loaded locally. Without, one is trained on `train_files` (empty: the built-in corpus) and cached
@@ -86,39 +89,122 @@ def _load_cached(cache_dir: str, note: dict):
     return load_tokenizer(cache_dir)
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str) -> "RunTokenizer":
     """Loads an HF tokenizer folder from disk only, and checks it has the MLM special tokens.
 
-    A folder whose tokenizer_config.json names the plain fast class (this project's, ModernBERT's)
-    is loaded by that class: AutoTokenizer would first import transformers' model registry to
-    read a config.json beside it, a large share of a run's start-up (docs/recipe.md).
+    A folder with a tokenizer.json whose tokenizer_config.json names the plain fast class (this
+    project's, ModernBERT's) is read with `tokenizers` alone; others go through AutoTokenizer.
     """
     if not os.path.isdir(path):
         raise DataError(f"tokenizer {path}: no such folder (only local tokenizers are loaded; download hub ones first)")
-    if _tokenizer_class(path) in _PLAIN_FAST_CLASSES:
-        from transformers import PreTrainedTokenizerFast as loader
-    else:
-        from transformers import AutoTokenizer as loader
-    try:
-        tokenizer = loader.from_pretrained(path, local_files_only=True)
-    except Exception as e:  # transformers raises many types, e.g. for a config.json beside it with bad values
-        raise DataError(f"tokenizer {path}: cannot be loaded ({type(e).__name__}: {e})") from None
-    if not tokenizer.is_fast:
-        raise DataError(f"tokenizer {path}: no fast (Rust `tokenizers`) version; save it with tokenizer.json")
+    tokenizer = _read_plain_folder(path) or _load_with_transformers(path)
     if missing := missing_special_tokens(tokenizer):
         raise DataError(f"tokenizer {path}: no {'/'.join(missing)} token; MLM needs cls, sep, pad and mask tokens")
     return tokenizer
 
 
-_PLAIN_FAST_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+def _load_with_transformers(path: str) -> "RunTokenizer":
+    from transformers import AutoTokenizer
 
-
-def _tokenizer_class(path: str) -> str | None:
     try:
-        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
-            return json.load(f).get("tokenizer_class")
-    except (OSError, ValueError, AttributeError):  # AutoTokenizer then names what is wrong
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # transformers raises many types, e.g. for a config.json beside it with bad values
+        raise DataError(f"tokenizer {path}: cannot be loaded ({type(e).__name__}: {e})") from None
+    if not tokenizer.is_fast:
+        raise DataError(f"tokenizer {path}: no fast (Rust `tokenizers`) version; save it with tokenizer.json")
+    return RunTokenizer.from_transformers(tokenizer)
+
+
+_PLAIN_FAST_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+_NAMED_SPECIALS = ("unk", "cls", "sep", "pad", "mask", "bos", "eos")
+_LIST_SPECIALS = ("additional_special_tokens", "extra_special_tokens")  # transformers 4.x, 5.x
+_UNLIMITED_LENGTH = int(1e30)  # transformers' VERY_LARGE_INTEGER, its default model_max_length
+_DEFAULT_INPUT_NAMES = ("input_ids", "attention_mask")  # transformers 5.x default (4.x added token_type_ids)
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
         return None
+
+
+def _content(token):
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _read_plain_folder(path: str) -> "RunTokenizer | None":
+    """The folder as transformers' PreTrainedTokenizerFast reads it (special_tokens_map.json over
+    tokenizer_config.json), or None where that takes transformers: another class, no tokenizer.json,
+    a special token missing from the vocabulary (transformers would add it)."""
+    config = _read_json(os.path.join(path, "tokenizer_config.json"))
+    tokenizer_json = os.path.join(path, "tokenizer.json")
+    if not isinstance(config, dict) or config.get("tokenizer_class") not in _PLAIN_FAST_CLASSES:
+        return None
+    if not os.path.isfile(tokenizer_json):
+        return None
+    special_map = _read_json(os.path.join(path, "special_tokens_map.json"))
+    merged = {**config, **(special_map if isinstance(special_map, dict) else {})}
+    from tokenizers import Tokenizer
+
+    try:
+        backend = Tokenizer.from_file(tokenizer_json)
+    except Exception:  # noqa: BLE001 - a malformed file: transformers then names what is wrong
+        return None
+    specials = {f"{n}_token": _content(merged[f"{n}_token"]) for n in _NAMED_SPECIALS if merged.get(f"{n}_token")}
+    extra = []
+    for key in _LIST_SPECIALS:
+        value = merged.get(key) or []
+        extra += [_content(t) for t in (value.values() if isinstance(value, dict) else value)]
+    if extra:
+        specials["additional_special_tokens"] = list(dict.fromkeys(extra))
+    if any(backend.token_to_id(t) is None for t in [*specials.values(), *extra] if isinstance(t, str)):
+        return None
+    return RunTokenizer(backend, specials, config.get("model_max_length", _UNLIMITED_LENGTH),
+                        config.get("model_input_names", _DEFAULT_INPUT_NAMES))
+
+
+class RunTokenizer:
+    """A Rust `tokenizers.Tokenizer` with its named special tokens: the part of transformers'
+    PreTrainedTokenizerFast this package reads, under the same attribute names."""
+
+    def __init__(self, backend, special_tokens_map: dict, model_max_length: int, model_input_names):
+        self.backend_tokenizer = backend
+        self.special_tokens_map = dict(special_tokens_map)  # e.g. {"cls_token": "[CLS]", ...}
+        self.model_max_length = int(model_max_length)
+        self.model_input_names = list(model_input_names)
+        for name in _NAMED_SPECIALS:
+            token = self.special_tokens_map.get(f"{name}_token")
+            setattr(self, f"{name}_token", token)
+            setattr(self, f"{name}_token_id", None if token is None else backend.token_to_id(token))
+
+    @classmethod
+    def from_transformers(cls, tokenizer) -> "RunTokenizer":
+        from tokenizers import Tokenizer
+
+        specials = {f"{n}_token": str(getattr(tokenizer, f"{n}_token")) for n in _NAMED_SPECIALS
+                    if getattr(tokenizer, f"{n}_token", None) is not None}
+        if extra := [str(t) for t in tokenizer.all_special_tokens if str(t) not in specials.values()]:
+            specials["additional_special_tokens"] = extra
+        return cls(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()), specials,
+                   tokenizer.model_max_length, tokenizer.model_input_names)
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        tokens = [t for k, t in self.special_tokens_map.items() if k.endswith("_token")]
+        tokens += self.special_tokens_map.get("additional_special_tokens", [])
+        return list(dict.fromkeys(self.backend_tokenizer.token_to_id(t) for t in tokens))
+
+    def to_transformers(self):
+        """The same tokenizer as a transformers PreTrainedTokenizerFast (imports transformers)."""
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_object=self.backend_tokenizer, model_max_length=self.model_max_length,
+                                       model_input_names=self.model_input_names, **self.special_tokens_map)
 
 
 def missing_special_tokens(tokenizer) -> list[str]:
@@ -182,24 +268,15 @@ def train_tokenizer(
     return wrap_backend(backend)
 
 
-def wrap_backend(backend):
-    """The transformers tokenizer around a trained `tokenizers.Tokenizer` (also one sent as JSON
-    from process 0, so other hosts need not train it too)."""
+def wrap_backend(backend) -> RunTokenizer:
+    """The run tokenizer around a trained `tokenizers.Tokenizer` (also one sent as JSON from
+    process 0, so other hosts need not train it too)."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     if isinstance(backend, str):
         backend = Tokenizer.from_str(backend)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_max_length=MODEL_MAX_LENGTH,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    specials = {f"{name}_token": token for name, token in zip(("unk", "cls", "sep", "pad", "mask"), SPECIAL_TOKENS)}
+    return RunTokenizer(backend, specials, MODEL_MAX_LENGTH, ["input_ids", "attention_mask"])
 
 
 def save_tokenizer(tokenizer, out_dir: str, note: dict | None = None, replace: bool = False) -> None:
@@ -263,6 +340,10 @@ class TextEncoder:
         self._backend.no_truncation()
         self._backend.no_padding()
         self.dtype = _token_dtype(tokenizer)
+
+    def with_specials(self, text: str) -> list[int]:
+        """One text's ids with the tokenizer's template (e.g. [CLS] text [SEP]) applied."""
+        return self._backend.encode(text).ids
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Returns (ids_N concatenated, lengths per text)."""

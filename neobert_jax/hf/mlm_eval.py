@@ -51,11 +51,14 @@ def read_paragraphs(path: str) -> list[str]:
 
 
 def _load_tokenizer(tokenizer):
+    """A transformers tokenizer: the evaluator tokenizes as the users' script does."""
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
-    return tokenizer
+    from neobert_jax.data.tokenizer import RunTokenizer
+
+    return tokenizer.to_transformers() if isinstance(tokenizer, RunTokenizer) else tokenizer
 
 
 def prepare_heldout(tokenizer, paragraphs: Sequence[str] | str, *, mlm_probability: float = 0.3, seed: int = 0,
