@@ -6,7 +6,7 @@ import sys
 
 import jax
 import numpy as np
-from train_batches import compiled_step, mlm_batch, tiny_model, train_cfg
+from conftest import compiled_step, mlm_batch, tiny_model, train_cfg
 
 from neobert_jax.runtime import sharding
 from neobert_jax.mlm.config import default_config

@@ -13,11 +13,10 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 from absl import flags
-from hf_models import hf_model
-from reliability_helpers import REPO, snapshot, tiny_config, write_corpus, write_tokenizer
 
 from neobert_jax.mlm.task import train
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = "OUT"  # stands for the case's output dir in the arguments
 
 
@@ -69,7 +68,7 @@ def run_cli(cli: str, args: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def w(tmp_path_factory):
+def w(tmp_path_factory, write_corpus, write_tokenizer, hf_model, tiny_config):
     """Inputs good and bad, and a finished tiny run whose checkpoints the resume cases damage."""
     root = tmp_path_factory.mktemp("inputs")
     corpus = write_corpus(root / "corpus.txt")
@@ -264,7 +263,7 @@ def _prepare(case: str, w, out):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_gets_one_line_and_changes_nothing(case, w, tmp_path):
+def test_bad_input_gets_one_line_and_changes_nothing(case, w, tmp_path, snapshot):
     (cli, args), expected = CASES[case]
     out = tmp_path / "out"
     lock = _prepare(case, w, out)
@@ -295,7 +294,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_a_full_disk_during_preprocess_gets_one_line_naming_the_output(w, tmp_path):
+def test_a_full_disk_during_preprocess_gets_one_line_naming_the_output(w, tmp_path, write_corpus):
     out = tmp_path / "shards"
     args = [os.path.join(REPO, "scripts", "preprocess.py"), "--output", str(out), "--train-files",
             write_corpus(tmp_path / "big.txt", lines=3000), "--tokenizer", w["tok"]]
@@ -306,7 +305,7 @@ def test_a_full_disk_during_preprocess_gets_one_line_naming_the_output(w, tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["big.txt"]
 
 
-def test_a_full_disk_during_a_checkpoint_save_gets_one_line_and_keeps_the_previous_one(w, tmp_path):
+def test_a_full_disk_during_a_checkpoint_save_gets_one_line_and_keeps_the_previous_one(w, tmp_path, tiny_config):
     out = tmp_path / "run"
     shutil.copytree(w["run"], out)  # checkpoints 1 and 2; resuming saves 3, which does not fit
     args = [os.path.join(REPO, "scripts", "pretrain.py"), "--config", os.path.join(REPO, "configs/tiny.py"),

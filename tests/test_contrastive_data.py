@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from contrastive_tiny import TEXTS, tiny_hf_dir, tiny_tokenizer_dir
 
 from neobert_jax.contrastive.batching import ContrastiveBatches, Layout, assemble, ladder
 from neobert_jax.contrastive.columns import read_training_columns
@@ -119,7 +118,7 @@ def random_columns(examples=12, columns=3, seed=0):
 def test_layouts_hold_every_text_once_and_split_over_processes(kind):
     data = random_columns()
     layout = Layout(kind, seq_len=24, max_texts_per_row=4, row_multiple=4, view_columns=(0, 1, 2))
-    examples = np.array([7, 2, 9, 0, 11])
+    examples = np.array([7, 2, 5, 3, 4])  # anchors of 1-15 tokens, other columns up to 28 (cut to 22)
     batch, stats = assemble(data, examples, layout, cls_id=CLS, sep_id=SEP, pad_id=PAD)
     flat = [(g, r, s) for g, group in enumerate(batch["groups"])
             for r in range(len(group["input_ids"])) for s in range(layout.slots[g])]
@@ -138,6 +137,7 @@ def test_layouts_hold_every_text_once_and_split_over_processes(kind):
         length = group["input_ids"].shape[1]
         longest = int(np.count_nonzero(group["segment_ids"], axis=1).max())  # bucket: one text per row
         assert length == 24 if kind == "pack" else length == min(ladder(longest), 24)
+    assert kind == "pack" or batch["groups"][0]["input_ids"].shape[1] == 20 < 24  # anchors: ladder(15 + 2)
     assert stats["tokens"] == sum(np.count_nonzero(g["segment_ids"]) for g in batch["groups"])
     halves = [assemble(data, examples, layout, cls_id=CLS, sep_id=SEP, pad_id=PAD,
                        row_range=lambda rows, i=i: (i * rows // 2, (i + 1) * rows // 2))[0] for i in range(2)]
@@ -168,15 +168,15 @@ def test_batches_cover_each_epoch_once_and_resume_by_step():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_hf_dir):
     root = tmp_path_factory.mktemp("model")
     return tiny_hf_dir(root, tiny_tokenizer_dir(root))
 
 
-def test_text_tokenizer_matches_the_tokenizer_template_with_truncation(tiny_model_dir):
+def test_text_tokenizer_matches_the_tokenizer_template_with_truncation(tiny_model_dir, contrastive_texts):
     tokenizer = load_tokenizer(tiny_model_dir)
-    ids, offsets = TextTokenizer(tokenizer, 8).encode(TEXTS)
-    expected = tokenizer.to_transformers()(TEXTS, truncation=True, max_length=8)["input_ids"]
+    ids, offsets = TextTokenizer(tokenizer, 8).encode(contrastive_texts)
+    expected = tokenizer.to_transformers()(contrastive_texts, truncation=True, max_length=8)["input_ids"]
     for i, reference in enumerate(expected):
         assert [tokenizer.cls_token_id, *ids[offsets[i]:offsets[i + 1]], tokenizer.sep_token_id] == reference
 
@@ -188,8 +188,10 @@ def load_script(name):
     return module
 
 
-def test_preprocessed_folder_round_trips_and_refuses_mismatches(tmp_path, tiny_model_dir, capsys):
-    train = write_jsonl(tmp_path / "train.jsonl", [{"anchor": a, "positive": b} for a, b in zip(TEXTS, TEXTS[1:])])
+def test_preprocessed_folder_round_trips_and_refuses_mismatches(tmp_path, tiny_model_dir, capsys, contrastive_texts,
+                                                               tiny_tokenizer_dir):
+    pairs = zip(contrastive_texts, contrastive_texts[1:])
+    train = write_jsonl(tmp_path / "train.jsonl", [{"anchor": a, "positive": b} for a, b in pairs])
     out = tmp_path / "prep"
     preprocess = load_script("contrastive_preprocess").main
     preprocess(["--train-files", train, "--model", tiny_model_dir, "--output", str(out), "--seq-len", "16"])

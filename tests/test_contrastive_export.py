@@ -3,7 +3,6 @@
 
 import numpy as np
 import pytest
-from contrastive_tiny import TEXTS, tiny_hf_dir, tiny_tokenizer_dir
 
 from neobert_jax.contrastive.batching import Layout, assemble
 from neobert_jax.contrastive.embedder import Embedder
@@ -21,26 +20,26 @@ SEQ_LEN = 16  # shorter than the longest text: truncation must match too
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tmp_path_factory, tiny_tokenizer_dir, tiny_hf_dir):
     root = tmp_path_factory.mktemp("model")
     model_dir = tiny_hf_dir(root, tiny_tokenizer_dir(root))
     parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={})
     return model_dir, parts, params, TextTokenizer(load_tokenizer(model_dir), SEQ_LEN)
 
 
-def packed_embeddings(parts, params, text_tokenizer, pooling):
+def packed_embeddings(parts, params, text_tokenizer, pooling, texts):
     """Through the training path: several texts per row, pooled per segment."""
-    ids, offsets = text_tokenizer.encode(TEXTS)
+    ids, offsets = text_tokenizer.encode(texts)
     data = TokenizedColumns(["text"], [ids], [offsets], None)
-    batch, _ = assemble(data, np.arange(len(TEXTS)), Layout("pack", SEQ_LEN, 8, 1, (0,)),
+    batch, _ = assemble(data, np.arange(len(texts)), Layout("pack", SEQ_LEN, 8, 1, (0,)),
                         cls_id=text_tokenizer.cls_id, sep_id=text_tokenizer.sep_id, pad_id=text_tokenizer.pad_id)
-    assert len(batch["groups"][0]["input_ids"]) < len(TEXTS)  # rows really hold several texts
+    assert len(batch["groups"][0]["input_ids"]) < len(texts)  # rows really hold several texts
     pooled = encode_groups(parts.merge(params), batch["groups"], (8,), pooling)
     return np.asarray(gather_texts(pooled, batch["text_slot"]))
 
 
 @pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False)])
-def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, normalize):
+def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, normalize, contrastive_texts):
     from sentence_transformers import SentenceTransformer
 
     model_dir, parts, params, text_tokenizer = model
@@ -50,15 +49,15 @@ def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, nor
     assert (st_dir / "2_Normalize").is_dir() == normalize
     assert read_sentence_transformers_pooling(str(st_dir)) == {"pooling": pooling, "normalize": normalize,
                                                                "max_seq_length": SEQ_LEN}
-    theirs = SentenceTransformer(str(st_dir), device="cpu").encode(TEXTS, batch_size=4)
-    packed = packed_embeddings(parts, params, text_tokenizer, pooling)
+    theirs = SentenceTransformer(str(st_dir), device="cpu").encode(contrastive_texts, batch_size=4)
+    packed = packed_embeddings(parts, params, text_tokenizer, pooling, contrastive_texts)
     if normalize:
         packed = np.asarray(l2_normalize(packed))
     assert np.abs(packed - theirs).max() < 1e-4
     mesh = sharding.make_mesh(base_config().mesh)
     embedder = Embedder(parts, text_tokenizer, pooling_mode=pooling, mesh=mesh, batch_size=4)
     unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
-    assert np.abs(embedder.encode(params, TEXTS) - unit).max() < 1e-4
+    assert np.abs(embedder.encode(params, contrastive_texts) - unit).max() < 1e-4
 
     reloaded, newly_initialized = load_pretrained(str(st_dir))  # the bare encoder: the MLM head is new
     assert newly_initialized and all(not name.startswith("model.") for name in newly_initialized)

@@ -21,7 +21,7 @@ RUNS = {  # name: ((data, fsdp, tensor), layout, micro-batches)
     "data2_fsdp2_pack_gradcache2": ((2, 2, 1), "pack", 2),
 }
 EXAMPLES, BATCH, STEPS, SEQ, VOCAB = 24, 8, 3, 24, 96
-CLS, SEP = 1, 2  # train_batches.tiny_model's
+CLS, SEP = 1, 2  # conftest.tiny_model's
 BODY_LENGTHS = (3, 9, 6)  # anchor, positive, hard negative: one length per column keeps each run to one
 #                           compiled shape (the layouts' handling of mixed lengths is tested elsewhere)
 
@@ -30,7 +30,7 @@ def _run_all() -> dict:
     import jax
     import jax.numpy as jnp
     import ml_collections
-    from train_batches import PAD, tiny_model, train_cfg
+    from conftest import PAD, tiny_model, train_cfg
 
     from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
     from neobert_jax.contrastive.losses import make_objective

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from hf_models import hf_config, hf_model
 from safetensors import safe_open
 from transformers import AutoModelForMaskedLM, ModernBertModel
 
@@ -22,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_dir(tmp_path_factory, hf_model):
     path = tmp_path_factory.mktemp("hf")
     hf_model(seed=3).save_pretrained(path)
     (path / "tokenizer.json").write_text('{"marker": true}')
@@ -54,7 +53,7 @@ def test_cli_round_trip_is_bit_exact_and_loads_in_transformers(hf_dir, tmp_path)
     assert np.abs(np.asarray(ours_ckpt(ids)) - ref).max() <= 1e-4
 
 
-def test_bare_model_and_bin_weights_report_new_head(tmp_path, capsys):
+def test_bare_model_and_bin_weights_report_new_head(tmp_path, capsys, hf_config):
     torch.manual_seed(0)
     bare = ModernBertModel(hf_config())
     (tmp_path / "bare").mkdir()
@@ -68,7 +67,7 @@ def test_bare_model_and_bin_weights_report_new_head(tmp_path, capsys):
                                   bare.state_dict()["layers.2.mlp.Wi.weight"].numpy().T)
 
 
-def test_init_statistics_match_transformers():
+def test_init_statistics_match_transformers(hf_model):
     hf = hf_model(vocab_size=4000, hidden_size=256, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4)
     ours = ModernBertForMaskedLM(ModernBertConfig.from_hf_dict(hf.config.to_dict()), rngs=nnx.Rngs(0))
     from neobert_jax.hf import state_dict_from_model
@@ -94,7 +93,7 @@ def _error(convert, src, out, capsys, *extra):
     return err
 
 
-def test_bad_inputs_fail_with_one_line_and_write_nothing(hf_dir, tmp_path, capsys):
+def test_bad_inputs_fail_with_one_line_and_write_nothing(hf_dir, tmp_path, capsys, hf_model, hf_config):
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))

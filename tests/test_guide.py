@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from hf_models import hf_config, hf_model
 from transformers import ModernBertModel
 
 import neobert_jax
@@ -27,7 +26,7 @@ def reference_pca(emb, k):
 
 
 @pytest.mark.parametrize("selection,heads", [("prefix", [0, 1]), ("uniform", [0, 3])])
-def test_projected_tensors_match_numpy(selection, heads):
+def test_projected_tensors_match_numpy(selection, heads, hf_model):
     teacher_hf = hf_model(seed=5, **TEACHER)
     teacher = ModernBertConfig.from_hf_dict(teacher_hf.config.to_dict())
     student = teacher.replace(**STUDENT)
@@ -64,7 +63,7 @@ def test_projected_tensors_match_numpy(selection, heads):
     assert abs((1 - residual) - explained) < 1e-5
 
 
-def test_cli_from_bare_teacher_writes_loadable_student(tmp_path, capsys):
+def test_cli_from_bare_teacher_writes_loadable_student(tmp_path, capsys, hf_config):
     import torch
 
     torch.manual_seed(0)
@@ -92,7 +91,7 @@ def test_cli_from_bare_teacher_writes_loadable_student(tmp_path, capsys):
     (dict(vocab_size=512), "vocab_size"),
     (dict(intermediate_size=200), "intermediate_size"),
 ])
-def test_bad_student_shapes_are_refused(change, message):
+def test_bad_student_shapes_are_refused(change, message, hf_model):
     teacher_hf = hf_model(seed=5, **TEACHER)
     teacher = ModernBertConfig.from_hf_dict(teacher_hf.config.to_dict())
     sd = {k: v.numpy() for k, v in teacher_hf.state_dict().items()}

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from hf_models import hf_model
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.hf import load_state_dict_into_model
@@ -44,7 +43,7 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_logits_match_torch_with_padding(name):
+def test_logits_match_torch_with_padding(name, hf_model):
     hf = hf_model(**CONFIGS[name])
     window = hf.config.local_attention
     seq = 3 * window + 12  # several local windows, so local layers really differ from global ones
@@ -54,7 +53,7 @@ def test_logits_match_torch_with_padding(name):
     assert diff.max() <= 1e-4, diff.max()
 
 
-def test_v4_and_v5_config_dicts_read_the_same():
+def test_v4_and_v5_config_dicts_read_the_same(hf_model):
     v5 = hf_model(num_hidden_layers=3, global_rope_theta=50000.0, local_rope_theta=500.0).config.to_dict()
     v4 = {k: v for k, v in v5.items() if k not in ("layer_types", "rope_parameters")}
     v4.update(global_attn_every_n_layers=3, global_rope_theta=50000.0, local_rope_theta=500.0)
@@ -63,7 +62,7 @@ def test_v4_and_v5_config_dicts_read_the_same():
     assert (a.global_rope_theta, a.local_rope_theta) == (b.global_rope_theta, b.local_rope_theta) == (50000.0, 500.0)
 
 
-def test_student_shape_matches_torch():
+def test_student_shape_matches_torch(hf_model):
     hf = hf_model(vocab_size=50368, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                   intermediate_size=768, local_attention=128, pad_token_id=50283, bos_token_id=50281,
                   eos_token_id=50282, cls_token_id=50281, sep_token_id=50282)
@@ -75,7 +74,7 @@ def test_student_shape_matches_torch():
     assert diff.max() <= 1e-4, diff.max()
 
 
-def test_packed_row_equals_documents_run_alone():
+def test_packed_row_equals_documents_run_alone(hf_model):
     model = converted(hf_model())
     lengths = [20, 37, 5, 50]  # two documents longer than the 8-token half window
     docs = [np.random.RandomState(i).randint(5, 300, n).astype(np.int32) for i, n in enumerate(lengths)]
@@ -97,7 +96,7 @@ def test_packed_row_equals_documents_run_alone():
         start += len(doc)
 
 
-def test_masked_only_head_equals_gathered_full_logits_and_bf16_is_close():
+def test_masked_only_head_equals_gathered_full_logits_and_bf16_is_close(hf_model):
     hf = hf_model()
     ids, mask = random_batch(300, 2, 56, pad_from=[56, 40])
     full = np.asarray(converted(hf)(ids, mask))
@@ -111,7 +110,7 @@ def test_masked_only_head_equals_gathered_full_logits_and_bf16_is_close():
     assert err < 0.02, err
 
 
-def test_dropout_only_with_a_key_and_remat_keeps_gradients():
+def test_dropout_only_with_a_key_and_remat_keeps_gradients(hf_model):
     import jax
 
     hf = hf_model(num_hidden_layers=2)
@@ -136,7 +135,7 @@ def test_dropout_only_with_a_key_and_remat_keeps_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
 
 
-def test_pallas_backend_matches_xla_in_the_model_with_gradients():
+def test_pallas_backend_matches_xla_in_the_model_with_gradients(hf_model):
     import jax
 
     base = ModernBertConfig.from_hf_dict(hf_model(num_hidden_layers=2).config.to_dict())
@@ -160,7 +159,7 @@ def test_pallas_backend_matches_xla_in_the_model_with_gradients():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fused_decoder_loss_matches_autodiff_of_the_logits(dtype):
+def test_fused_decoder_loss_matches_autodiff_of_the_logits(dtype, hf_model):
     import jax
     import optax
 

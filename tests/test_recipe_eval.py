@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from hf_models import hf_model
 
 from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer
 from neobert_jax.hf.mlm_eval import IGNORE_INDEX, heldout_mlm_loss, mlm_loss, prepare_heldout
@@ -25,8 +24,8 @@ def tokenizer(paragraphs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) == (1, 2, 3)  # hf_models' ids
+def model(tokenizer, hf_model):
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) == (1, 2, 3)  # hf_model's ids
     return hf_model(seed=0, vocab_size=320, num_hidden_layers=2)
 
 

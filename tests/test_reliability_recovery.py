@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from reliability_helpers import REPO, tiny_config, write_corpus, write_tokenizer
-from train_batches import tiny_model
 
 from neobert_jax.data.tokenizer import TRAINING_CHUNK_CHARS, _bounded
 from neobert_jax.hf.checkpoint import save_checkpoint_dir
@@ -27,6 +25,8 @@ from neobert_jax.runtime.model_init import build_model
 from neobert_jax.runtime.reporting import RunReporter
 from neobert_jax.runtime.run_dir import RunDirLock
 from neobert_jax.runtime.signals import StopRequest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tokenizer_training_sees_bounded_pieces_of_long_lines():
@@ -81,7 +81,7 @@ def test_a_torn_metrics_line_does_not_block_the_resume_and_a_fresh_run_keeps_no_
     fresh.close()
 
 
-def test_a_resumed_run_logs_what_an_uninterrupted_one_does(tmp_path):
+def test_a_resumed_run_logs_what_an_uninterrupted_one_does(tmp_path, write_corpus, write_tokenizer, tiny_config):
     corpus = write_corpus(tmp_path / "corpus.txt")
     tok = write_tokenizer(tmp_path / "tok", corpus)
     options = {"train.max_steps": 64, "train.log_every": 8, "train.save_every": 1000}
@@ -106,7 +106,7 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_does(tmp_path):
     np.testing.assert_allclose([v for _, v in resumed], [v for _, v in whole], rtol=1e-6)
 
 
-def test_init_from_takes_dropout_window_and_positions_from_the_config(tmp_path):
+def test_init_from_takes_dropout_window_and_positions_from_the_config(tmp_path, tiny_model):
     loaded = tiny_model(seed=2)
     save_checkpoint_dir(loaded, str(tmp_path / "ckpt"))
     config = train_config.default_config()
@@ -123,9 +123,7 @@ def test_init_from_takes_dropout_window_and_positions_from_the_config(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_guide_writes_the_students_positions(tmp_path):
-    from hf_models import hf_model
-
+def test_guide_writes_the_students_positions(tmp_path, hf_model):
     from convert.guide_init import main
 
     hf_model(seed=0).save_pretrained(tmp_path / "teacher")
@@ -162,7 +160,8 @@ def _about_a_second_more(loss):
     return loss + 0 * jax.lax.fori_loop(0, 150, lambda i, a: a @ m, m).sum()
 
 
-def test_a_stop_ends_the_run_after_the_step_it_arrives_in(tmp_path, monkeypatch, capsys):
+def test_a_stop_ends_the_run_after_the_step_it_arrives_in(tmp_path, monkeypatch, capsys, write_corpus, write_tokenizer,
+                                                          tiny_config):
     """SIGTERM while step 3 runs. Before, step 4 was already queued behind it: the run finished it too."""
     corpus = write_corpus(tmp_path / "corpus.txt")
     tok = write_tokenizer(tmp_path / "tok", corpus)
@@ -198,7 +197,7 @@ def test_a_stop_ends_the_run_after_the_step_it_arrives_in(tmp_path, monkeypatch,
     assert re.search(r"saving checkpoint 3: [0-9.]+ MiB", "".join(capsys.readouterr()))
 
 
-def test_init_from_keeps_its_positions_and_window_unless_the_config_sets_them(tmp_path):
+def test_init_from_keeps_its_positions_and_window_unless_the_config_sets_them(tmp_path, tiny_model):
     """The student config leaves them unset: a GUIDE init's 1024 positions reach the export."""
     loaded = tiny_model(seed=2, max_position_embeddings=1024)
     save_checkpoint_dir(loaded, str(tmp_path / "ckpt"))

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reliability_helpers import REPO, snapshot, tiny_config, write_corpus, write_tokenizer
-from train_batches import tiny_model
 
 import neobert_jax
 from neobert_jax.data import DataError
@@ -25,9 +23,11 @@ from neobert_jax.mlm.task import NonFiniteLossError, train
 from neobert_jax.runtime.run_dir import RunDirInUse, RunDirLock
 from neobert_jax.runtime.state import TrainState
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, write_corpus, write_tokenizer):
     root = tmp_path_factory.mktemp("reliability")
     corpus = write_corpus(root / "corpus.txt")
     return dict(root=root, corpus=corpus, tok_a=write_tokenizer(root / "tok_a", corpus, 300),
@@ -38,7 +38,7 @@ def _fingerprint(path):
     return vocab_fingerprint(load_tokenizer(str(path)))
 
 
-def test_relative_paths_load_like_absolute_ones(tmp_path, monkeypatch, capsys):
+def test_relative_paths_load_like_absolute_ones(tmp_path, monkeypatch, capsys, tiny_model):
     """Orbax read no metadata from a relative path: every tensor looked missing."""
     model = tiny_model(seed=1)
     save_checkpoint_dir(model, str(tmp_path / "ckpt"))
@@ -72,7 +72,7 @@ def test_restored_params_sit_on_one_device_whatever_the_saving_layout(tmp_path):
     assert out.stdout.split()[-1] == "1"  # before: 2, the saving run's layout
 
 
-def test_a_failed_run_writes_nothing(env, tmp_path):
+def test_a_failed_run_writes_nothing(env, tmp_path, tiny_config, snapshot):
     out = tmp_path / "run"
     with pytest.raises(DataError, match="missing.txt"):
         train(tiny_config(out, env["corpus"], **{"data.eval_files": str(tmp_path / "missing.txt")}))
@@ -83,7 +83,7 @@ def test_a_failed_run_writes_nothing(env, tmp_path):
     assert snapshot(out) == {"keep": "dir"}
 
 
-def test_the_run_tokenizer_is_the_one_trained_with(env, tmp_path):
+def test_the_run_tokenizer_is_the_one_trained_with(env, tmp_path, tiny_config, snapshot):
     out = tmp_path / "run"
     shutil.copytree(env["tok_a"], out / "tokenizer")  # left by an earlier, failed run
     cfg = tiny_config(out, env["corpus"], tokenizer=env["tok_b"], **{"train.max_steps": 2, "train.export_hf": True})
@@ -100,7 +100,7 @@ def test_the_run_tokenizer_is_the_one_trained_with(env, tmp_path):
     assert snapshot(out) == before
 
 
-def test_divergence_keeps_the_checkpoints_from_before_it(env, tmp_path):
+def test_divergence_keeps_the_checkpoints_from_before_it(env, tmp_path, tiny_config):
     good = {"train.max_steps": 10, "train.keep_checkpoints": 3}
     train(tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"], **good))
     assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8, 10]
@@ -114,7 +114,7 @@ def test_divergence_keeps_the_checkpoints_from_before_it(env, tmp_path):
     assert f"step {max(kept)}) is intact" in str(failure.value)
 
 
-def test_a_second_run_on_one_output_dir_is_refused(env, tmp_path):
+def test_a_second_run_on_one_output_dir_is_refused(env, tmp_path, tiny_config, snapshot):
     out = tmp_path / "run"
     with RunDirLock(str(out)):
         before = snapshot(out)
@@ -161,7 +161,7 @@ def test_the_best_checkpoint_outlives_the_rotation_and_a_restart(tmp_path):
     assert run(RunCheckpointer(str(tmp_path), 2, 2), {16: None}) == [14, 16]  # without best: the latest only
 
 
-def test_a_run_that_degrades_keeps_its_best_checkpoint(env, tmp_path):
+def test_a_run_that_degrades_keeps_its_best_checkpoint(env, tmp_path, tiny_config):
     """Finite but diverging: the keep-2 rotation alone would keep only the two worst checkpoints."""
     options = {"train.max_steps": 8, "train.keep_checkpoints": 2, "train.keep_best_checkpoint": True,
                "train.eval_every": 2, "train.save_every": 4, "data.eval_samples": 20}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from neobert_jax.mlm.task import train
-from reliability_helpers import tiny_config, write_corpus
 
 SETTINGS = {"train.max_steps": 11, "train.save_every": 4, "train.eval_every": 5, "train.keep_checkpoints": 5,
             "data.eval_samples": 16}
@@ -29,19 +28,19 @@ def assert_same_records(got: dict, want: dict, steps) -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, write_corpus):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "c.txt", lines=400)
 
 
 @pytest.fixture(scope="module")
-def one_per_call(corpus, tmp_path_factory):
+def one_per_call(corpus, tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("k1") / "run"
     result = train(tiny_config(out, corpus, **SETTINGS, **{"train.steps_per_call": 1}))
     assert result.completed and result.step == 11
     return out
 
 
-def test_three_per_call_matches_one_per_call(one_per_call, corpus, tmp_path):
+def test_three_per_call_matches_one_per_call(one_per_call, corpus, tmp_path, tiny_config):
     out = tmp_path / "run"
     result = train(tiny_config(out, corpus, **SETTINGS, **{"train.steps_per_call": 3}))
     assert result.completed and result.step == 11
@@ -54,7 +53,7 @@ def test_three_per_call_matches_one_per_call(one_per_call, corpus, tmp_path):
         assert json.load(f)["train"]["steps_per_call"] == 3
 
 
-def test_resume_off_a_call_boundary(one_per_call, corpus, tmp_path):
+def test_resume_off_a_call_boundary(one_per_call, corpus, tmp_path, tiny_config):
     """Checkpoint 8 of the one-per-call run, continued three per call: calls of 2 (to the eval at
     10) and 1 (the end) give steps 9-11 as the uninterrupted run had them."""
     out = tmp_path / "run"

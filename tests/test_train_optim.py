@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from train_batches import tiny_model, train_cfg
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from neobert_jax.mlm import config as train_config
@@ -25,19 +24,24 @@ def hf_lrs(make_schedule, warmup: int = WARMUP) -> np.ndarray:
     return np.array(lrs)
 
 
-def our_lrs(name: str, **overrides) -> np.ndarray:
-    settings = {"schedule": name, "learning_rate": PEAK, "warmup_steps": WARMUP, **overrides}
-    schedule = optim.make_schedule(train_cfg(**settings), TOTAL)
-    return np.array([float(schedule(s)) for s in range(TOTAL)])
+@pytest.fixture
+def our_lrs(train_cfg):
+    """our_lrs(schedule name, **train config overrides) -> our learning rate at each of TOTAL steps."""
+    def lrs(name: str, **overrides) -> np.ndarray:
+        settings = {"schedule": name, "learning_rate": PEAK, "warmup_steps": WARMUP, **overrides}
+        schedule = optim.make_schedule(train_cfg(**settings), TOTAL)
+        return np.array([float(schedule(s)) for s in range(TOTAL)])
+
+    return lrs
 
 
 @pytest.mark.parametrize("name,hf", [("cosine", get_cosine_schedule_with_warmup),
                                      ("linear", get_linear_schedule_with_warmup)])
-def test_schedules_match_hf(name, hf):
+def test_schedules_match_hf(name, hf, our_lrs):
     np.testing.assert_allclose(our_lrs(name), hf_lrs(hf), rtol=1e-5, atol=1e-10)
 
 
-def test_warmup_longer_than_the_run_keeps_hf_semantics():
+def test_warmup_longer_than_the_run_keeps_hf_semantics(our_lrs, train_cfg):
     """HF's schedule climbs to step/warmup of the peak and never decays; so does ours, and says so."""
     long_warmup = 80
     np.testing.assert_allclose(our_lrs("cosine", warmup_steps=long_warmup),
@@ -49,7 +53,7 @@ def test_warmup_longer_than_the_run_keeps_hf_semantics():
     assert "warning: train.warmup_steps=80 >= the run's 50 steps" in text and "61% of" in text, text
 
 
-def test_warmup_fraction_fits_every_run_length():
+def test_warmup_fraction_fits_every_run_length(train_cfg):
     for total in (20, 50, 5000):
         cfg = train_cfg(schedule="cosine", learning_rate=PEAK, warmup_steps=1000, warmup_fraction=0.1)
         summary = optim.summarize_schedule(cfg, total)
@@ -66,13 +70,13 @@ def test_warmup_fraction_fits_every_run_length():
     (1000, 10, 500, 1, 512, 4),  # max_steps only cuts the run short: the batch of the full run
     (300, 1, 0, 2, 512, 4),  # too small for 1,500 steps at any batch: the smallest, 2k tokens
 ])
-def test_auto_batch_size(rows, epochs, max_steps, multiple, seq_len, expected):
+def test_auto_batch_size(rows, epochs, max_steps, multiple, seq_len, expected, train_cfg):
     cfg = train_cfg(auto_batch_steps=1500, auto_batch_min_tokens=2048, auto_batch_max_tokens=32768, seq_len=seq_len)
     cfg.max_steps = max_steps  # not an argument: the rule must ignore it
     assert optim.auto_batch_size(rows, epochs, cfg, multiple) == expected
 
 
-def test_warmup_stable_decay():
+def test_warmup_stable_decay(our_lrs, train_cfg):
     lrs = our_lrs("wsd", decay_fraction=0.2)  # decay over the last 10 of 50 steps
     np.testing.assert_allclose(lrs[:WARMUP], PEAK * np.arange(WARMUP) / WARMUP, rtol=1e-6)
     np.testing.assert_allclose(lrs[WARMUP:40], PEAK, rtol=1e-6)
@@ -81,12 +85,12 @@ def test_warmup_stable_decay():
                                                decay_fraction=0.2), TOTAL)(TOTAL)) == 0.0
 
 
-def test_constant_after_warmup_and_no_warmup():
+def test_constant_after_warmup_and_no_warmup(our_lrs):
     np.testing.assert_allclose(our_lrs("constant")[WARMUP:], PEAK, rtol=1e-6)
     assert our_lrs("cosine", warmup_steps=0)[0] == pytest.approx(PEAK)
 
 
-def test_decay_mask_spares_norms_and_biases():
+def test_decay_mask_spares_norms_and_biases(tiny_model):
     _, params = state.ModelParts.split(tiny_model())
     flat = {"/".join(str(k.key) for k in path): bool(leaf) for path, leaf in
             jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
@@ -97,7 +101,7 @@ def test_decay_mask_spares_norms_and_biases():
     assert all(k.endswith(("kernel", "tok_embeddings")) for k in decay), decay
 
 
-def test_decay_is_decoupled_and_scaled_by_lr():
+def test_decay_is_decoupled_and_scaled_by_lr(train_cfg):
     """A zero gradient leaves Adam's step at 0, so the update is exactly -lr * wd * p on matrices."""
     cfg = train_cfg(schedule="constant", warmup_steps=0, learning_rate=0.1, weight_decay=0.5, max_grad_norm=0.0)
     tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_batches import compiled_step, mlm_batch, one_device_mesh, tiny_model, train_cfg
 
 from neobert_jax.runtime import sharding
 from neobert_jax.mlm import step
@@ -14,22 +13,22 @@ ROWS, SEQ, VOCAB = 8, 24, 96
 
 
 @pytest.fixture(scope="module")
-def batches():
+def batches(mlm_batch):
     return [mlm_batch(ROWS, SEQ, VOCAB, seed=s) for s in range(3)]
 
 
 @pytest.fixture(scope="module")
-def accum_runs(batches):
+def accum_runs(batches, one_device_mesh, compiled_step, tiny_model, train_cfg):
     """Three steps with 1 and 4 micro-batches per global batch: (metrics, final params), plus
     the initial params and the model parts under "init"."""
-    mesh = one_device_mesh()
     runs = {}
     for accum in (1, 4):
-        train_step, st, parts, _ = compiled_step(tiny_model(), train_cfg(grad_accum_steps=accum, batch_size=ROWS), mesh)
+        cfg = train_cfg(grad_accum_steps=accum, batch_size=ROWS)
+        train_step, st, parts, _ = compiled_step(tiny_model(), cfg, one_device_mesh)
         runs["init"] = (jax.device_get(st.params), parts)
         metrics = []
         for batch in batches:
-            st, m = train_step(st, sharding.global_batch(batch, mesh))
+            st, m = train_step(st, sharding.global_batch(batch, one_device_mesh))
             metrics.append(jax.device_get(m))
         runs[accum] = (metrics, jax.device_get(st.params))
     return runs
@@ -70,7 +69,7 @@ def test_step_gradient_is_the_global_mean_loss_gradient(batches, accum_runs):
     assert abs(float(naive_norm) - float(global_norm)) > 1e-3 * float(global_norm)
 
 
-def test_masked_only_and_full_logits_losses_agree(batches):
+def test_masked_only_and_full_logits_losses_agree(batches, tiny_model):
     model = tiny_model()
     for batch in batches:
         masked = step.nll_sum_and_count(model, batch, masked_logits_only=True)
@@ -79,16 +78,15 @@ def test_masked_only_and_full_logits_losses_agree(batches):
         assert int(masked[1]) == int(full[1]) == int((batch["labels"] != -100).sum())
 
 
-def test_nonfinite_step_is_skipped_and_counted(batches):
-    mesh = one_device_mesh()
-    train_step, st, _, shardings = compiled_step(tiny_model(), train_cfg(batch_size=ROWS), mesh)
-    st, _ = train_step(st, sharding.global_batch(batches[0], mesh))
+def test_nonfinite_step_is_skipped_and_counted(batches, one_device_mesh, compiled_step, tiny_model, train_cfg):
+    train_step, st, _, shardings = compiled_step(tiny_model(), train_cfg(batch_size=ROWS), one_device_mesh)
+    st, _ = train_step(st, sharding.global_batch(batches[0], one_device_mesh))
     good = jax.device_get(st)
     poisoned_params = jax.tree.map(np.copy, good.params)
     poisoned_params["decoder_bias"][0] = np.nan
     st = jax.device_put(good.replace(params=poisoned_params), shardings)
     for expected_streak in (1, 2):
-        st, m = train_step(st, sharding.global_batch(batches[1], mesh))
+        st, m = train_step(st, sharding.global_batch(batches[1], one_device_mesh))
         assert not np.isfinite(m["loss"])
         assert int(m["nonfinite_streak"]) == expected_streak and int(st.nonfinite_total) == expected_streak
     after = jax.device_get(st)
@@ -97,35 +95,35 @@ def test_nonfinite_step_is_skipped_and_counted(batches):
     assert int(after.step) == 3
 
     st = jax.device_put(after.replace(params=good.params), shardings)
-    st, m = train_step(st, sharding.global_batch(batches[2], mesh))
+    st, m = train_step(st, sharding.global_batch(batches[2], one_device_mesh))
     assert np.isfinite(m["loss"]) and int(m["nonfinite_streak"]) == 0 and int(m["nonfinite_total"]) == 2
     # the schedule follows applied updates (step 3 minus 2 skipped = update 1), not batches
     np.testing.assert_allclose(m["learning_rate"], 1e-3 * 1 / 2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,rtol", [({"remat": "full"}, 1e-5), ({"dtype": "bfloat16"}, 2e-2)])
-def test_remat_and_bf16_steps_track_the_fp32_step(batches, accum_runs, overrides, rtol):
+def test_remat_and_bf16_steps_track_the_fp32_step(batches, accum_runs, overrides, rtol, one_device_mesh,
+                                                  compiled_step, tiny_model, train_cfg):
     """Rematerialization changes memory, not math; bf16 compute stays within bf16 rounding."""
-    mesh = one_device_mesh()
-    train_step, st, _, _ = compiled_step(tiny_model(**overrides), train_cfg(batch_size=ROWS), mesh)
+    train_step, st, _, _ = compiled_step(tiny_model(**overrides), train_cfg(batch_size=ROWS), one_device_mesh)
     reference = accum_runs[1][0]
     for batch, expected in zip(batches[:2], reference):
-        st, m = train_step(st, sharding.global_batch(batch, mesh))
+        st, m = train_step(st, sharding.global_batch(batch, one_device_mesh))
         np.testing.assert_allclose(m["loss"], expected["loss"], rtol=rtol)
         np.testing.assert_allclose(m["grad_norm"], expected["grad_norm"], rtol=10 * rtol)
     assert jax.tree.leaves(st.params)[0].dtype == jnp.float32  # params stay float32 under bf16 compute
 
 
-def test_dropout_noise_is_a_function_of_the_step(batches, accum_runs):
+def test_dropout_noise_is_a_function_of_the_step(batches, accum_runs, one_device_mesh, compiled_step, tiny_model,
+                                                 train_cfg):
     """Dropout keys come from (saved rng, step), so a resumed run redraws exactly the same masks."""
-    mesh = one_device_mesh()
     model = tiny_model(embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1)
-    train_step, st, _, shardings = compiled_step(model, train_cfg(batch_size=ROWS), mesh)
+    train_step, st, _, shardings = compiled_step(model, train_cfg(batch_size=ROWS), one_device_mesh)
     start = jax.device_get(st)
-    _, first = train_step(st, sharding.global_batch(batches[0], mesh))
-    _, again = train_step(jax.device_put(start, shardings), sharding.global_batch(batches[0], mesh))
+    _, first = train_step(st, sharding.global_batch(batches[0], one_device_mesh))
+    _, again = train_step(jax.device_put(start, shardings), sharding.global_batch(batches[0], one_device_mesh))
     _, later = train_step(jax.device_put(start.replace(step=start.step + 1), shardings),
-                          sharding.global_batch(batches[0], mesh))
+                          sharding.global_batch(batches[0], one_device_mesh))
     assert float(first["loss"]) == float(again["loss"])
     assert float(first["loss"]) != float(later["loss"])
     assert float(first["loss"]) != float(accum_runs[1][0][0]["loss"])  # dropout is really on

@@ -5,7 +5,6 @@ same batches. This pins the optimizer, the schedule, the decay mask and the loss
 import numpy as np
 import torch
 from flax import nnx
-from hf_models import SPECIAL_IDS, hf_model
 from transformers import get_cosine_schedule_with_warmup
 from transformers.trainer_pt_utils import get_parameter_names
 
@@ -17,10 +16,9 @@ from neobert_jax.runtime import optim, sharding, state
 from neobert_jax.mlm import step
 
 STEPS, ROWS, SEQ, ACCUM, WARMUP = 20, 8, 32, 2, 5
-PAD = SPECIAL_IDS["pad_token_id"]
 
 
-def make_batches(vocab: int, seed: int = 0) -> list[dict]:
+def make_batches(vocab: int, pad: int, seed: int = 0) -> list[dict]:
     """30%-masked rows, some padded: the label/position layouts of the data contract."""
     rng = np.random.default_rng(seed)
     batches = []
@@ -28,7 +26,7 @@ def make_batches(vocab: int, seed: int = 0) -> list[dict]:
         ids = rng.integers(5, vocab, (ROWS, SEQ)).astype(np.int32)
         lengths = rng.integers(SEQ // 2, SEQ + 1, ROWS)
         segments = (np.arange(SEQ)[None] < lengths[:, None]).astype(np.int32)
-        ids[segments == 0] = PAD
+        ids[segments == 0] = pad
         chosen = (rng.random((ROWS, SEQ)) < 0.3) & (segments == 1)
         labels = np.where(chosen, ids, -100).astype(np.int32)
         inputs = np.where(chosen & (rng.random((ROWS, SEQ)) < 0.8), 4, ids).astype(np.int32)
@@ -91,13 +89,13 @@ def jax_losses(hf, batches, cfg) -> list[float]:
     return losses
 
 
-def test_twenty_steps_match_torch_adamw_training():
+def test_twenty_steps_match_torch_adamw_training(hf_model):
     cfg = train_config.default_config().train
     cfg.learning_rate, cfg.warmup_steps, cfg.grad_accum_steps, cfg.batch_size = 3e-3, WARMUP, ACCUM, ROWS
     cfg.schedule, cfg.weight_decay, cfg.max_grad_norm = "cosine", 0.1, 1.0
     hf = hf_model(seed=0, vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                   num_attention_heads=2, local_attention=8)
-    batches = make_batches(hf.config.vocab_size)
+    batches = make_batches(hf.config.vocab_size, hf.config.pad_token_id)
     ours_masked = jax_losses(hf, batches, cfg)
     cfg.masked_logits_only = False
     ours_full = jax_losses(hf, batches, cfg)

@@ -3,8 +3,8 @@
 A plan assigns every chunk of every document to a row before training starts. That makes the rows
 per epoch exact (the LR schedule needs it), identical on every process (each can shard the same
 plan), and lets a batch be assembled with a handful of vectorized numpy gathers. Grain's online
-packers (`FirstFitPackIterDataset`...) pack with per-element Python work at ~0.2-0.3M tokens/s and
-cannot tell the epoch length up front, so they are not used here.
+packers (`FirstFitPackIterDataset`...) pack with per-element Python work, far below a GPU step's appetite
+(scripts/bench_data.py), and cannot tell the epoch length up front, so they are not used here.
 
 Each chunk becomes `[CLS] tokens [SEP]`; documents longer than a row are split into row-sized
 chunks (never truncated). In a row, segment ids number the chunks 1..n (0 = padding) and

@@ -1,7 +1,7 @@
 """Tokenizers: load an HF tokenizer folder, or train a ModernBERT-style byte-level BPE on the corpus.
 
 Runs hold a `RunTokenizer` (the Rust tokenizer and its named special tokens), not transformers'
-object: importing transformers was 3.5 s of a GPU run's start-up (docs/recipe.md).
+object: importing transformers was seconds of a GPU run's start-up (docs/recipe.md).
 
 A trained tokenizer is cached in `output_dir/tokenizer` with a note of the corpus it came from, so
 a rerun reuses it and a run on other data refuses to silently reuse a tokenizer that does not fit.

@@ -1,7 +1,7 @@
 """Row log-sum-exp of the MLM logits in one pass, as a Pallas (Triton) kernel on GPU.
 
 Why: XLA takes the log-sum-exp of the (masked tokens × vocab) logits, ~1e9 bfloat16 values at
-batch 128, as two passes (row max, then the sum of exponentials), ~1.4 ms on an H200. An online
+batch 128, as two passes (row max, then the sum of exponentials; timed in docs/performance.md). An online
 softmax (running max, rescaled running sum) needs one read of the logits.
 """
 

@@ -30,9 +30,9 @@ def compute_dtype(precision: str) -> str:
 def matmul_precision(precision: str) -> str:
     """fp32 must forbid single-pass TF32, which GPUs otherwise use for float32 matmuls.
 
-    On GPU, fp32 runs as three TF32 passes (XLA's TF32_TF32_F32_X3): measured on an H200 at a
-    relative error of 1.5e-7 against float64, below plain float32's, and 15% faster end to end
-    (docs/performance.md). Other backends do not offer that algorithm and use plain float32.
+    On GPU, fp32 runs as three TF32 passes (XLA's TF32_TF32_F32_X3): as accurate as plain float32
+    against float64 and faster end to end (docs/performance.md has both figures). Other backends
+    do not offer that algorithm and use plain float32.
     """
     import jax
 
@@ -44,11 +44,10 @@ def matmul_precision(precision: str) -> str:
 def apply_xla_flags(precision: str, environ=None) -> None:
     """Adds the XLA flags measured fastest for `precision` to XLA_FLAGS unless the user set them.
 
-    bf16, on an H200 with the student (docs/performance.md): cuBLAS for every matmul instead of
-    XLA's Triton GEMM fusions (1.69M vs 1.62M tokens/s), and no dot merging (1.83M vs 1.82M):
-    merging the q/k/v projections forces a concatenation of their gradients before the
-    weight-gradient matmul. The Triton flag slows the 3-pass-TF32 fp32 path (209k vs 230k), so
-    fp32 keeps XLA's defaults. Must run before JAX initializes its backend; other backends ignore it.
+    bf16, on an H200 with the student (docs/performance.md has the figures): cuBLAS for every
+    matmul instead of XLA's Triton GEMM fusions, and no dot merging: merging the q/k/v projections
+    forces a concatenation of their gradients before the weight-gradient matmul. The Triton flag
+    slows the 3-pass-TF32 fp32 path, so fp32 keeps XLA's defaults. Must run before JAX initializes its backend; other backends ignore it.
     """
     environ = os.environ if environ is None else environ
     if precision != "bf16":

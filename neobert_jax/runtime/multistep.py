@@ -1,6 +1,6 @@
 """Several optimizer steps in one compiled call (`train.steps_per_call`).
 
-A small step (the student at 2 rows: 2.6 ms on an H200) is shorter than the host's share of it:
+A small step (the student at 2 rows; docs/recipe.md times it) is shorter than the host's share of it:
 dispatching a ~400-leaf state, copying the batch, reading the metrics back. One call that scans
 K steps over K stacked batches pays that once per K steps. Step i of a call runs only when
 i < n (the call's step count, a traced argument), so calls cut short at an eval or save point,

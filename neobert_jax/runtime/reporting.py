@@ -38,7 +38,7 @@ def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported with torch hidden unless it is loaded already.
 
     tensorboardX imports torch only to recognize torch tensors, which a run never logs; that
-    import was 1.3 s of a run's start-up. A None entry in sys.modules makes `import torch` raise
+    import was a second of a run's start-up (docs/recipe.md). A None entry in sys.modules makes `import torch` raise
     ImportError, which tensorboardX handles; the entry is removed right after, so a later
     `import torch` in the process works as usual."""
     hidden = "torch" not in sys.modules

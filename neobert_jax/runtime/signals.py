@@ -63,7 +63,7 @@ class StopRequest:
 
         `running`: outputs of the step dispatched last. Loops read metrics one step late, so the
         next step is queued while this one runs and a signal arriving now would also wait for
-        that one (117-125 s with the student config on 2 CPU cores). When the previous call was
+        that one (minutes with the student config on a CPU). When the previous call was
         more than SLOW_STEP_S ago, the step is awaited first and a signal during it stops the run
         right after it; what that costs is the host's batch and dispatch work no longer hidden
         behind the device, milliseconds against a step of seconds. Faster steps keep the overlap,

@@ -1,0 +1,151 @@
+"""The GPU kernel paths, compiled (not interpreted) on a real GPU; skipped elsewhere.
+
+Run on a GPU machine with `python -m pytest -m gpu tests` (docs/performance.md). CPU runs check
+the same kernels in interpret mode (test_attention_pallas.py), which cannot reach what only the
+GPU runs: the 3-pass-TF32 dots, the cuDNN backend, the `auto` dispatch and the Triton lowering.
+References are the XLA backend computed with exact float32 dots.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from neobert_jax.config import ModernBertConfig
+from neobert_jax.model import ModernBertForMaskedLM
+from neobert_jax.model.attention import attention, cudnn_backend, xla_attention
+from neobert_jax.model.attention_pallas import pallas_attention
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")]
+
+B, T, N, H = 2, 512, 4, 64
+SCALE = H ** -0.5
+FP32_ATOL = 2e-5  # exact and 3-pass-TF32 dots alike; single-pass TF32 misses it by far (test below)
+BF16_ATOL = {"o": 1e-2, "grad": 3e-2}  # bf16 inputs against float32 math on the same values
+LAYOUTS = {
+    "packed": [[100, 200, 150], [37, 300, 175]],  # documents end inside tiles; row 0 ends in padding
+    "unpacked": [[400], [512]],  # one document a row: what cuDNN takes
+}
+
+
+def _segments(rows):
+    seg_BT = np.zeros((len(rows), T), np.int32)
+    for b, lengths in enumerate(rows):
+        seg_BT[b, :sum(lengths)] = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+    return jnp.asarray(seg_BT)
+
+
+def _inputs(dtype, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q, k, v, w = (jax.random.normal(key, (B, T, N, H), jnp.float32) for key in keys)
+    return (q.astype(dtype), k.astype(dtype), v.astype(dtype)), w
+
+
+def _out_and_grads(fn, qkv, w, precision):
+    """Output and d/d(q, k, v) of sum(out * w), traced under the float32 matmul `precision`."""
+    loss = lambda *qkv: jnp.sum(fn(*qkv).astype(jnp.float32) * w)
+    with jax.default_matmul_precision(precision):
+        return jax.jit(fn)(*qkv), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*qkv)
+
+
+def _reference(qkv, w, seg_BT, window):
+    f32 = tuple(x.astype(jnp.float32) for x in qkv)
+    fn = lambda q, k, v: xla_attention(q, k, v, seg_BT, window=window, scale=SCALE)
+    return _out_and_grads(fn, f32, w, "highest")
+
+
+def _max_errors(got, want):
+    (o, grads), (o_ref, grads_ref) = got, want
+    err = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)))
+    return err(o, o_ref), max(err(g, g_ref) for g, g_ref in zip(grads, grads_ref))
+
+
+@pytest.mark.parametrize("window", [None, 64])
+@pytest.mark.parametrize("tf32x3", [False, True])
+def test_pallas_float32_exact_and_tf32x3(window, tf32x3):
+    seg_BT = _segments(LAYOUTS["packed"])
+    qkv, w = _inputs(jnp.float32)
+    fn = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, scale=SCALE, tf32x3=tf32x3)
+    errors = _max_errors(_out_and_grads(fn, qkv, w, "float32"), _reference(qkv, w, seg_BT, window))
+    assert max(errors) < FP32_ATOL, errors
+
+
+def test_single_pass_tf32_would_fail_the_float32_tolerance():
+    """What the test above guards against: one TF32 pass per dot is ~100x off FP32_ATOL."""
+    seg_BT = _segments(LAYOUTS["packed"])
+    qkv, w = _inputs(jnp.float32)
+    fn = lambda q, k, v: xla_attention(q, k, v, seg_BT, window=None, scale=SCALE)
+    errors = _max_errors(_out_and_grads(fn, qkv, w, "tensorfloat32"), _reference(qkv, w, seg_BT, None))
+    assert min(errors) > 10 * FP32_ATOL, errors
+
+
+@pytest.mark.parametrize("window", [None, 64])
+def test_pallas_bfloat16(window):
+    seg_BT = _segments(LAYOUTS["packed"])
+    qkv, w = _inputs(jnp.bfloat16)
+    fn = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, scale=SCALE)
+    o_err, grad_err = _max_errors(_out_and_grads(fn, qkv, w, "default"), _reference(qkv, w, seg_BT, window))
+    assert o_err < BF16_ATOL["o"] and grad_err < BF16_ATOL["grad"], (o_err, grad_err)
+
+
+@pytest.mark.parametrize("layout", ["unpacked", "packed"])
+@pytest.mark.parametrize("window", [None, 64])
+def test_cudnn_backend(layout, window):
+    """cuDNN on global layers of unpacked rows; packed rows and local layers must take the Pallas
+    branch, so every layout gives the reference's values."""
+    seg_BT = _segments(LAYOUTS[layout])
+    qkv, w = _inputs(jnp.bfloat16)
+    fn = lambda q, k, v: cudnn_backend(q, k, v, seg_BT, window=window, scale=SCALE)
+    o_err, grad_err = _max_errors(_out_and_grads(fn, qkv, w, "default"), _reference(qkv, w, seg_BT, window))
+    assert o_err < BF16_ATOL["o"] and grad_err < BF16_ATOL["grad"], (o_err, grad_err)
+
+
+@pytest.mark.parametrize("dtype, window, precision, kernel", [
+    (jnp.bfloat16, None, "default", True),
+    (jnp.bfloat16, 64, "default", True),
+    (jnp.float32, 64, "TF32_TF32_F32_X3", True),  # the fp32 training policy on GPU, local layer
+    (jnp.float32, None, "TF32_TF32_F32_X3", False),  # XLA is faster on float32 global layers
+    (jnp.float32, 64, "float32", False),  # exact fp32 dots: the kernel does not pay
+])
+def test_auto_dispatch(dtype, window, precision, kernel):
+    """`auto` picks the Pallas (Triton) kernel exactly where docs/performance.md measured it faster."""
+    seg_BT = _segments(LAYOUTS["packed"])
+    qkv, w = _inputs(dtype)
+    fn = lambda q, k, v: attention(q, k, v, seg_BT, window=window, implementation="auto")
+    with jax.default_matmul_precision(precision):
+        lowered = jax.jit(fn).lower(*qkv).as_text()
+    assert bool(re.search(r"triton|mosaic_gpu", lowered)) == kernel
+    o_err, grad_err = _max_errors(_out_and_grads(fn, qkv, w, precision), _reference(qkv, w, seg_BT, window))
+    limits = (FP32_ATOL, FP32_ATOL) if dtype == jnp.float32 and precision != "default" else tuple(BF16_ATOL.values())
+    assert o_err < limits[0] and grad_err < limits[1], (o_err, grad_err)
+
+
+@pytest.mark.parametrize("dtype, precision, rtol", [("bfloat16", "default", 2e-2), ("float32", "TF32_TF32_F32_X3", 1e-4)])
+def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol):
+    """The whole MLM loss and its gradients with every kernel field on `auto` (attention, LayerNorm
+    backward, log-sum-exp: all Pallas on GPU) against every field on `xla`."""
+    base = ModernBertConfig(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
+                            num_attention_heads=2, local_attention=128, pad_token_id=3, dtype=dtype)
+    rng = np.random.RandomState(0)
+    seg_BT = _segments(LAYOUTS["packed"])
+    ids_BT = jnp.asarray(rng.randint(5, 512, (B, T)), jnp.int32)
+    pos_BT = jnp.asarray(np.concatenate([np.concatenate([np.arange(n) for n in row] + [np.zeros(T - sum(row), int)])[None]
+                                         for row in LAYOUTS["packed"]]), jnp.int32)
+    labels_BT = jnp.where((rng.rand(B, T) < 0.3) & (np.asarray(seg_BT) != 0), ids_BT, -100)
+
+    def loss_and_grads(kernels):
+        config = base.replace(attn_implementation=kernels, layer_norm_backward=kernels, logsumexp=kernels)
+        graphdef, state = nnx.split(ModernBertForMaskedLM(config, rngs=nnx.Rngs(0)))
+        loss = lambda state: nnx.merge(graphdef, state).mlm_nll(
+            ids_BT, labels_BT, segment_ids_BT=seg_BT, positions_BT=pos_BT).sum() / jnp.sum(labels_BT >= 0)
+        with jax.default_matmul_precision(precision):
+            return jax.jit(jax.value_and_grad(loss))(state)
+
+    (value, grads), (value_ref, grads_ref) = loss_and_grads("auto"), loss_and_grads("xla")
+    np.testing.assert_allclose(value, value_ref, rtol=rtol)
+    relative = jax.tree.map(lambda g, r: float(jnp.linalg.norm(g - r) / (jnp.linalg.norm(r) + 1e-12)), grads, grads_ref)
+    worst = max(jax.tree.leaves(relative))
+    assert worst < rtol * 5, worst
