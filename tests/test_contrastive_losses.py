@@ -118,3 +118,6 @@ def test_retrieval_metrics_on_a_hand_made_ranking():
     assert metrics["ndcg@10"] == pytest.approx((ndcg_0 + 1.0) / 2)
     assert metrics["recall@10"] == pytest.approx((0.5 + 1.0) / 2)
     assert metrics["mrr@10"] == pytest.approx((1 / 3 + 1.0) / 2)
+    deep = retrieval_metrics(top_k(queries, corpus, k=100), relevance)  # 12 documents: all of them ranked
+    assert {k: deep[k] for k in metrics if k != "recall@100"} == {k: v for k, v in metrics.items() if k != "recall@100"}
+    assert metrics["recall@100"] == pytest.approx((0.5 + 1.0) / 2) and deep["recall@100"] == 1.0

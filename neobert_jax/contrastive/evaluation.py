@@ -1,5 +1,7 @@
 """Local embedding benchmarks: STS (Spearman of cosine similarity against gold scores) and
-retrieval (nDCG@10, recall@10, MRR@10 of queries against a corpus, given relevance judgments).
+retrieval (nDCG@10, recall@10, recall@100, MRR@10 of queries against a corpus, given relevance
+judgments). `evaluate` takes any encode function, so one evaluator scores this project's embedder
+during a run and any exported model through sentence-transformers (scripts/bench_embedder.py).
 
 STS files: .jsonl / .parquet / datasets folders with `sentence1`, `sentence2`, `score` (STS-B's
 columns). Retrieval folders, BEIR's layout: `corpus.jsonl` (`_id`, `text`, optional `title`),
@@ -22,6 +24,7 @@ from neobert_jax.data import sources
 from neobert_jax.data.errors import DataError
 
 K = 10
+RECALL_DEPTH = 100  # recall@100: what a reranker placed after the embedder could still recover
 _QUERY_CHUNK = 1024
 
 
@@ -132,18 +135,21 @@ def top_k(query_QD: np.ndarray, corpus_CD: np.ndarray, k: int = K) -> np.ndarray
 
 
 def retrieval_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) -> dict[str, float]:
-    """nDCG@k (linear gains, as trec_eval), recall@k and MRR@k, averaged over queries."""
-    k = ranked_QK.shape[1]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ndcg, recall, mrr = [], [], []
+    """nDCG@10 (linear gains, as trec_eval), recall@10, MRR@10 and recall@100, averaged over
+    queries; `ranked_QK` holds each query's best RECALL_DEPTH (or fewer) documents in order."""
+    discounts = 1.0 / np.log2(np.arange(2, K + 2))
+    ndcg, recall, mrr, recall_deep = [], [], [], []
     for ranked, relevant in zip(ranked_QK, relevance):
-        gains = np.array([relevant.get(int(d), 0.0) for d in ranked])
-        ideal = np.sort(np.fromiter(relevant.values(), np.float64))[::-1][:k]
+        gains_all = np.array([relevant.get(int(d), 0.0) for d in ranked])
+        gains = gains_all[:K]
+        ideal = np.sort(np.fromiter(relevant.values(), np.float64))[::-1][:K]
         ndcg.append(float(gains @ discounts[:len(gains)]) / float(ideal @ discounts[:len(ideal)]))
         recall.append(float(np.count_nonzero(gains)) / len(relevant))
+        recall_deep.append(float(np.count_nonzero(gains_all[:RECALL_DEPTH])) / len(relevant))
         hits = np.flatnonzero(gains)
         mrr.append(1.0 / (hits[0] + 1) if len(hits) else 0.0)
-    return {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall)), f"mrr@{K}": float(np.mean(mrr))}
+    return {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall)), f"mrr@{K}": float(np.mean(mrr)),
+            f"recall@{RECALL_DEPTH}": float(np.mean(recall_deep))}
 
 
 def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
@@ -154,7 +160,7 @@ def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
         a, b = encode(s.sentence1), encode(s.sentence2)
         results[f"{s.name}_spearman"] = spearman(np.sum(a * b, axis=1), s.scores)
     for r in retrieval_sets:
-        ranked = top_k(encode(r.queries), encode(r.corpus))
+        ranked = top_k(encode(r.queries), encode(r.corpus), k=RECALL_DEPTH)
         metrics = retrieval_metrics(ranked, r.relevance)
         results.update({f"{r.name}_{metric}": value for metric, value in metrics.items()})
     return results

@@ -95,23 +95,26 @@ def stdlib_pairs() -> list[tuple[str, str, str]]:
 
 def split_pairs(pairs, test_percent: int, max_train: int, max_test: int, seed: int):
     """-> (train, test) lists of (query, doc), split by package hash, subsampled with `seed`."""
-    rng = np.random.default_rng(seed)
     sides = {"train": [], "test": []}
     for package, query, doc in pairs:
         side = "test" if zlib.crc32(package.encode()) % 100 < test_percent else "train"
         sides[side].append((query, doc))
+    return subsample(sides["train"], sides["test"], max_train, max_test, seed)
+
+
+def subsample(train, test, max_train: int, max_test: int, seed: int):
+    """-> [train, test], each cut to its limit (0 = all) by a `seed`ed draw that keeps the order."""
+    rng = np.random.default_rng(seed)
     out = []
-    for side, limit in (("train", max_train), ("test", max_test)):
-        items = sides[side]
+    for items, limit in ((train, max_train), (test, max_test)):
         if limit and len(items) > limit:
             items = [items[i] for i in sorted(rng.choice(len(items), limit, replace=False))]
         out.append(items)
     return out
 
 
-def write_task(out_dir: str, *, test_percent: int = 20, max_train: int = 0, max_test: int = 0, seed: int = 0,
-               overwrite: bool = False) -> dict:
-    train, test = split_pairs(stdlib_pairs(), test_percent, max_train, max_test, seed)
+def write_pairs(out_dir: str, train, test, *, overwrite: bool = False) -> dict:
+    """Writes train (query, doc) pairs as anchor/positive and test pairs as a one-relevant-doc task."""
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         with open(os.path.join(tmp, "train.jsonl"), "w") as f:
             f.writelines(json.dumps({"anchor": q, "positive": d}) + "\n" for q, d in train)
@@ -125,6 +128,12 @@ def write_task(out_dir: str, *, test_percent: int = 20, max_train: int = 0, max_
             f.write("query-id\tcorpus-id\tscore\n")
             f.writelines(f"q{i}\td{i}\t1\n" for i in range(len(test)))
     return {"train_pairs": len(train), "test_queries": len(test)}
+
+
+def write_task(out_dir: str, *, test_percent: int = 20, max_train: int = 0, max_test: int = 0, seed: int = 0,
+               overwrite: bool = False) -> dict:
+    train, test = split_pairs(stdlib_pairs(), test_percent, max_train, max_test, seed)
+    return write_pairs(out_dir, train, test, overwrite=overwrite)
 
 
 def main(argv=None) -> None:

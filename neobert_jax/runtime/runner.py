@@ -256,9 +256,12 @@ class Runner:
 
     # ------------------------------------------------------------------ eval / save / finish
     def _evaluate(self, step: int, params) -> dict:
+        """The task's eval scalars and `evaluation_s`, its duration, which lets a reader of
+        metrics.jsonl take evaluation out of `elapsed_s` (scripts/bench_embedder.py does)."""
+        started = time.perf_counter()
         scalars, ranking = self.task.evaluate(params)
         self.last_eval = (step, scalars, ranking)
-        return scalars
+        return {**scalars, "evaluation_s": time.perf_counter() - started}
 
     def _save(self, step: int, state, force: bool = False, log=None) -> None:
         """`log`: told the size and expected duration of the save (the stop path: the cluster's grace period)."""
