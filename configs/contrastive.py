@@ -22,5 +22,5 @@ def get_config():
     c.train.seq_len = 256
     c.train.epochs = 1
     c.train.learning_rate = 5e-5
-    c.train.warmup_steps = 100
+    c.train.warmup_fraction = 0.1  # a share of the run, whatever its length (a step count does not port)
     return c
