@@ -1,6 +1,7 @@
 """Contrastive data: column conventions across formats, one-line errors naming file and column,
 both row layouts, the batch iterator's state, and the preprocessed folder."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -165,6 +166,36 @@ def test_batches_cover_each_epoch_once_and_resume_by_step():
     resumed = make()
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)[0]["groups"][0]["input_ids"], expected["groups"][0]["input_ids"])
+
+
+@pytest.mark.parametrize("kind", ["pack", "bucket"])
+def test_one_row_shape_pads_every_step_to_the_runs_largest_and_keeps_the_texts(kind):
+    data = random_columns(examples=40)
+    ladder_layout = Layout(kind, 24, 4, 2, (0, 1))
+
+    def make(layout):
+        return ContrastiveBatches(data, batch_size=6, seed=1, shuffle=True, layout=layout,
+                                  special_ids=dict(cls_id=CLS, sep_id=SEP, pad_id=PAD))
+
+    laddered = make(ladder_layout)
+    steps = 2 * laddered.steps_per_epoch  # two epochs, each its own permutation
+    shapes = [[g["input_ids"].shape for g in next(laddered)[0]["groups"]] for _ in range(steps)]
+    assert len({tuple(s) for s in shapes}) > 1  # the ladder compiles several shapes here
+    floor = make(ladder_layout).largest_shapes(steps)
+    assert [tuple(map(int, f)) for f in floor] == [tuple(map(max, *column)) for column in zip(*shapes)]
+    one = make(dataclasses.replace(ladder_layout, floor=floor))
+    laddered = make(ladder_layout)
+    for _ in range(steps):
+        (batch, stats), (reference, _) = next(one), next(laddered)
+        assert [g["input_ids"].shape for g in batch["groups"]] == [tuple(f) for f in floor]
+        for group, ref in zip(batch["groups"], reference["groups"]):  # the same rows, then padding
+            rows, length = ref["input_ids"].shape
+            np.testing.assert_array_equal(group["input_ids"][:rows, :length], ref["input_ids"])
+            assert np.all(group["segment_ids"][rows:] == 0) and np.all(group["segment_ids"][:, length:] == 0)
+        if kind == "pack":  # one group: padding rows at the end leave every text's slot where it was
+            np.testing.assert_array_equal(batch["text_slot"], reference["text_slot"])
+    sampled = make(ladder_layout).largest_shapes(steps, max_planned=3)  # a sample of the steps: no larger
+    assert all(s <= f for s_pair, f_pair in zip(sampled, floor) for s, f in zip(s_pair, f_pair))
 
 
 @pytest.fixture(scope="module")

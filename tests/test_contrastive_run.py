@@ -156,3 +156,19 @@ def test_keep_best_checkpoint_keeps_the_best_evaluated_step(pretrained, tmp_path
     assert sorted(means) == [3, 6, 9, 12]
     best = max(means, key=means.get)
     assert sorted(map(int, os.listdir(tmp_path / "run" / "checkpoints"))) == sorted({best, 12}), means
+
+
+def test_one_row_shape_trains_as_the_ladder_does(pretrained, tmp_path):
+    """data.row_shapes=one pads steps to the run's largest (one compilation); padding rows hold no
+    text, so the losses are those of the laddered shapes."""
+    root, hf_dir = pretrained
+    losses = {}
+    for shapes in ("ladder", "one"):
+        cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
+        cfg.init_from, cfg.output_dir = hf_dir, str(tmp_path / shapes)
+        cfg.data.train_files, cfg.data.row_shapes = str(root / "task" / "train.jsonl"), shapes
+        cfg.train.update(max_steps=6, batch_size=32, seq_len=64, learning_rate=2e-3, log_every=1)
+        assert train_contrastive(cfg).completed
+        losses[shapes] = [json.loads(line)["loss"] for line in open(tmp_path / shapes / "metrics.jsonl")]
+        assert json.load(open(tmp_path / shapes / "run_config.json"))["data"]["row_shapes"] == shapes
+    np.testing.assert_allclose(losses["one"], losses["ladder"], rtol=2e-5)

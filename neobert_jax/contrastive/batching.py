@@ -10,7 +10,9 @@ then positives, then each negative column). Two layouts put them in rows:
 
 `text_slot[t]` says where text t's pooled embedding lands: group offset + row * slots + segment.
 Row counts and lengths are rounded with `ladder` so that steps come in a few shapes (each
-compiles once). The plan covers the global batch; each process materializes only its rows.
+compiles once), or, with a `floor` from `ContrastiveBatches.largest_shapes`, padded to the run's
+largest step so that one shape compiles (`data.row_shapes`). The plan covers the global batch;
+each process materializes only its rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from neobert_jax.contrastive.tokenized import TokenizedColumns
 from neobert_jax.data.errors import DataError
 
 SPECIALS = 2  # [CLS] and [SEP]
+MAX_PLANNED_STEPS = 4096  # largest_shapes: steps planned (each well under a millisecond)
 
 
 def ladder(n: int) -> int:
@@ -49,6 +52,7 @@ class Layout:
     row_multiple: int  # rows of every group are a multiple of this (batch shards x micro-batches)
     view_columns: tuple[int, ...]  # data column of each text column of a step ((0, 0) for simcse)
     power_of_two_lengths: bool = False  # bucket: fewer, coarser row lengths (fewer compiles; evaluation)
+    floor: tuple[tuple[int, int], ...] = ()  # per group: (rows, length) no step goes below
 
     @property
     def slots(self) -> tuple[int, ...]:
@@ -89,6 +93,13 @@ def pack_rows(lengths: np.ndarray, capacity: int, max_per_row: int):
 
 def plan_groups(lengths_N: np.ndarray, batch_size: int, layout: Layout) -> list[_GroupPlan]:
     """Row assignment of a step's texts (lengths with [CLS]/[SEP]) under `layout`."""
+    plans = _plan_groups(lengths_N, batch_size, layout)
+    for plan, (rows, length) in zip(plans, layout.floor):
+        plan.rows, plan.length = max(plan.rows, round_up(rows, layout.row_multiple)), max(plan.length, length)
+    return plans
+
+
+def _plan_groups(lengths_N: np.ndarray, batch_size: int, layout: Layout) -> list[_GroupPlan]:
     if layout.kind == "pack":
         row, slot, start, rows = pack_rows(lengths_N, layout.seq_len, layout.max_texts_per_row)
         padded = round_up(ladder(rows), layout.row_multiple)
@@ -164,6 +175,21 @@ class ContrastiveBatches:
             order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
             self._order = (epoch, order)
         return self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
+
+    def largest_shapes(self, total_steps: int, max_planned: int = MAX_PLANNED_STEPS) -> tuple[tuple[int, int], ...]:
+        """Per group, the (rows, length) of the run's largest step: a `Layout.floor` under which every
+        step has one shape. Runs longer than `max_planned` steps are planned on that many steps spread
+        over the run; a rarer larger step then gets its own (ladder) shape."""
+        body_len = self.layout.seq_len - SPECIALS
+        lengths = [np.minimum(np.diff(self.data.offsets[c]), body_len) + SPECIALS for c in self.layout.view_columns]
+        steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, max_planned)).round().astype(np.int64))
+        largest = None
+        for step in steps:
+            examples = self.examples(int(step))
+            shapes = [(p.rows, p.length) for p in plan_groups(
+                np.concatenate([c[examples] for c in lengths]), len(examples), self.layout)]
+            largest = shapes if largest is None else [tuple(map(max, a, b)) for a, b in zip(largest, shapes)]
+        return tuple(largest)
 
     def __next__(self) -> tuple[dict, dict]:
         out = assemble(self.data, self.examples(self.step), self.layout, row_range=self.row_range, **self.special_ids)

@@ -16,6 +16,7 @@ from neobert_jax.runtime.config import base_config, validate_training
 
 LOSSES = ("mnrl", "simcse", "mse")
 LAYOUTS = ("pack", "bucket")
+ROW_SHAPES = ("auto", "one", "ladder")
 POOLING_MODES = ("mean", "cls")
 _DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
 # What train.keep_best_checkpoint ranks by: the mean of the eval sets' metrics (Spearman, nDCG@10,
@@ -36,6 +37,9 @@ def contrastive_config() -> ml_collections.ConfigDict:
         "label_column": "label",  # mse: the teacher vector of each text
         "layout": "pack",  # pack: several texts per row (segment ids); bucket: one text per row, padded
         "max_texts_per_row": 32,  # pack: segments per row (bounds the pooling work)
+        # one: every step padded to the run's largest (one compilation); ladder: each step rounded up
+        # on its own (least padding, a few compiled shapes); auto: one on GPU/TPU, ladder on CPU.
+        "row_shapes": "auto",
         "shuffle": True,
     })
 
@@ -98,6 +102,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "required (or data.preprocessed_dir)")
     need(config.data.layout in LAYOUTS, "data.layout", f"{config.data.layout!r} is not one of {LAYOUTS}")
     need(config.data.max_texts_per_row > 0, "data.max_texts_per_row", "must be positive")
+    need(config.data.row_shapes in ROW_SHAPES, "data.row_shapes", f"{config.data.row_shapes!r} is not one of {ROW_SHAPES}")
     need(config.loss.name in LOSSES, "loss.name", f"{config.loss.name!r} is not one of {LOSSES}")
     need(config.loss.scale > 0, "loss.scale", "must be positive")
     need(config.pooling.mode in POOLING_MODES, "pooling.mode", f"{config.pooling.mode!r} is not one of {POOLING_MODES}")

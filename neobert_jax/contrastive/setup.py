@@ -88,6 +88,14 @@ def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
     return data
 
 
+def _row_shapes(setting: str) -> str:
+    """"auto": one shape on GPU/TPU, where a compilation costs far more than padded rows, and the
+    ladder's few shapes on CPU, where every padded row costs its full compute."""
+    if setting != "auto":
+        return setting
+    return "ladder" if jax.default_backend() == "cpu" else "one"
+
+
 def setup_contrastive(config, log) -> ContrastiveSetup:
     if not os.path.exists(config.init_from):
         raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
@@ -129,6 +137,11 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
+    config.data.row_shapes = _row_shapes(config.data.row_shapes)  # recorded in run_config.json
+    if config.data.row_shapes == "one":
+        batches.layout = dataclasses.replace(layout, floor=batches.largest_shapes(total_steps))
+        shapes = " + ".join(f"{rows} x {length}" for rows, length in batches.layout.floor)
+        log(f"data.row_shapes=one: every step is {shapes} tokens (the run's largest step), one compiled shape")
     objective = make_objective(config.loss, columns=len(view_columns), normalize=config.pooling.normalize,
                                dims=dims, weights=weights)
     schedule = optim.make_schedule(t, total_steps)
