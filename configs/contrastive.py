@@ -23,4 +23,5 @@ def get_config():
     c.train.epochs = 1
     c.train.learning_rate = 5e-5
     c.train.warmup_fraction = 0.1  # a share of the run, whatever its length (a step count does not port)
+    c.train.warmup_steps = 0  # to give a step count instead, set it and train.warmup_fraction=0
     return c

@@ -29,7 +29,7 @@ PRETRAIN = {
 }
 CONTRASTIVE = {
     "train.max_steps": 48, "train.batch_size": 32, "train.seq_len": 64, "train.learning_rate": 2e-3,
-    "train.warmup_steps": 5, "train.log_every": 8, "train.save_every": 48,
+    "train.warmup_fraction": 0.1, "train.log_every": 8, "train.save_every": 48,
 }
 
 
@@ -124,7 +124,7 @@ def test_simcse_and_distillation_runs_learn(pretrained, tmp_path, loss):
     cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
     # init_from the pretraining run dir: a project checkpoint (its latest orbax step), not an HF dir
     cfg.init_from, cfg.output_dir, cfg.loss.name = os.path.dirname(hf_dir), str(tmp_path / "run"), loss
-    cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-3, warmup_steps=2, log_every=1)
+    cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-3, warmup_fraction=0.15, log_every=1)
     if loss == "simcse":  # plain text lines; dropout is the noise; two GradCache micro-batches, bucketed rows
         cfg.data.train_files = str(root / "corpus.txt")
         cfg.model.attention_dropout = cfg.model.mlp_dropout = 0.1
@@ -147,7 +147,7 @@ def test_keep_best_checkpoint_keeps_the_best_evaluated_step(pretrained, tmp_path
     cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
     cfg.init_from, cfg.output_dir = hf_dir, str(tmp_path / "run")
     cfg.data.train_files, cfg.eval.retrieval_dirs = str(root / "task" / "train.jsonl"), str(root / "task" / "test")
-    cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-2, warmup_steps=2, log_every=4,
+    cfg.train.update(max_steps=12, batch_size=16, seq_len=48, learning_rate=3e-2, warmup_fraction=0.15, log_every=4,
                      eval_every=3, save_every=100, keep_checkpoints=1, keep_best_checkpoint=True)
     train_contrastive(cfg)
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
