@@ -174,9 +174,11 @@ def score(model_path: str, test: str, sts: str, seq_len: int, mean_pooling: bool
     from neobert_jax.contrastive.evaluation import evaluate, load_retrieval, load_sts
 
     if mean_pooling:  # a plain HF dir: the users' models.Transformer + mean models.Pooling
+        from embedder_st_trainer import embedding_dimension
+
         transformer = models.Transformer(model_path, max_seq_length=seq_len)
         model = SentenceTransformer(modules=[transformer, models.Pooling(
-            transformer.get_word_embedding_dimension(), pooling_mode="mean")], device="cpu")
+            embedding_dimension(transformer), pooling_mode="mean")], device="cpu")
     else:
         model = SentenceTransformer(model_path, device="cpu")
     found = evaluate(lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True),

@@ -106,25 +106,38 @@ class Evaluator:
         self.seconds += time.time() - started
 
 
+def mnrl_loss(model):
+    try:  # sentence-transformers >= 6 moved the losses; older releases have them at the top level
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+    return MultipleNegativesRankingLoss(model)
+
+
+def embedding_dimension(transformer) -> int:
+    method = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    return method()
+
+
 def train_manual(model, pairs, args, total_steps: int, step_done):
     """What the trainer does, in a loop: AdamW with HF's decay groups, linear warmup/decay, clipping."""
     import torch
-    from sentence_transformers import losses
     from transformers import get_linear_schedule_with_warmup
 
     device = model.device
-    loss_fn = losses.MultipleNegativesRankingLoss(model)
+    loss_fn = mnrl_loss(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, eps=1e-8)
     warmup = math.ceil(total_steps * args.warmup_ratio)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    tokenize = getattr(model, "preprocess", None) or model.tokenize  # renamed in sentence-transformers 6
     model.train()
     step = 0
     for epoch in range(args.epochs):
         for batch in no_duplicate_batches(pairs, args.batch_size, args.seed, epoch):
             features = []
             for column in range(2):
-                tokens = model.tokenize([pairs[i][column] for i in batch])
-                features.append({k: v.to(device) for k, v in tokens.items()})
+                tokens = tokenize([pairs[i][column] for i in batch])
+                features.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in tokens.items()})
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 loss = loss_fn(features, None)
             loss.backward()
@@ -139,7 +152,7 @@ def train_manual(model, pairs, args, total_steps: int, step_done):
 
 def train_with_trainer(model, pairs, args, step_done):
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
     from transformers import TrainerCallback
 
@@ -161,7 +174,7 @@ def train_with_trainer(model, pairs, args, step_done):
         save_strategy="no", report_to=[], logging_steps=10, disable_tqdm=True, dataloader_drop_last=False)
     dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     trainer = SentenceTransformerTrainer(model=model, args=train_args, train_dataset=dataset,
-                                         loss=losses.MultipleNegativesRankingLoss(model), callbacks=[Hooks()])
+                                         loss=mnrl_loss(model), callbacks=[Hooks()])
     trainer.train()
     shutil.rmtree(scratch, ignore_errors=True)
     return trainer.state.global_step, losses_logged
@@ -176,7 +189,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     transformer = models.Transformer(args.model, max_seq_length=args.seq_len)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    pooling = models.Pooling(embedding_dimension(transformer), pooling_mode="mean")
     model = SentenceTransformer(modules=[transformer, pooling], device=device)
     loaded = time.time()
     total_steps = args.epochs * len(no_duplicate_batches(pairs, args.batch_size, args.seed, 0))
