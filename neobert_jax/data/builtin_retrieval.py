@@ -136,15 +136,20 @@ def write_task(out_dir: str, *, test_percent: int = 20, max_train: int = 0, max_
     return write_pairs(out_dir, train, test, overwrite=overwrite)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def task_arguments(doc: str, held_out: str) -> argparse.ArgumentParser:
+    """The command line every local pair-set builder shares; `held_out` says what the split holds out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
-    parser.add_argument("--test-percent", type=int, default=20, help="share of top-level packages held out")
+    parser.add_argument("--test-percent", type=int, default=20, help=f"share of {held_out} held out")
     parser.add_argument("--max-train", type=int, default=0, help="subsample the train pairs (0 = all)")
     parser.add_argument("--max-test", type=int, default=0, help="subsample the test queries (0 = all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = task_arguments(__doc__, "top-level packages").parse_args(argv)
     counts = write_task(args.out_dir, test_percent=args.test_percent, max_train=args.max_train,
                         max_test=args.max_test, seed=args.seed, overwrite=args.overwrite)
     print(f"{args.out_dir}: {counts['train_pairs']} train pairs, {counts['test_queries']} test queries")

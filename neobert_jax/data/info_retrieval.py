@@ -19,7 +19,6 @@ OUT_DIR/test/ (corpus.jsonl, queries.jsonl, qrels.tsv).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
 import pathlib
@@ -27,7 +26,7 @@ import re
 import sys
 import zlib
 
-from neobert_jax.data.builtin_retrieval import subsample, write_pairs
+from neobert_jax.data.builtin_retrieval import subsample, task_arguments, write_pairs
 from neobert_jax.data.errors import DataError
 
 SKIP_REASONS = ("too short", "duplicate documents", "duplicate queries", "top/index nodes", "unreadable files")
@@ -168,14 +167,8 @@ def write_task(out_dir: str, *, info_dir: str = "/usr/share/info", test_percent:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir")
+    parser = task_arguments(__doc__, "pairs (whole manuals)")
     parser.add_argument("--info-dir", default="/usr/share/info")
-    parser.add_argument("--test-percent", type=int, default=20, help="share of pairs held out, by whole manuals")
-    parser.add_argument("--max-train", type=int, default=0, help="subsample the train pairs (0 = all)")
-    parser.add_argument("--max-test", type=int, default=0, help="subsample the test queries (0 = all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
         counts = write_task(args.out_dir, info_dir=args.info_dir, test_percent=args.test_percent,
