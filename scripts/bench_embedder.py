@@ -74,9 +74,6 @@ def pair_set(spec: str, work: str, repeat: int) -> tuple[str, str]:
     else:
         folder = spec
     train, test = os.path.join(folder, "train.jsonl"), os.path.join(folder, "test")
-    for path in (train, test):
-        if not os.path.exists(path):
-            sys.exit(f"error: --pairs {spec}: no {path}")
     if repeat > 1:
         lines = [line for line in open(train, encoding="utf-8") if line.strip()]
         rng, out = random.Random(0), []
@@ -237,6 +234,10 @@ def main(argv=None) -> None:
     if unknown:
         sys.exit(f"error: --sides: unknown {sorted(unknown)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.pairs not in ("stdlib", "info"):  # a folder: checked before anything is written
+        for part in ("train.jsonl", "test"):
+            if not os.path.exists(os.path.join(args.pairs, part)):
+                sys.exit(f"error: --pairs {args.pairs}: no {os.path.join(args.pairs, part)}")
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
     train, test = pair_set(args.pairs, work, args.repeat)
