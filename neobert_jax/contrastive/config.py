@@ -20,7 +20,7 @@ ROW_SHAPES = ("auto", "one", "ladder")
 POOLING_MODES = ("mean", "cls")
 _DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
 # What train.keep_best_checkpoint ranks by: the mean of the eval sets' metrics (Spearman, nDCG@10,
-# recall@10, MRR@10: all higher-is-better), there being no eval loss.
+# recall@10, MRR@10, recall@100: all higher-is-better), there being no eval loss.
 BEST_METRIC = "eval_mean"
 
 
