@@ -13,22 +13,24 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", required=True, help="transformers ModernBERT dir (4.x or 5.x, MLM or bare)")
     p.add_argument("--out", required=True, help="student HF dir to write")
     p.add_argument("--checkpoint", help="also write a project (orbax) checkpoint dir here")
-    p.add_argument("--hidden-size", type=int, default=384)
-    p.add_argument("--num-layers", type=int, default=12)
-    p.add_argument("--num-heads", type=int, default=6)
-    p.add_argument("--intermediate-size", type=int, default=768)
-    p.add_argument("--vocab-size", type=int, help="must equal the teacher's (default: the teacher's)")
+    p.add_argument("--hidden-size", type=int, default=384, help="the student's width (default %(default)s)")
+    p.add_argument("--num-layers", type=int, default=12, help="the student's depth (default %(default)s)")
+    p.add_argument("--num-heads", type=int, default=6, help="the student's attention heads (default %(default)s)")
+    p.add_argument("--intermediate-size", type=int, default=768, help="the student's GeGLU width (default %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=0, help="must equal the teacher's (0: the teacher's)")
     p.add_argument("--max-position-embeddings", type=int, default=1024,
-                   help="the student's (the users' student config: 1024; sentence-transformers truncates there)")
+                   help="the student's (the users' student config: 1024; sentence-transformers truncates there; default %(default)s)")
     p.add_argument("--selection", choices=("prefix", "uniform"), default="prefix",
-                   help="which heads/neurons to keep: the first ones (users' script) or evenly spread (paper)")
-    p.add_argument("--layers", default="0", help="teacher:student layer pairs, e.g. '0' or '0:0,6:1'")
-    p.add_argument("--seed", type=int, default=0, help="seed of the default init of the other tensors")
-    p.add_argument("--overwrite", action="store_true")
+                   help="which heads/neurons to keep: the first ones (users' script) or evenly spread (paper); default %(default)s")
+    p.add_argument("--layers", default="0", help="teacher:student layer pairs, e.g. '0:0,6:1' (default '%(default)s': layer 0 to layer 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the default init of the other tensors (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and --checkpoint) if they exist")
     args = p.parse_args(argv)
     try:
         if args.max_position_embeddings <= 0:
             raise ValueError(f"--max-position-embeddings {args.max_position_embeddings}: must be positive")
+        files = locate(args.teacher)
+        print(f"teacher {args.teacher}: {files.describe()}")
         teacher = read_hf_config(args.teacher)
         student = teacher.replace(
             hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
         model, explained, guided = guide_init(read_hf_state_dict(args.teacher), teacher, student,
                                               layer_map=parse_layer_map(args.layers), selection=args.selection,
                                               seed=args.seed)
-        tokenizer_dir = locate(args.teacher).tokenizer
+        tokenizer_dir = files.tokenizer
         save_hf_dir(model, args.out, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite)
         if args.checkpoint:
             save_checkpoint_dir(model, args.checkpoint, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite)

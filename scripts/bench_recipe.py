@@ -10,7 +10,7 @@
 The corpus (built-in, or the non-empty lines of --train-files) is shuffled with random.Random(0); the
 first 500 paragraphs go to WORK/heldout.txt, the rest to WORK/train.txt. One tokenizer is trained on
 train.txt and saved with one random-init student (torch.manual_seed(seed)) as WORK/init: both sides
-start from it. "users" is scripts/recipe_hf_trainer.py (the seed's settings); "ours-<precision>" is
+start from it. "users" is scripts/recipe_hf_trainer.py (the users' settings); "ours-<precision>" is
 `scripts/pretrain.py --config configs/student.py` with only paths, precision and checkpoint cadence
 overridden (its checkpoints, converted with convert/flax_to_torch.py, give the curve). Every model is
 scored by neobert_jax.hf.mlm_eval on heldout.txt. Each side's figures go to WORK/results/<side>.json,

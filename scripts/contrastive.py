@@ -13,4 +13,4 @@ from neobert_jax.contrastive.task import train_contrastive  # noqa: E402
 from neobert_jax.runtime.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    run(train_contrastive, "configs/contrastive.py")
+    run(train_contrastive, "configs/contrastive.py", __doc__)

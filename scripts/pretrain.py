@@ -16,4 +16,4 @@ from neobert_jax.runtime.cli import run  # noqa: E402
 from neobert_jax.mlm.task import train  # noqa: E402
 
 if __name__ == "__main__":
-    run(train, "configs/student.py")
+    run(train, "configs/student.py", __doc__)

@@ -1,13 +1,13 @@
-"""The users' HF Trainer pretraining script (shared/seeds/000), their settings verbatim, made measurable.
+"""The users' HF Trainer pretraining script (docs/users_recipe.md), their settings verbatim, made measurable.
 
     python scripts/recipe_hf_trainer.py --init WORK/init --train-file WORK/train.txt --output-dir OUT \
         [--snapshots 8] [--epochs 10 --per-device-batch 16 --grad-accum 2] [--no-compile] [--report-to none]
 
-Differences from the seed, and why: `attn_implementation="sdpa"` (flash-attn is not installable
+Differences from the users' script, and why: `attn_implementation="sdpa"` (flash-attn is not installable
 here); paths come from the command line; `dtype=` is the transformers 5 name of `torch_dtype=`;
 `overwrite_output_dir` is passed only where TrainingArguments still has it (transformers 5 dropped
 it). The flags only exist so the benchmark can run the recipe small on CPU (their defaults are the
-seed's) and read a timeline: `--snapshots K` saves the model and tokenizer at K evenly spaced
+script's) and read a timeline: `--snapshots K` saves the model and tokenizer at K evenly spaced
 optimizer steps (the last included) into OUT/snapshots/step-N, and OUT/timeline.json records when
 (seconds since process start, time spent saving snapshots excluded), the time to the end of the first
 step, the training time from the end of the first step to the end of the last, optimizer steps, the
@@ -38,7 +38,7 @@ from transformers import (  # noqa: E402
 
 
 class CountingCollator:
-    """The seed's collator, counting the non-padding input tokens of every batch it builds."""
+    """The users' collator, counting the non-padding input tokens of every batch it builds."""
 
     def __init__(self, collator):
         self.collator, self.tokens = collator, 0

@@ -2,7 +2,7 @@
 
 Both sides run as users run them, through `scripts/bench_recipe.py --tiny`: our CLI
 (`scripts/pretrain.py --config configs/student.py` with only the tiny shape, seq_len and epochs
-overridden) and `scripts/recipe_hf_trainer.py` (the seed's settings, no torch compile) train the same
+overridden) and `scripts/recipe_hf_trainer.py` (the users' settings, no torch compile) train the same
 random init on the same 1,000 built-in paragraphs for the same epochs, and the shared evaluator scores
 both on the same 200 held-out ones. A held-out loss worse than theirs by more than MARGIN fails.
 """

@@ -121,6 +121,9 @@ def test_unknown_override_key_lists_valid_keys(tmp_path):
     message = error.value.args[0]
     assert "config.train.learning_rte" in message and "did you mean config.train.learning_rate" in message
     assert "train.batch_size" in message and "data.train_files" in message
+    lines = message.splitlines()
+    assert len(lines) == len(runtime_config.flat_keys(train_config.default_config())) + 1  # one per key
+    assert "  train.learning_rate = 0.0008" in lines
     path, argv = runtime_config.split_config_arg(["x", f"--config={config_file}", "--config.train.learning_rate=1"])
     assert (path, argv) == (str(config_file), ["x", "--config.train.learning_rate=1"])
     runtime_config.check_override_keys(runtime_config.load_config_file(path), argv[1:])

@@ -131,12 +131,17 @@ def test_sigterm_saves_and_the_resumed_cli_run_matches(reference, tmp_path):
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out[-3000:]
     stopped = sorted(int(s) for s in os.listdir(output_dir / "checkpoints"))[-1]
-    assert 60 <= stopped < STEPS and f"stopped at step {stopped}" in out, out[-3000:]
+    assert 60 <= stopped < STEPS and out.count(f"stopped at step {stopped}") == 1, out[-3000:]
+    assert (output_dir / "loss.png").exists()  # the README lists it among every run's files
 
     second = _cli(output_dir, reference_dir / "tokenizer")
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out[-3000:]
     assert f"resumed from {output_dir / 'checkpoints'}/{stopped}" in out
+    assert "start-up: " in out and "Metadata file does not exist" not in out  # orbax's warning reads as damage
+    trained = float(out.split("training after the first step ")[1].split()[0])
+    assert trained > 0.0  # the resume's first step starts the clock, logged or not
+    assert "tok_s=0]" not in out and "tok_s=0," not in out  # no throughput shown before one is measured
     assert "Final Student Train Loss:" in out and "Final Student Eval Loss:" in out
     assert f"run: {STEPS} optimizer steps of 8 rows x 64" in out
     resumed, uninterrupted = read_metrics(output_dir), read_metrics(reference_dir)
@@ -158,3 +163,19 @@ def test_diverging_run_stops_with_checkpoint_intact(reference, tmp_path):
     model, _ = load_pretrained(str(tmp_path))
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(nnx.state(model)))
     assert not os.path.exists(tmp_path / "hf")
+
+
+def test_resume_reports_start_up_between_log_points(reference, tmp_path, capsys):
+    """A resume whose first step is not a log step still reports its start-up and its training time."""
+    reference_dir, _ = reference
+    for steps in (4, 8):  # the second run resumes at step 4; steps 5-7 are not logged
+        cfg = run_config(tmp_path, **{"train.max_steps": steps, "train.log_every": 4, "train.save_every": 4,
+                                      "train.eval_every": 0})
+        cfg.tokenizer = str(reference_dir / "tokenizer")
+        capsys.readouterr()
+        train(cfg)
+    out = capsys.readouterr()
+    out = out.out + out.err
+    assert "resumed from" in out and "start-up: " in out, out[-2000:]
+    assert float(out.split("training after the first step ")[1].split()[0]) > 0.0
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 4, 8]

@@ -7,6 +7,7 @@ steps under `checkpoints/<step>/params`; both are accepted wherever a checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -83,24 +84,29 @@ def restore_params(params_dir: str, target: dict) -> dict:
     params_dir = os.path.abspath(params_dir)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), target)
-    quiet = _NoStepMetadataWarning()  # a run's params item keeps its metadata in the step dir, as orbax's manager writes it
-    logging.getLogger("absl").addFilter(quiet)
+    check_params_match(params_dir, target)
     try:
-        check_params_match(params_dir, target)
-        try:
-            with ocp.StandardCheckpointer() as checkpointer:
-                return checkpointer.restore(params_dir, abstract)
-        except (ValueError, OSError) as e:  # tensorstore: DATA_LOSS etc. on damaged files
-            raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
-    finally:
-        logging.getLogger("absl").removeFilter(quiet)
+        with _no_step_metadata_warning(), ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(params_dir, abstract)
+    except (ValueError, OSError) as e:  # tensorstore: DATA_LOSS etc. on damaged files
+        raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
 
 
 class _NoStepMetadataWarning(logging.Filter):
-    """Drops orbax's "Metadata file does not exist" warning, printed by every conversion of a run's checkpoint."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Metadata file does not exist")
+
+
+@contextlib.contextmanager
+def _no_step_metadata_warning():
+    """Hides orbax's "Metadata file does not exist" warning on reading one item of a run's step:
+    orbax's manager keeps that metadata in the step dir, so the warning reads as damage where there is none."""
+    quiet = _NoStepMetadataWarning()
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
 
 
 def check_params_match(params_dir: str, target) -> None:
@@ -109,7 +115,7 @@ def check_params_match(params_dir: str, target) -> None:
     import orbax.checkpoint as ocp
 
     params_dir = os.path.abspath(params_dir)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _no_step_metadata_warning(), ocp.StandardCheckpointer() as checkpointer:
         try:
             meta = checkpointer.metadata(params_dir)
         except (ValueError, OSError, KeyError) as e:

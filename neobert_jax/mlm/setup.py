@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 
 import jax
 from jax.sharding import Mesh
 
 from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
+from neobert_jax.data.builtin_corpus import NAME as BUILTIN_NAME
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.paths import locate
 from neobert_jax.runtime import multistep, optim, sharding
@@ -39,7 +41,7 @@ def _special_token_ids(tokenizer) -> dict[str, int]:
                 bos_token_id=bos, eos_token_id=eos)
 
 
-def _tokenizer(config, output_dir: str):
+def _tokenizer(config, output_dir: str, log):
     """-> (tokenizer, corpus note or None): config.tokenizer, else the one beside init_from, else
     preprocessed_dir's, else one trained on the corpus (or cached in output_dir/tokenizer by an
     earlier run on it). Nothing is written here: `write_run_files` puts it in output_dir/tokenizer
@@ -50,12 +52,20 @@ def _tokenizer(config, output_dir: str):
     if source is None and config.data.preprocessed_dir:
         source = config.data.preprocessed_dir
     if source is not None:
-        return load_tokenizer_or_bundle(source), None
+        tokenizer = load_tokenizer_or_bundle(source)
+        log(f"tokenizer: {source} ({len(tokenizer):,} tokens)")
+        return tokenizer, None
     d = config.data
     tokenizer, note = None, None
     if jax.process_index() == 0:
-        tokenizer, note, _ = cached_or_trained(d.train_files, output_dir, d.tokenizer_vocab_size,
-                                               text_field=d.text_field, skip_bad_records=d.skip_bad_records)
+        started = time.perf_counter()
+        tokenizer, note, cached = cached_or_trained(d.train_files, output_dir, d.tokenizer_vocab_size,
+                                                    text_field=d.text_field, skip_bad_records=d.skip_bad_records)
+        where = os.path.join(config.output_dir, TOKENIZER_DIR)
+        log(f"tokenizer: {where}, trained on this corpus by an earlier run" if cached else
+            f"tokenizer: trained a {len(tokenizer):,}-token byte-level BPE on the training files in "
+            f"{time.perf_counter() - started:.1f} s (data.tokenizer_vocab_size; config.tokenizer to bring your own); "
+            f"saved to {where}")
     return share_tokenizer(tokenizer), note
 
 
@@ -104,7 +114,10 @@ def setup_run(config, log) -> RunSetup:
     phases = Phases()
     mesh = sharding.make_mesh(config.mesh)
     phases.done("devices")
-    tokenizer, note = _tokenizer(config, output_dir)
+    if not config.data.train_files and not config.data.preprocessed_dir:
+        log(f"corpus: data.train_files is empty, so the run trains on the {BUILTIN_NAME[1:-1]}, one paragraph "
+            "per document (its size, and the run's steps, depend on the Python version); data.train_files for yours")
+    tokenizer, note = _tokenizer(config, output_dir, log)
     phases.done("tokenizer")
     write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
     if t.batch_size == 0:

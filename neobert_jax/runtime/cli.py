@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
+from pathlib import Path
 from typing import Callable
 
 import ml_collections
@@ -27,16 +29,46 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def run(train_fn: Callable, example_config: str) -> None:
-    """Parses the command line and calls `train_fn(config)`; its result needs `.completed`, `.step`.
+HELP_FLAGS = {"--help", "-h", "--helpfull", "--helpshort"}
+MULTI_PROCESS_HELP = """multi-process flags (docs/scaling.md; found by themselves on TPU VMs and under srun/mpirun):
+  --coordinator_address HOST:PORT   process 0's address
+  --num_processes N                 how many processes in all
+  --process_id I                    this process's index, 0..N-1"""
+
+
+def print_help(doc: str, path: str | None, example_config: str) -> None:
+    """The script's usage, then the config's keys, nested, with the values the file gives them.
+
+    absl's own help lists other libraries' flags and flattens the config; users need its keys.
+    """
+    print(textwrap.dedent(doc).strip())
+    if path is None:  # the example config, from the current dir or beside this package
+        here = Path(example_config)
+        path = str(here if here.exists() else Path(__file__).resolve().parents[2] / example_config)
+    try:
+        config = load_config_file(path)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"\n(no config keys to show: {e})")
+    else:
+        print(f"\nconfig keys of {path}, with its values (override any: --config.KEY=VALUE):\n")
+        print(textwrap.indent(str(config).rstrip(), "  "))
+    print("\n" + MULTI_PROCESS_HELP)
+
+
+def run(train_fn: Callable, example_config: str, doc: str = "") -> None:
+    """Parses the command line and calls `train_fn(config)`, which says itself how the run ended.
 
     The config file is executed once, here: its keys check the overrides before absl applies them.
+    `doc` (the script's docstring) heads `--help`.
     """
     path, argv = split_config_arg(sys.argv)
-    if path is None and not {"--help", "-h", "--helpfull"} & set(argv):
+    if HELP_FLAGS & set(argv[1:]):
+        print_help(doc, path, example_config)
+        sys.exit(0)
+    if path is None:
         sys.exit(f"error: --config is required, e.g. --config {example_config}")
     try:
-        loaded = load_config_file(path) if path else ml_collections.ConfigDict()
+        loaded = load_config_file(path)
         check_override_keys(loaded, argv[1:])
     except (KeyError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
@@ -62,10 +94,8 @@ def run(train_fn: Callable, example_config: str) -> None:
         except (ValueError, RuntimeError) as e:
             sys.exit(f"error: {e}")
         try:
-            result = train_fn(config.value)
+            train_fn(config.value)
         except (ValueError, OSError, DataError, NonFiniteLossError) as e:
             sys.exit(f"error: {one_line(e)}")
-        if not result.completed:
-            print(f"stopped at step {result.step}; rerun to resume", file=sys.stderr)
 
     app.run(main, argv=argv)

@@ -9,6 +9,7 @@ instead of a silently ignored setting.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import math
 import os
@@ -160,9 +161,10 @@ def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> None:
-    """Fails on `--config.x.y=...` keys the config lacks, listing the valid ones.
+    """Fails on `--config.x.y=...` keys the config lacks: one line naming it, then the valid keys
+    one per line with their values.
 
-    ml_collections only raises a traceback for these; users need one line and the list.
+    ml_collections only raises a traceback for these; users need the reason and the list.
     """
     overrides = [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
     valid = flat_keys(config)
@@ -170,4 +172,5 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> N
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean config.{close[0]}?)" if close else ""
-            raise KeyError(f"unknown config key config.{key}{hint}; valid keys: {', '.join(valid)}")
+            listed = "\n".join(f"  {name} = {functools.reduce(getattr, name.split('.'), config)!r}" for name in valid)
+            raise KeyError(f"unknown config key config.{key}{hint}; the valid keys:\n{listed}")

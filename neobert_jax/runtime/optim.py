@@ -83,7 +83,7 @@ def auto_batch_size(rows_per_epoch: int, epochs: int, train_cfg, multiple: int) 
     Quality per second needs both ends: a small corpus gets enough updates (packing puts ~19 of the
     users' paragraphs in one 512-token row, so their "32 per step" gave a few hundred steps), a large
     one gets batches that keep the accelerator busy. The defaults come from the sweep in
-    docs/recipe.md: 2 rows (about the seed's 32 paragraphs per step) beat 4 at 10 epochs. `train.max_steps` sets the run's length
+    docs/recipe.md: 2 rows (about the users' 32 paragraphs per step) beat 4 at 10 epochs. `train.max_steps` sets the run's length
     (the schedule spans it) but not the batch: a smoke test of a few steps uses the full run's
     memory, not the largest batch's.
     """

@@ -98,10 +98,12 @@ class RunReporter:
         self.tensorboard = _summary_writer_class()(logdir=os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
-    def progress(self, step: int, loss: float, tokens_per_s: float) -> None:
+    def progress(self, step: int, loss: float, tokens_per_s: float | None) -> None:
+        """tokens_per_s: the current log interval's, None until one of its steps is timed."""
         if self.enabled:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            shown = {"tok_s": f"{tokens_per_s:,.0f}"} if tokens_per_s is not None else {}
+            self.bar.set_postfix(loss=f"{loss:.4f}", **shown, refresh=False)
 
     def log(self, step: int, scalars: dict) -> None:
         """One metrics.jsonl line and one TensorBoard scalar per finite value (e.g. `train/loss`)."""

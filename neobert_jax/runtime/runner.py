@@ -35,6 +35,7 @@ from neobert_jax.runtime.run_dir import RunDirLock
 from neobert_jax.runtime.setup import TaskSetup
 from neobert_jax.runtime.signals import StopRequest
 
+PACE_STEPS = 3  # timed steps before a run's remaining time is judged
 RECENT_STEPS = 100  # the final train loss is the mean over this many last steps (the run mean reads as a bad run)
 
 
@@ -97,9 +98,16 @@ class Interval:
     loss_sum: float = 0.0
     counters: dict = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    untimed: int = 0  # leading steps before `started`: a process's first, mostly compilation
 
     def saved(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "started"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("started", "untimed")}
+
+    def elapsed(self) -> float | None:
+        """Seconds the interval's steps took, the untimed ones counted at the timed steps' mean;
+        None while every step is untimed."""
+        timed = self.steps - self.untimed
+        return (time.perf_counter() - self.started) * self.steps / timed if timed > 0 else None
 
     @classmethod
     def restored(cls, saved: dict) -> "Interval":
@@ -147,7 +155,7 @@ class Runner:
         self.interval = Interval.restored(totals.pop("interval", {}))
         self.totals = {"sum": 0.0, "count": 0, "tokens": 0, **totals}  # run-wide, resumed with the run
         self.last_eval: tuple[int, dict, dict] | None = None  # (step, logged scalars, ranking metric)
-        self.tokens_per_s = 0.0
+        self.pace_from: tuple[int, float] | None = None  # (step, time) of this process's first step
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: StopRequest):
@@ -175,7 +183,10 @@ class Runner:
             saving = time.perf_counter()
             self._save(step, state, force=True, log=self.reporter.message)
             s.checkpointer.wait()
+            curve = self.reporter.write_loss_curve(task.loss_label)
             self.reporter.end_progress()
+            if curve:
+                self.reporter.message(f"loss curve: {curve}")
             self.reporter.message(f"stopped at step {step} (final save {time.perf_counter() - saving:.1f} s): latest "
                                   f"checkpoint step {s.checkpointer.latest_step()} in {s.checkpointer.directory}; "
                                   "rerun the same command to resume")
@@ -218,7 +229,14 @@ class Runner:
                                   f"({int(m['nonfinite_total'])} skipped so far)")
         streak = int(m["nonfinite_streak"])
         mean_loss = iv.loss_sum / iv.finite_steps if iv.finite_steps else float("nan")
-        self.reporter.progress(step, mean_loss, self.tokens_per_s)
+        if step == self.setup.start_step + 1:  # this process's first step: a start or a resume
+            self._report_start_up()
+            iv.untimed, iv.started = iv.steps, time.perf_counter()
+            self.pace_from = (step, iv.started)
+        elapsed = iv.elapsed()
+        self.reporter.progress(step, mean_loss, iv.counters.get("tokens", 0) / elapsed if elapsed else None)
+        if self.pace_from and step - self.pace_from[0] == PACE_STEPS:
+            self._tell_pace(step, (time.perf_counter() - self.pace_from[1]) / PACE_STEPS)
         # Step 1, not a resume's first step: a resumed run logs the records an uninterrupted one does.
         if step == 1 or extra or streak or step % t.log_every == 0 or step == self.setup.total_steps:
             self._log(step, m, mean_loss, extra)
@@ -232,17 +250,19 @@ class Runner:
     def _log(self, step: int, m: dict, mean_loss: float, extra: dict | None) -> None:
         """One metrics.jsonl / TensorBoard record of the steps since the previous one."""
         iv = self.interval
-        elapsed = None
-        if step == self.setup.start_step + 1:
-            self._report_start_up()
-        else:  # the first step's time is mostly compilation
-            elapsed = time.perf_counter() - iv.started
+        elapsed = iv.elapsed()  # None for a first step alone: its time is mostly compilation
         scalars = {"loss": mean_loss, "learning_rate": float(m["learning_rate"]), "grad_norm": float(m["grad_norm"]),
                    "nonfinite_steps": int(m["nonfinite_total"]),
                    **self.task.interval_scalars(mean_loss, iv.counters, iv.steps, elapsed)}
-        self.tokens_per_s = scalars.get("tokens_per_s", self.tokens_per_s)
         self.reporter.log(step, {**scalars, **(extra or {})})
         self.interval = Interval()
+
+    def _tell_pace(self, step: int, step_s: float) -> None:
+        """After a few timed steps: a CPU run that needs hours says so, and where the CPU path is."""
+        left_h = (self.setup.total_steps - step) * step_s / 3600
+        if jax.default_backend() == "cpu" and left_h > 1:
+            self.reporter.message(f"on CPU this run needs about {left_h:.1f} h more ({self.setup.total_steps - step:,} "
+                                  f"steps at {step_s:.1f} s); configs/tiny.py is the CPU-sized config")
 
     def _report_start_up(self) -> None:
         marks, now = self.reporter.marks, time.time()
