@@ -4,6 +4,8 @@
 import numpy as np
 import pytest
 
+import neobert_jax
+
 from neobert_jax.contrastive.batching import Layout, assemble
 from neobert_jax.contrastive.embedder import Embedder
 from neobert_jax.contrastive.pooling import gather_texts, l2_normalize
@@ -63,6 +65,8 @@ def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, nor
     assert newly_initialized and all(not name.startswith("model.") for name in newly_initialized)
     np.testing.assert_array_equal(np.asarray(reloaded.model.embeddings.tok_embeddings[...]),
                                   params["model"]["embeddings"]["tok_embeddings"])
+    with pytest.warns(UserWarning, match="is a sentence-transformers folder: .*random init"):
+        neobert_jax.from_pretrained(str(st_dir))  # the public loader says so rather than hand back a random head
 
 
 def test_reads_the_pooling_of_folders_saved_by_sentence_transformers(model, tmp_path):

@@ -86,6 +86,11 @@ def test_cli_run_improves_retrieval_and_its_export_reproduces_it(pretrained, tmp
     losses = [r["loss"] for r in records if r.get("loss") is not None]
     assert losses[-1] < losses[0] - 0.5
     assert "evaluation (before = the init_from model, after = this run)" in out.stdout
+    assert " schedule: warmup " in out.stderr  # a warmup longer than the run would be warned about here
+    for record in records:  # every evaluation point shows on the console, not only in metrics.jsonl
+        if "eval_test_ndcg@10" in record:
+            line = out.stdout.split(f"evaluation at step {record['step']}: ")[1].splitlines()[0]
+            assert f"test_ndcg@10 {record['eval_test_ndcg@10']:.4f}" in line
 
     spec = importlib.util.spec_from_file_location("evaluate_embeddings",
                                                   os.path.join(REPO, "scripts", "evaluate_embeddings.py"))

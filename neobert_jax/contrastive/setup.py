@@ -137,6 +137,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
+    log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     config.data.row_shapes = _row_shapes(config.data.row_shapes)  # recorded in run_config.json
     if config.data.row_shapes == "one":
         batches.layout = dataclasses.replace(layout, floor=batches.largest_shapes(total_steps))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -171,5 +172,16 @@ class Pretrained:
 
 
 def from_pretrained(path: str, **runtime) -> Pretrained:
-    """`neobert_jax.from_pretrained(path)(input_ids, attention_mask)` -> (B, T, V) logits."""
-    return Pretrained(*load_pretrained(path, **runtime))
+    """`neobert_jax.from_pretrained(path)(input_ids, attention_mask)` -> (B, T, V) logits.
+
+    An encoder-only folder (a sentence-transformers export, a bare ModernBertModel) has no MLM
+    head: the model gets a random one, and a warning says so (its `.encode` is what such a folder is for).
+    """
+    model, newly_initialized = load_pretrained(path, **runtime)
+    if newly_initialized:
+        kind = ("a sentence-transformers folder" if os.path.isfile(os.path.join(path, "modules.json"))
+                else "an encoder without an MLM head")
+        warnings.warn(f"{path} is {kind}: {', '.join(newly_initialized)} start from random init, so the model's "
+                      "logits mean nothing until trained; use .encode(input_ids, attention_mask) for its hidden "
+                      "states", stacklevel=2)
+    return Pretrained(model, newly_initialized)

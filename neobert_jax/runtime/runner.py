@@ -281,6 +281,8 @@ class Runner:
         started = time.perf_counter()
         scalars, ranking = self.task.evaluate(params)
         self.last_eval = (step, scalars, ranking)
+        self.reporter.message(f"evaluation at step {step}: "
+                              + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in scalars.items()))
         return {**scalars, "evaluation_s": time.perf_counter() - started}
 
     def _save(self, step: int, state, force: bool = False, log=None) -> None:
