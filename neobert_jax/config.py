@@ -19,6 +19,8 @@ RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward"
 # The hand-written kernels' backends: "pallas" (GPU), "xla", "interpret" (the Pallas kernel run on
 # the CPU, for tests); "auto" is the Pallas kernel on GPU and XLA elsewhere (`kernel_backend`).
 KERNEL_BACKENDS = ("auto", "pallas", "xla", "interpret")
+# Attention backends (neobert_jax.model.attention): "auto" picks per platform, dtype and window.
+ATTENTION_BACKENDS = ("auto", "xla", "pallas", "cudnn", "splash")
 
 
 def kernel_backend(mode: str, platform: str) -> str:

@@ -14,7 +14,11 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 from absl import flags
 
+from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
+from neobert_jax.contrastive.config import LAYOUTS, LOSSES, POOLING_MODES, ROW_SHAPES
+from neobert_jax.data.packing import PACKING_METHODS
 from neobert_jax.mlm.task import train
+from neobert_jax.runtime.config import PRECISIONS, REMAT_POLICIES, SCHEDULES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = "OUT"  # stands for the case's output dir in the arguments
@@ -132,7 +136,7 @@ CASES = {
     "p-init-other-size": (P("--config.init_from=IN/hf"), "model.hidden_size"),
     "p-tokenizer-missing": (P("--config.tokenizer=IN/none"), "none"),
     "p-tokenizer-empty-dir": (P("--config.tokenizer=IN/emptydir"), "emptydir"),
-    "p-preprocessed-missing": (P("--config.data.preprocessed_dir=IN/none"), "none"),
+    "p-preprocessed-missing": (P("--config.data.train_files=", "--config.data.preprocessed_dir=IN/none"), "none"),
     "p-config-missing": (("pretrain", ["--config=IN/none.py"]), "none.py"),
     # pretraining: values
     "p-vocab-negative": (P("--config.data.tokenizer_vocab_size=-1"), "data.tokenizer_vocab_size"),
@@ -282,6 +286,32 @@ def test_bad_input_gets_one_line_and_changes_nothing(case, w, tmp_path, snapshot
     assert expected in errors[0], errors[0]
     if lock is not None:
         before.pop(".lock")
+    assert snapshot(out) == before
+
+
+ENUMERATED = [  # (cli, key, allowed values): every key that takes one of a list
+    ("pretrain", "train.precision", PRECISIONS), ("pretrain", "train.schedule", SCHEDULES),
+    ("pretrain", "model.remat", REMAT_POLICIES), ("pretrain", "model.attn_implementation", ATTENTION_BACKENDS),
+    ("pretrain", "model.layer_norm_backward", KERNEL_BACKENDS), ("pretrain", "model.logsumexp", KERNEL_BACKENDS),
+    ("pretrain", "data.packing", PACKING_METHODS), ("contrastive", "model.attn_implementation", ATTENTION_BACKENDS),
+    ("contrastive", "data.layout", LAYOUTS), ("contrastive", "data.row_shapes", ROW_SHAPES),
+    ("contrastive", "loss.name", LOSSES), ("contrastive", "pooling.mode", POOLING_MODES),
+]
+
+
+@pytest.mark.parametrize("cli,key,allowed", ENUMERATED, ids=[f"{c}-{k}" for c, k, _ in ENUMERATED])
+def test_a_wrong_enumerated_value_is_refused_before_anything_is_written(cli, key, allowed, w, tmp_path, snapshot):
+    """A typo such as attn_implementation=palas used to pass validation and fail at the first trace."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    before = snapshot(out)
+    _, args = (P if cli == "pretrain" else C)(f"--config.{key}=palas")
+    code, err = run_cli(cli, [a.replace("IN/", f"{w['root']}/").replace(OUT, str(out)) for a in args])
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code != 0 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert errors[0].startswith(f"error: config.{key}: 'palas' is not one of"), errors[0]
+    assert all(repr(value) in errors[0] for value in allowed), errors[0]
     assert snapshot(out) == before
 
 

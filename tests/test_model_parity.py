@@ -245,3 +245,10 @@ def test_one_pass_logsumexp_kernel_matches_xla():
         want = jax.nn.logsumexp(xs.astype(jnp.float32), axis=-1)
         got = logsumexp_rows(xs, block_rows=8, block_cols=1024, interpret=True)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_the_config_allows_exactly_the_attention_backends_there_are():
+    from neobert_jax.config import ATTENTION_BACKENDS
+    from neobert_jax.model import backends
+
+    assert sorted(ATTENTION_BACKENDS) == backends()

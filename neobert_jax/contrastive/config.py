@@ -12,13 +12,12 @@ import functools
 
 import ml_collections
 
-from neobert_jax.runtime.config import base_config, validate_training
+from neobert_jax.runtime.config import DROPOUTS, base_config, validate_training
 
 LOSSES = ("mnrl", "simcse", "mse")
 LAYOUTS = ("pack", "bucket")
 ROW_SHAPES = ("auto", "one", "ladder")
 POOLING_MODES = ("mean", "cls")
-_DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
 # What train.keep_best_checkpoint ranks by: the mean of the eval sets' metrics (Spearman, nDCG@10,
 # recall@10, MRR@10, recall@100: all higher-is-better), there being no eval loss.
 BEST_METRIC = "eval_mean"
@@ -117,12 +116,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     dims, weights = matryoshka(config.loss)
     need(len(weights) == len(dims), "loss.matryoshka_weights", f"{len(weights)} weights for {len(dims)} dims")
     need(all(d > 0 for d in dims), "loss.matryoshka_dims", "must be positive")
-    for key in _DROPOUTS:
-        need(0.0 <= config.model[key] < 1.0, f"model.{key}", "must be in [0, 1)")
     if config.loss.name == "simcse":
-        need(any(config.model[k] > 0 for k in _DROPOUTS), "loss.name",
+        need(any(config.model[k] > 0 for k in DROPOUTS), "loss.name",
              "simcse uses dropout as its only noise: set model.attention_dropout (or another *_dropout) > 0, e.g. 0.1")
 
 
 def dropout_overrides(config) -> dict[str, float]:
-    return {key: float(config.model[key]) for key in _DROPOUTS}
+    return {key: float(config.model[key]) for key in DROPOUTS}

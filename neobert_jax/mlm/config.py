@@ -9,6 +9,7 @@ import ml_collections
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.data import default_data_config
+from neobert_jax.data.packing import PACKING_METHODS
 from neobert_jax.data.tokenizer import SPECIAL_TOKENS
 from neobert_jax.runtime.config import base_config, validate_training
 
@@ -68,6 +69,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(positions is None or t.seq_len <= positions, "train.seq_len",
          f"{t.seq_len} exceeds model.max_position_embeddings={positions}")
     need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")
+    need(config.data.packing in PACKING_METHODS, "data.packing",
+         f"{config.data.packing!r} is not one of {PACKING_METHODS}")
+    need(not (config.data.preprocessed_dir and config.data.train_files), "data.preprocessed_dir",
+         "set data.train_files or data.preprocessed_dir, not both")
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
     need(t.steps_per_call >= 0, "train.steps_per_call", "must be >= 0 (0 = auto)")
     smallest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # bytes, specials, one merge

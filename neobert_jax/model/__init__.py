@@ -1,6 +1,6 @@
 """Flax NNX ModernBERT and its attention backends."""
 
-from neobert_jax.model.attention import attention, backends, register_backend
+from neobert_jax.model.attention import attention, backends
 from neobert_jax.model.modernbert import ModernBertForMaskedLM, ModernBertModel, logical_axes
 
-__all__ = ["ModernBertForMaskedLM", "ModernBertModel", "attention", "backends", "logical_axes", "register_backend"]
+__all__ = ["ModernBertForMaskedLM", "ModernBertModel", "attention", "backends", "logical_axes"]

@@ -112,15 +112,10 @@ def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropo
     return fn(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 
-_BACKENDS: dict[str, Callable] = {
+_BACKENDS: dict[str, Callable] = {  # neobert_jax.config.ATTENTION_BACKENDS names these for validation
     "xla": xla_attention, "pallas": pallas_backend, "cudnn": cudnn_backend, "splash": splash_backend,
     "auto": auto_backend,
 }
-
-
-def register_backend(name: str, fn: Callable) -> None:
-    """Adds a kernel with xla_attention's signature under `name`."""
-    _BACKENDS[name] = fn
 
 
 def backends() -> list[str]:

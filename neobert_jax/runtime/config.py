@@ -16,10 +16,12 @@ import os
 
 import ml_collections
 
+from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots")
+DROPOUTS = ("embedding_dropout", "attention_dropout", "mlp_dropout")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -105,7 +107,14 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
 
     need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {PRECISIONS}")
     need(t.schedule in SCHEDULES, "train.schedule", f"{t.schedule!r} is not one of {SCHEDULES}")
-    need(config.model.remat in REMAT_POLICIES, "model.remat", f"{config.model.remat!r} is not one of {REMAT_POLICIES}")
+    m = config.model
+    need(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+    need(m.attn_implementation in ATTENTION_BACKENDS, "model.attn_implementation",
+         f"{m.attn_implementation!r} is not one of {ATTENTION_BACKENDS}")
+    for key in ("layer_norm_backward", "logsumexp"):
+        need(m[key] in KERNEL_BACKENDS, f"model.{key}", f"{m[key]!r} is not one of {KERNEL_BACKENDS}")
+    for key in DROPOUTS:
+        need(0.0 <= m[key] < 1.0, f"model.{key}", f"must be in [0, 1), got {m[key]}")
     need(t.batch_size >= 0, "train.batch_size", f"must be positive, got {t.batch_size}")  # each task: 0 or not
     need(t.grad_accum_steps > 0, "train.grad_accum_steps", "must be positive")
     need(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
