@@ -252,3 +252,19 @@ def test_the_config_allows_exactly_the_attention_backends_there_are():
     from neobert_jax.model import backends
 
     assert sorted(ATTENTION_BACKENDS) == backends()
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+@pytest.mark.parametrize("float32", [True, False])
+@pytest.mark.parametrize("local", [True, False])
+@pytest.mark.parametrize("tf32x3", [True, False])
+@pytest.mark.parametrize("per_device", [True, False])
+def test_auto_attention_chooses_by_platform_dtype_window_precision_and_mesh(platform, float32, local, tf32x3,
+                                                                           per_device):
+    from neobert_jax.model.attention import choose_backend
+
+    chosen = choose_backend(platform, float32, local, tf32x3=tf32x3, per_device=per_device)
+    expected = {"cpu": "xla",
+                "gpu": "pallas" if not float32 or (local and tf32x3) else "xla",  # fp32 global: XLA is faster
+                "tpu": "splash" if per_device else "xla"}[platform]  # Mosaic cannot be auto-partitioned
+    assert chosen == expected

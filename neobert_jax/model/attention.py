@@ -88,28 +88,30 @@ def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dro
     return _pallas_kernel(splash_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 
-def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """The fastest correct choice measured (docs/performance.md).
+def choose_backend(platform: str, float32: bool, local: bool, *, tf32x3: bool, per_device: bool) -> str:
+    """`auto`'s choice, the fastest correct one measured (docs/performance.md), as a plain function.
 
     GPU: the Pallas kernel for 16-bit inputs. For float32 it pays only on local layers and only
-    with 3-pass TF32 dots (the fp32 training policy on GPU); XLA is faster on float32 global
-    layers. CPU: XLA.
-
-    TPU: the splash kernel. Kernels run per device inside a shard_map when the step is traced
-    under a mesh (model/shards.py); a multi-device TPU trace without one keeps XLA, since Mosaic
-    kernels cannot be partitioned automatically.
+    with 3-pass TF32 dots (`tf32x3`, the fp32 training policy on GPU); XLA is faster on float32
+    global layers. TPU: the splash kernel when it can run per device (`per_device`: one device, or
+    a trace under a mesh, where model/shards.py wraps it in a shard_map); Mosaic kernels cannot be
+    partitioned automatically, so a multi-device trace without a mesh keeps XLA. Elsewhere: XLA.
     """
+    if platform == "tpu":
+        return "splash" if per_device else "xla"
+    if platform == "gpu" and (not float32 or (local and tf32x3)):
+        return "pallas"
+    return "xla"
+
+
+def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+    """`choose_backend` from the trace's platform, dtype, window, matmul precision and mesh."""
     from neobert_jax.model.attention_pallas import uses_tf32x3
 
-    fn = xla_attention
-    if jax.default_backend() == "tpu":
-        per_device = jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
-        fn = splash_backend if per_device else xla_attention
-    elif jax.default_backend() == "gpu":
-        float32 = q_BTNH.dtype == jnp.float32
-        if not float32 or (window is not None and uses_tf32x3()):
-            fn = pallas_backend
-    return fn(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+    name = choose_backend(jax.default_backend(), q_BTNH.dtype == jnp.float32, window is not None,
+                          tf32x3=uses_tf32x3(),
+                          per_device=jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty)
+    return _BACKENDS[name](q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
 
 
 _BACKENDS: dict[str, Callable] = {  # neobert_jax.config.ATTENTION_BACKENDS names these for validation
