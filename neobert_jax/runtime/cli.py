@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from neobert_jax.data import DataError
-from neobert_jax.runtime import distributed
+from neobert_jax.runtime import distributed, early_signals
 from neobert_jax.runtime.config import check_override_keys, load_config_file, split_config_arg
 from neobert_jax.runtime.runner import NonFiniteLossError
 from neobert_jax.runtime.model_init import apply_xla_flags
@@ -32,6 +32,7 @@ def run(train_fn: Callable, example_config: str) -> None:
 
     The config file is executed once, here: its keys check the overrides before absl applies them.
     """
+    early_signals.exit_if_received()  # one that came during the imports
     path, argv = split_config_arg(sys.argv)
     if path is None and not {"--help", "-h", "--helpfull"} & set(argv):
         sys.exit(f"error: --config is required, e.g. --config {example_config}")
@@ -61,11 +62,12 @@ def run(train_fn: Callable, example_config: str) -> None:
             distributed.initialize(coordinator.value, num_processes.value, process_id.value)
         except (ValueError, RuntimeError) as e:
             sys.exit(f"error: {e}")
+        early_signals.exit_if_received()
         try:
             result = train_fn(config.value)
         except (ValueError, OSError, DataError, NonFiniteLossError) as e:
             sys.exit(f"error: {one_line(e)}")
         if not result.completed:
-            print(f"stopped at step {result.step}; rerun to resume", file=sys.stderr)
+            print(f"stopped at step {result.step}; rerun to {'resume' if result.step else 'start'}", file=sys.stderr)
 
     app.run(main, argv=argv)

@@ -153,7 +153,8 @@ class Runner:
     def run(self, stop: StopRequest):
         s, t, task = self.setup, self.config.train, self.task
         state, step, pending = s.state, s.start_step, None
-        if task.has_eval and task.eval_before_training and step == 0:
+        stopped_early = stop.requested()  # a signal during start-up: no evaluation, no step
+        if task.has_eval and task.eval_before_training and step == 0 and not stopped_early:
             self.reporter.log(0, self._evaluate(0, state.params))
             self.interval = Interval()  # the evaluation's time is not training time
         while step < s.total_steps and not stop.requested(pending[1] if pending else None):
@@ -171,6 +172,11 @@ class Runner:
                 self._save(step, state)
         if pending is not None:
             self._record_call(*pending)
+        if step == s.start_step < s.total_steps:  # stopped during start-up: the checkpoints are as they were
+            self.reporter.end_progress()
+            self.reporter.message(f"stopped before step {step + 1}: nothing to save; rerun the same command to "
+                                  + ("resume" if step else "start"))
+            return task.result(step, False, self._train_loss(), None, None)
         if step < s.total_steps:
             saving = time.perf_counter()
             self._save(step, state, force=True, log=self.reporter.message)
