@@ -229,11 +229,24 @@ class Runner:
         if step == 1 or extra or streak or step % t.log_every == 0 or step == self.setup.total_steps:
             self._log(step, m, mean_loss, extra)
         if streak >= t.max_nonfinite_steps:
-            latest = self.setup.checkpointer.latest_step()
             raise NonFiniteLossError(
                 f"{streak} non-finite steps in a row (train.max_nonfinite_steps={t.max_nonfinite_steps}) at step "
-                f"{step}; the last checkpoint ({'none' if latest is None else f'step {latest}'}) is intact. "
-                "Lower train.learning_rate or use train.precision=fp32 before resuming")
+                f"{step}; {self._checkpoints_after_divergence(step - streak)}. Lower train.learning_rate or use "
+                "train.precision=fp32 before resuming")
+
+    def _checkpoints_after_divergence(self, last_finite: int) -> str:
+        """Which checkpoint a resume can use. The non-finite steps started from the parameters of step
+        `last_finite` (their updates were skipped): a checkpoint of that step holds them, a finite loss
+        at a later step is what shows an earlier checkpoint's parameters intact."""
+        c = self.setup.checkpointer
+        steps = sorted(c.manager.all_steps())
+        intact = [s for s in steps if s < last_finite]
+        if last_finite not in steps:
+            return f"the last checkpoint ({f'step {intact[-1]}' if intact else 'none'}) is intact"
+        bad = os.path.join(c.directory, str(last_finite))
+        fallback = (f"move it out of {c.directory} to resume from step {intact[-1]}, the last intact one" if intact
+                    else "there is no earlier checkpoint: rerun with config.resume=False to start over")
+        return f"checkpoint {bad} holds the parameters these steps started from, which give non-finite losses; {fallback}"
 
     def _log(self, step: int, m: dict, mean_loss: float, extra: dict | None) -> None:
         """One metrics.jsonl / TensorBoard record of the steps since the previous one."""
