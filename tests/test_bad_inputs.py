@@ -2,6 +2,7 @@
 tensor, and the output dir exactly as it was. The CLIs run in-process (their `main`) so each case
 costs no interpreter or JAX start; all cases fail before anything compiles."""
 
+import gc
 import importlib.util
 import io
 import json
@@ -40,24 +41,30 @@ def _absl_cli(train_fn, argv):
                 delattr(flags.FLAGS, name)
 
 
+def _call(cli: str, args: list[str]):
+    if cli == "pretrain":
+        return _absl_cli(train, ["pretrain.py", "--config", os.path.join(REPO, "configs/tiny.py"), *args])
+    if cli == "contrastive":
+        from neobert_jax.contrastive.task import train_contrastive
+
+        return _absl_cli(train_contrastive, ["contrastive.py", "--config", os.path.join(REPO, "configs/contrastive.py"),
+                                             *args])
+    if cli in ("convert/torch_to_flax.py", "convert/flax_to_torch.py"):
+        from neobert_jax.hf import convert
+
+        return convert.main(getattr(convert, os.path.basename(cli)[:-3]), "", args)
+    return _script(cli).main(args)
+
+
 def run_cli(cli: str, args: list[str]) -> tuple[int, str]:
     """-> (exit status, stderr plus the exit message) of one in-process CLI call."""
     err = io.StringIO()
     try:
         with redirect_stderr(err), redirect_stdout(io.StringIO()):
-            if cli == "pretrain":
-                code = _absl_cli(train, ["pretrain.py", "--config", os.path.join(REPO, "configs/tiny.py"), *args])
-            elif cli == "contrastive":
-                from neobert_jax.contrastive.task import train_contrastive
-
-                code = _absl_cli(train_contrastive, ["contrastive.py", "--config",
-                                                      os.path.join(REPO, "configs/contrastive.py"), *args])
-            elif cli in ("convert/torch_to_flax.py", "convert/flax_to_torch.py"):
-                from neobert_jax.hf import convert
-
-                code = convert.main(getattr(convert, os.path.basename(cli)[:-3]), "", args)
-            else:
-                code = _script(cli).main(args)
+            try:
+                code = _call(cli, args)
+            finally:
+                gc.collect()  # what a failed restore abandoned prints when collected
     except SystemExit as e:
         code = e.code
     except Exception as e:  # what the user would see as a traceback
@@ -96,7 +103,21 @@ def w(tmp_path_factory, write_corpus, write_tokenizer, hf_model, tiny_config):
                                             + "\n" for i in range(4)))
     run = root / "run"
     train(tiny_config(run, corpus, tokenizer=tok, **{"train.max_steps": 2, "train.save_every": 1}))
+    shutil.copytree(run, root / "damaged")
+    _damage(root / "damaged", data_only=True)
     return dict(root=root, corpus=corpus, tok=tok, hf=str(hf), run=str(run))
+
+
+def _damage(run, data_only=False) -> None:
+    """Zeroes 64 bytes inside the large files of checkpoint 2's params (`data_only`: the tensors' data,
+    not the metadata)."""
+    for root, _, files in os.walk(os.path.join(run, "checkpoints", "2", "params")):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 1000 and (not data_only or "ocdbt.process_0" in path):
+                data = bytearray(open(path, "rb").read())
+                data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+                open(path, "wb").write(bytes(data))
 
 
 TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2", "--config.model.num_attention_heads=2",
@@ -129,6 +150,7 @@ CASES = {
     "p-init-empty-dir": (P("--config.init_from=IN/emptydir", "--config.tokenizer=IN/tok"), "emptydir"),
     "p-init-bad-json": (P("--config.init_from=IN/hf_badjson", "--config.tokenizer=IN/tok"), "config.json"),
     "p-init-str-size": (P("--config.init_from=IN/hf_str"), "hidden_size"),
+    "p-init-damaged-data": (P("--config.init_from=IN/damaged"), "damaged/checkpoints/2/params: cannot be read"),
     "p-init-other-size": (P("--config.init_from=IN/hf"), "model.hidden_size"),
     "p-tokenizer-missing": (P("--config.tokenizer=IN/none"), "none"),
     "p-tokenizer-empty-dir": (P("--config.tokenizer=IN/emptydir"), "emptydir"),
@@ -193,6 +215,7 @@ CASES = {
     "f-missing": (("convert/flax_to_torch.py", ["IN/none", OUT]), "none"),
     "f-flipped-bytes": (("convert/flax_to_torch.py", ["RUN", OUT]), "params"),
     "f-str-size": (("convert/flax_to_torch.py", ["RUN", OUT]), "hidden_size"),
+    "f-damaged-data": (("convert/flax_to_torch.py", ["IN/damaged", OUT]), "checkpoints/2/params: cannot be read"),
     "g-teacher-missing": (("convert/guide_init.py", ["--teacher", "IN/none", "--out", OUT]), "none"),
     "g-heads": (("convert/guide_init.py", ["--teacher", "IN/hf", "--out", OUT, "--hidden-size", "32",
                                            "--num-heads", "5"]), "head"),
@@ -238,13 +261,7 @@ def _prepare(case: str, w, out):
     if case.startswith("r-") or case in ("f-flipped-bytes", "f-str-size"):
         shutil.copytree(w["run"], out)
     if case in ("r-flipped-bytes", "f-flipped-bytes"):
-        for root, _, files in os.walk(os.path.join(out, "checkpoints", "2", "params")):
-            for name in files:
-                path = os.path.join(root, name)
-                if os.path.getsize(path) > 1000:
-                    data = bytearray(open(path, "rb").read())
-                    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
-                    open(path, "wb").write(bytes(data))
+        _damage(out)
     if case == "r-no-trainer-item":
         shutil.rmtree(os.path.join(out, "checkpoints", "2", "trainer"))
     if case == "f-str-size":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import traceback
 
 import jax
 import numpy as np
@@ -21,6 +23,40 @@ from neobert_jax.hf.io import copy_tokenizer_files, read_hf_config, read_hf_stat
 from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
 from neobert_jax.model import ModernBertForMaskedLM
 
+
+def quiet_orbax_failures() -> None:
+    """Orbax's writer threads log each failed write with a traceback (45 for one full disk), asyncio
+    logs the futures of the others, tensorstore's late callbacks into orbax's closed event loops
+    print "Event loop is closed", and the reads a failed restore abandoned print theirs when they
+    are collected. The failure itself is re-raised where the caller waits for the save or restore,
+    which reports it in one line, so these are dropped."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
+            logger.addFilter(_OrbaxTracebacks())
+    if getattr(sys.unraisablehook, "quiets_orbax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == (
+            "Event loop is closed")
+        code = getattr(unraisable.object, "cr_code", None)  # an orbax coroutine abandoned by a failed restore
+        if not (closed_loop or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+            previous(unraisable)
+
+    hook.quiets_orbax = True
+    sys.unraisablehook = hook
+
+
+class _OrbaxTracebacks(logging.Filter):
+    """Drops error records whose traceback is orbax's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.exc_info or not record.exc_info[2]:
+            return True
+        where = [record.pathname] + [frame.filename for frame in traceback.extract_tb(record.exc_info[2])]
+        return not any(f"{os.sep}orbax{os.sep}" in path for path in where)
 
 
 def save_hf_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_dir: str | None = None,
@@ -83,6 +119,7 @@ def restore_params(params_dir: str, target: dict) -> dict:
     params_dir = os.path.abspath(params_dir)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), target)
+    quiet_orbax_failures()
     quiet = _NoStepMetadataWarning()  # a run's params item keeps its metadata in the step dir, as orbax's manager writes it
     logging.getLogger("absl").addFilter(quiet)
     try:
@@ -90,7 +127,9 @@ def restore_params(params_dir: str, target: dict) -> dict:
         try:
             with ocp.StandardCheckpointer() as checkpointer:
                 return checkpointer.restore(params_dir, abstract)
-        except (ValueError, OSError) as e:  # tensorstore: DATA_LOSS etc. on damaged files
+        except Exception as e:  # tensorstore: DATA_LOSS etc. on damaged files; orbax wraps some in Exception
+            while e.__cause__ is not None:  # tensorstore's own error names the tensor and the damage
+                e = e.__cause__
             raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
     finally:
         logging.getLogger("absl").removeFilter(quiet)

@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import math
 import os
 import re
 import shutil
-import sys
 import threading
-import traceback
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from neobert_jax.hf.checkpoint import check_params_match
+from neobert_jax.hf.checkpoint import check_params_match, quiet_orbax_failures
 from neobert_jax.runtime.state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -38,37 +35,6 @@ CHECKPOINTS = "checkpoints"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed; the message names it and what to do."""
-
-
-def _quiet_orbax_failures() -> None:
-    """Orbax's writer threads log each failed write with a traceback (45 for one full disk), asyncio
-    logs the futures of the others, and tensorstore's late callbacks into orbax's closed event loops
-    print "Event loop is closed". The failure itself is re-raised in the thread that waits for the
-    save, where RunCheckpointer reports it in one line, so these are dropped."""
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
-            logger.addFilter(_OrbaxTracebacks())
-    if getattr(sys.unraisablehook, "quiets_closed_loops", False):
-        return
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.quiets_closed_loops = True
-    sys.unraisablehook = hook
-
-
-class _OrbaxTracebacks(logging.Filter):
-    """Drops error records whose traceback is orbax's."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or not record.exc_info or not record.exc_info[2]:
-            return True
-        where = [record.pathname] + [frame.filename for frame in traceback.extract_tb(record.exc_info[2])]
-        return not any(f"{os.sep}orbax{os.sep}" in path for path in where)
 
 
 def _reason(error: BaseException) -> str:
@@ -105,7 +71,7 @@ class RunCheckpointer:
             ]))
         else:
             retention = dict(max_to_keep=keep)
-        _quiet_orbax_failures()
+        quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
