@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 import traceback
 
 import jax
@@ -130,7 +131,8 @@ def restore_params(params_dir: str, target: dict) -> dict:
         except Exception as e:  # tensorstore: DATA_LOSS etc. on damaged files; orbax wraps some in Exception
             while e.__cause__ is not None:  # tensorstore's own error names the tensor and the damage
                 e = e.__cause__
-            raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
+            reason = textwrap.shorten(str(e), 300, placeholder=" ...")
+            raise ValueError(f"{params_dir}: cannot be read ({reason})") from None
     finally:
         logging.getLogger("absl").removeFilter(quiet)
 
@@ -140,6 +142,10 @@ class _NoStepMetadataWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Metadata file does not exist")
+
+
+class ParamsMismatch(ValueError):
+    """A checkpoint of another model: a tensor's name or shape differs."""
 
 
 def check_params_match(params_dir: str, target) -> None:
@@ -152,7 +158,8 @@ def check_params_match(params_dir: str, target) -> None:
         try:
             meta = checkpointer.metadata(params_dir)
         except (ValueError, OSError, KeyError) as e:
-            raise ValueError(f"{params_dir}: not a readable checkpoint ({' '.join(str(e).split())[:300]})") from None
+            reason = textwrap.shorten(str(e), 300, placeholder=" ...")
+            raise ValueError(f"{params_dir}: not a readable checkpoint ({reason})") from None
     saved_tree = getattr(meta, "item_metadata", meta)
     if saved_tree is None:
         raise ValueError(f"{params_dir}: not a readable checkpoint (no metadata)")
@@ -160,11 +167,11 @@ def check_params_match(params_dir: str, target) -> None:
     wanted = {"/".join(map(str, k)): v.shape for k, v in _flatten(target).items()}
     for name in sorted(set(saved) | set(wanted)):
         if name not in saved:
-            raise ValueError(f"{params_dir}: tensor {name} is missing from the checkpoint")
+            raise ParamsMismatch(f"{params_dir}: tensor {name} is missing from the checkpoint")
         if name not in wanted:
-            raise ValueError(f"{params_dir}: tensor {name} is not a parameter of this model")
+            raise ParamsMismatch(f"{params_dir}: tensor {name} is not a parameter of this model")
         if tuple(saved[name]) != tuple(wanted[name]):
-            raise ValueError(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
+            raise ParamsMismatch(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
                              f"the model expects {tuple(wanted[name])}")
 
 

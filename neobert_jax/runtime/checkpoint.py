@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import textwrap
 import threading
 
 import jax
@@ -27,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from neobert_jax.hf.checkpoint import check_params_match, quiet_orbax_failures
+from neobert_jax.hf.checkpoint import ParamsMismatch, check_params_match, quiet_orbax_failures
 from neobert_jax.runtime.state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -44,7 +45,7 @@ def _reason(error: BaseException) -> str:
         return os.strerror(int(code.group(1)))
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    return textwrap.shorten(f"{type(error).__name__}: {error}", 300, placeholder=" ...")  # paths stay whole
 
 
 class RunCheckpointer:
@@ -180,6 +181,11 @@ class RunCheckpointer:
         step_dir = os.path.join(self.directory, str(step))
         try:
             check_params_match(os.path.join(step_dir, "params"), abstract.params)
+        except ParamsMismatch as e:  # every checkpoint of the run has that model: moving this one away is no help
+            run_config = os.path.join(os.path.dirname(self.directory), "run_config.json")
+            raise CheckpointError(f"{e}: the run was trained with another model than this config's; resume with the "
+                                  f"model.* settings in {run_config}, or use another output_dir") from None
+        try:
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(
@@ -193,7 +199,7 @@ class RunCheckpointer:
             earlier = [s for s in self.manager.all_steps() if s < step]
             hint = (f"move {step_dir} out of {self.directory} to resume from step {max(earlier)}" if earlier else
                     "rerun with config.resume=False to start over")
-            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            reason = textwrap.shorten(f"{type(e).__name__}: {e}", 300, placeholder=" ...")
             raise CheckpointError(f"checkpoint {step_dir} cannot be restored ({reason}); {hint}") from None
         trainer = restored["trainer"]
         state = TrainState(params=restored["params"], **trainer)
