@@ -141,13 +141,20 @@ def test_a_stop_at_any_point_of_start_up_exits_cleanly_and_the_rerun_goes_on(tmp
         assert ("resumed from" in done.stderr) == resumes, done.stderr[-3000:]
 
 
-def test_a_torn_metrics_line_does_not_block_the_resume_and_a_fresh_run_keeps_no_records(tmp_path):
+def test_a_torn_metrics_line_does_not_block_the_resume_and_a_fresh_run_keeps_no_records(tmp_path, capsys):
     records = [{"step": 0, "eval_x": 1.0}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
     text = "".join(json.dumps(r) + "\n" for r in records)
     (tmp_path / "metrics.jsonl").write_text(text + '{"step": 3, "lo')
-    reporter = RunReporter(str(tmp_path), 10, 2, enabled=True)
+    reporter = RunReporter(str(tmp_path), 10, 2, enabled=True)  # step 3 is redone: nothing lost
     assert reporter.records == records
     reporter.close()
+    assert "torn" not in "".join(capsys.readouterr())
+    (tmp_path / "metrics.jsonl").write_text(text + '{"step": 3, "lo')
+    reporter = RunReporter(str(tmp_path), 10, 3, enabled=True)  # before: step 3's record gone without a word
+    assert reporter.records == records
+    reporter.close()
+    assert f"{tmp_path}/metrics.jsonl:4: a torn last line was dropped; the record of step 3 is lost" in "".join(
+        capsys.readouterr())
     fresh = RunReporter(str(tmp_path), 10, 0, enabled=True)  # resume=False: not the old run's step 0
     assert fresh.records == []
     fresh.close()
