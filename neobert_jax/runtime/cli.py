@@ -27,6 +27,19 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def use_compilation_cache(config) -> None:
+    """JAX's persistent compilation cache in config.compilation_cache_dir ("": none), bounded by
+    config.compilation_cache_max_gb (negative: no bound): JAX removes the least recently used entries."""
+    if not config.compilation_cache_dir:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the many small ones add up
+    bound = config.compilation_cache_max_gb
+    jax.config.update("jax_compilation_cache_max_size", int(bound * 2**30) if bound >= 0 else -1)
+
+
 def run(train_fn: Callable, example_config: str) -> None:
     """Parses the command line and calls `train_fn(config)`; its result needs `.completed`, `.step`.
 
@@ -53,11 +66,7 @@ def run(train_fn: Callable, example_config: str) -> None:
         if len(argv) > 1:
             sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
         apply_xla_flags(config.value.train.precision)  # before JAX starts its backend
-        if config.value.compilation_cache_dir:
-            import jax
-
-            jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.value.compilation_cache_dir))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the many small ones add up
+        use_compilation_cache(config.value)
         try:
             distributed.initialize(coordinator.value, num_processes.value, process_id.value)
         except (ValueError, RuntimeError) as e:
