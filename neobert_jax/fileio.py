@@ -22,8 +22,11 @@ def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
         os.rmdir(out_dir)
     if os.path.exists(out_dir) and if_exists == "error":
         raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir))
+    try:
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir))
+    except OSError as e:  # e.g. a read-only mount: named by the path the user gave, not the temp folder's
+        raise OSError(e.errno, e.strerror, out_dir) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would hide the result from other users
@@ -38,5 +41,9 @@ def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
             shutil.rmtree(old_dir)
         elif if_exists == "error":
             raise FileExistsError(f"{out_dir}: appeared while it was being written; not replaced")
+    except OSError as e:  # a failed write (a full disk) names the file as it would be in out_dir
+        if not (isinstance(e.filename, str) and e.filename.startswith(tmp_dir)):
+            raise
+        raise OSError(e.errno, e.strerror, out_dir + e.filename[len(tmp_dir):]) from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -114,6 +114,29 @@ def test_divergence_keeps_the_checkpoints_from_before_it(env, tmp_path, tiny_con
     assert f"step {max(kept)}) is intact" in str(failure.value)
 
 
+def _finite_logits(path) -> bool:
+    return bool(np.isfinite(np.asarray(neobert_jax.from_pretrained(str(path))(np.arange(5, 17)[None]))).all())
+
+
+def test_the_checkpoint_called_intact_after_a_divergence_gives_finite_logits(env, tmp_path, tiny_config):
+    """Step 2's update is finite but leaves parameters that give non-finite losses from step 3 on; its
+    checkpoint was called intact (the check looked at the step's loss, not at what it saved)."""
+    options = {"train.max_steps": 8, "train.save_every": 1, "train.learning_rate": 1e12,
+               "train.max_nonfinite_steps": 3, "data.eval_samples": 0}
+    with pytest.raises(NonFiniteLossError) as failure:
+        train(tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"], **options))
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["1", "2"]
+    assert not _finite_logits(checkpoints / "2")
+    assert f"checkpoint {checkpoints}/2 holds the parameters" in str(failure.value)
+    assert "resume from step 1, the last intact one" in str(failure.value)  # before: "(step 2) is intact"
+    assert _finite_logits(checkpoints / "1")
+    shutil.move(checkpoints / "2", tmp_path / "diverged")  # the advice, at a sane learning rate
+    resumed = train(tiny_config(tmp_path, env["corpus"], tokenizer=env["tok_a"],
+                                **{**options, "train.learning_rate": 3e-3}))
+    assert resumed.completed and np.isfinite(resumed.train_loss)
+
+
 def test_a_second_run_on_one_output_dir_is_refused(env, tmp_path, tiny_config, snapshot):
     out = tmp_path / "run"
     with RunDirLock(str(out)):

@@ -10,6 +10,8 @@ scripts/bench_recipe.py (docs/recipe.md: a rerun loads both steps).
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,22 @@ def test_the_cpu_and_several_processes_use_jit_itself():
     jitted = step_fn()
     assert executables.cached(jitted, "toy_step", {}, "~/cache", print) is jitted  # these tests run on CPU
     assert executables.cached(jitted, "toy_step", {}, "", print) is jitted
+
+
+BOUNDED_CACHE = """
+import sys
+import jax, jax.numpy as jnp, ml_collections
+from neobert_jax.runtime.cli import use_compilation_cache
+use_compilation_cache(ml_collections.ConfigDict({"compilation_cache_dir": sys.argv[1],
+                                                 "compilation_cache_max_gb": 50e3 / 2**30}))
+for i in range(30):
+    jax.jit(lambda x: jnp.sin(x) * i + jnp.cos(x) ** i)(jnp.ones(8)).block_until_ready()
+"""
+
+
+def test_the_compilation_cache_stays_within_its_bound(tmp_path):
+    """30 programs of about 3 kB into a 50 kB cache: before, it grew without bound (27 MB after one harness run)."""
+    done = subprocess.run([sys.executable, "-c", BOUNDED_CACHE, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [path.stat().st_size for path in tmp_path.glob("*-cache")]
+    assert 0 < len(entries) < 30 and sum(entries) <= 50e3, entries

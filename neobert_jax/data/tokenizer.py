@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -294,7 +295,14 @@ def save_tokenizer(tokenizer, out_dir: str, note: dict | None = None, replace: b
         "model_input_names": list(tokenizer.model_input_names),
     }
     with atomic_dir(out_dir, if_exists="replace" if replace else "keep") as tmp_dir:
-        tokenizer.backend_tokenizer.save(os.path.join(tmp_dir, "tokenizer.json"))
+        path = os.path.join(tmp_dir, "tokenizer.json")
+        try:
+            tokenizer.backend_tokenizer.save(path)
+        except Exception as e:  # the Rust library's bare Exception("No space left on device (os error 28)")
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), path) from None
         files = {"tokenizer_config.json": config, "special_tokens_map.json": special_tokens, _CORPUS_NOTE: note}
         for name, content in files.items():
             if content is not None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import textwrap
+import traceback
 import warnings
 
 import jax
@@ -23,6 +26,40 @@ from neobert_jax.hf.io import copy_tokenizer_files, read_hf_config, read_hf_stat
 from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
 from neobert_jax.model import ModernBertForMaskedLM
 
+
+def quiet_orbax_failures() -> None:
+    """Orbax's writer threads log each failed write with a traceback (45 for one full disk), asyncio
+    logs the futures of the others, tensorstore's late callbacks into orbax's closed event loops
+    print "Event loop is closed", and the reads a failed restore abandoned print theirs when they
+    are collected. The failure itself is re-raised where the caller waits for the save or restore,
+    which reports it in one line, so these are dropped."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
+            logger.addFilter(_OrbaxTracebacks())
+    if getattr(sys.unraisablehook, "quiets_orbax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == (
+            "Event loop is closed")
+        code = getattr(unraisable.object, "cr_code", None)  # an orbax coroutine abandoned by a failed restore
+        if not (closed_loop or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+            previous(unraisable)
+
+    hook.quiets_orbax = True
+    sys.unraisablehook = hook
+
+
+class _OrbaxTracebacks(logging.Filter):
+    """Drops error records whose traceback is orbax's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.exc_info or not record.exc_info[2]:
+            return True
+        where = [record.pathname] + [frame.filename for frame in traceback.extract_tb(record.exc_info[2])]
+        return not any(f"{os.sep}orbax{os.sep}" in path for path in where)
 
 
 def save_hf_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_dir: str | None = None,
@@ -85,12 +122,16 @@ def restore_params(params_dir: str, target: dict) -> dict:
     params_dir = os.path.abspath(params_dir)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), target)
+    quiet_orbax_failures()
     check_params_match(params_dir, target)
     try:
         with _no_step_metadata_warning(), ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(params_dir, abstract)
-    except (ValueError, OSError) as e:  # tensorstore: DATA_LOSS etc. on damaged files
-        raise ValueError(f"{params_dir}: cannot be read ({' '.join(str(e).split())[:300]})") from None
+    except Exception as e:  # tensorstore: DATA_LOSS etc. on damaged files; orbax wraps some in Exception
+        while e.__cause__ is not None:  # tensorstore's own error names the tensor and the damage
+            e = e.__cause__
+        reason = textwrap.shorten(str(e), 300, placeholder=" ...")
+        raise ValueError(f"{params_dir}: cannot be read ({reason})") from None
 
 
 class _NoStepMetadataWarning(logging.Filter):
@@ -110,6 +151,10 @@ def _no_step_metadata_warning():
         logging.getLogger("absl").removeFilter(quiet)
 
 
+class ParamsMismatch(ValueError):
+    """A checkpoint of another model: a tensor's name or shape differs."""
+
+
 def check_params_match(params_dir: str, target) -> None:
     """Raises ValueError naming the first tensor whose name or shape differs between the orbax
     params item at `params_dir` and `target`, before orbax fails less clearly."""
@@ -120,7 +165,8 @@ def check_params_match(params_dir: str, target) -> None:
         try:
             meta = checkpointer.metadata(params_dir)
         except (ValueError, OSError, KeyError) as e:
-            raise ValueError(f"{params_dir}: not a readable checkpoint ({' '.join(str(e).split())[:300]})") from None
+            reason = textwrap.shorten(str(e), 300, placeholder=" ...")
+            raise ValueError(f"{params_dir}: not a readable checkpoint ({reason})") from None
     saved_tree = getattr(meta, "item_metadata", meta)
     if saved_tree is None:
         raise ValueError(f"{params_dir}: not a readable checkpoint (no metadata)")
@@ -128,11 +174,11 @@ def check_params_match(params_dir: str, target) -> None:
     wanted = {"/".join(map(str, k)): v.shape for k, v in _flatten(target).items()}
     for name in sorted(set(saved) | set(wanted)):
         if name not in saved:
-            raise ValueError(f"{params_dir}: tensor {name} is missing from the checkpoint")
+            raise ParamsMismatch(f"{params_dir}: tensor {name} is missing from the checkpoint")
         if name not in wanted:
-            raise ValueError(f"{params_dir}: tensor {name} is not a parameter of this model")
+            raise ParamsMismatch(f"{params_dir}: tensor {name} is not a parameter of this model")
         if tuple(saved[name]) != tuple(wanted[name]):
-            raise ValueError(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
+            raise ParamsMismatch(f"{params_dir}: tensor {name} has shape {tuple(saved[name])}, "
                              f"the model expects {tuple(wanted[name])}")
 
 

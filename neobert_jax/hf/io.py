@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -47,7 +48,15 @@ def _load_torch_bin(path: str) -> dict[str, np.ndarray]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt pickles / zips
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        reason = f"{type(e).__name__}: {e}"
+        if "Weights only load failed" in reason:  # its text suggests weights_only=False: never for others' files
+            unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", reason)
+            if unsupported:
+                raise ValueError(f"{path}: a pickle holding Python objects besides tensors ({unsupported.group(1)}), "
+                                 "not loaded since that could run code; convert it to model.safetensors where it was "
+                                 "made (transformers' save_pretrained, or safetensors.torch.save_file)") from None
+            reason = " ".join(re.findall(r"WeightsUnpickler error:\s*(.*?)\n\n", reason, re.S)) or "refused by torch's weights-only loader"
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 

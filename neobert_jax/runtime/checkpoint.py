@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import math
 import os
 import re
 import shutil
-import sys
+import textwrap
 import threading
-import traceback
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from neobert_jax.hf.checkpoint import check_params_match
+from neobert_jax.hf.checkpoint import ParamsMismatch, check_params_match, quiet_orbax_failures
 from neobert_jax.runtime.state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -40,37 +38,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed; the message names it and what to do."""
 
 
-def _quiet_orbax_failures() -> None:
-    """Orbax's writer threads log each failed write with a traceback (45 for one full disk), asyncio
-    logs the futures of the others, and tensorstore's late callbacks into orbax's closed event loops
-    print "Event loop is closed". The failure itself is re-raised in the thread that waits for the
-    save, where RunCheckpointer reports it in one line, so these are dropped."""
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
-            logger.addFilter(_OrbaxTracebacks())
-    if getattr(sys.unraisablehook, "quiets_closed_loops", False):
-        return
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.quiets_closed_loops = True
-    sys.unraisablehook = hook
-
-
-class _OrbaxTracebacks(logging.Filter):
-    """Drops error records whose traceback is orbax's."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or not record.exc_info or not record.exc_info[2]:
-            return True
-        where = [record.pathname] + [frame.filename for frame in traceback.extract_tb(record.exc_info[2])]
-        return not any(f"{os.sep}orbax{os.sep}" in path for path in where)
-
-
 def _reason(error: BaseException) -> str:
     """The OS error behind a failed write ("No space left on device"), else the error in one line."""
     code = re.search(r"os_error_code='?(\d+)", str(error))
@@ -78,7 +45,7 @@ def _reason(error: BaseException) -> str:
         return os.strerror(int(code.group(1)))
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    return textwrap.shorten(f"{type(error).__name__}: {error}", 300, placeholder=" ...")  # paths stay whole
 
 
 class RunCheckpointer:
@@ -105,7 +72,7 @@ class RunCheckpointer:
             ]))
         else:
             retention = dict(max_to_keep=keep)
-        _quiet_orbax_failures()
+        quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -214,6 +181,11 @@ class RunCheckpointer:
         step_dir = os.path.join(self.directory, str(step))
         try:
             check_params_match(os.path.join(step_dir, "params"), abstract.params)
+        except ParamsMismatch as e:  # every checkpoint of the run has that model: moving this one away is no help
+            run_config = os.path.join(os.path.dirname(self.directory), "run_config.json")
+            raise CheckpointError(f"{e}: the run was trained with another model than this config's; resume with the "
+                                  f"model.* settings in {run_config}, or use another output_dir") from None
+        try:
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(
@@ -227,7 +199,7 @@ class RunCheckpointer:
             earlier = [s for s in self.manager.all_steps() if s < step]
             hint = (f"move {step_dir} out of {self.directory} to resume from step {max(earlier)}" if earlier else
                     "rerun with config.resume=False to start over")
-            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            reason = textwrap.shorten(f"{type(e).__name__}: {e}", 300, placeholder=" ...")
             raise CheckpointError(f"checkpoint {step_dir} cannot be restored ({reason}); {hint}") from None
         trainer = restored["trainer"]
         state = TrainState(params=restored["params"], **trainer)

@@ -13,12 +13,11 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from neobert_jax.data import DataError
-from neobert_jax.runtime import distributed
+from neobert_jax.runtime import distributed, early_signals
 from neobert_jax.runtime.config import check_override_keys, load_config_file, split_config_arg
 from neobert_jax.runtime.runner import NonFiniteLossError
 from neobert_jax.runtime.model_init import apply_xla_flags
@@ -27,6 +26,19 @@ from neobert_jax.runtime.model_init import apply_xla_flags
 def one_line(error: BaseException) -> str:
     """The message of `error` on one line (library errors often wrap theirs)."""
     return " ".join(str(error).split())
+
+
+def use_compilation_cache(config) -> None:
+    """JAX's persistent compilation cache in config.compilation_cache_dir ("": none), bounded by
+    config.compilation_cache_max_gb (negative: no bound): JAX removes the least recently used entries."""
+    if not config.compilation_cache_dir:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the many small ones add up
+    bound = config.compilation_cache_max_gb
+    jax.config.update("jax_compilation_cache_max_size", int(bound * 2**30) if bound >= 0 else -1)
 
 
 HELP_FLAGS = {"--help", "-h", "--helpfull", "--helpshort"}
@@ -61,6 +73,7 @@ def run(train_fn: Callable, example_config: str, doc: str = "") -> None:
     The config file is executed once, here: its keys check the overrides before absl applies them.
     `doc` (the script's docstring) heads `--help`.
     """
+    early_signals.exit_if_received()  # one that came during the imports
     path, argv = split_config_arg(sys.argv)
     if HELP_FLAGS & set(argv[1:]):
         print_help(doc, path, example_config)
@@ -84,15 +97,12 @@ def run(train_fn: Callable, example_config: str, doc: str = "") -> None:
         if len(argv) > 1:
             sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
         apply_xla_flags(config.value.train.precision)  # before JAX starts its backend
-        if config.value.compilation_cache_dir:
-            import jax
-
-            jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.value.compilation_cache_dir))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the many small ones add up
+        use_compilation_cache(config.value)
         try:
             distributed.initialize(coordinator.value, num_processes.value, process_id.value)
         except (ValueError, RuntimeError) as e:
             sys.exit(f"error: {e}")
+        early_signals.exit_if_received()
         try:
             train_fn(config.value)
         except (ValueError, OSError, DataError, NonFiniteLossError) as e:

@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     # compilation; "" disables it. Applied by the command line (scripts/*.py). Its executables/
     # subdir keeps MLM's compiled steps (GPU/TPU), so a rerun skips tracing too (runtime/executables.py).
     c.compilation_cache_dir = "~/.cache/neobert_jax/jax"
+    c.compilation_cache_max_gb = 2.0  # JAX drops the least recently used entries past it; negative: no bound
 
     # How the model computes; what it is comes from the task (its config, or init_from).
     c.model = ml_collections.ConfigDict()

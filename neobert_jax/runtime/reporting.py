@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -57,14 +58,16 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def _read_records(path: str, up_to_step: int) -> list[dict]:
-    """Records of an earlier run up to the resumed step; later ones are redone by this run.
+def _read_records(path: str, up_to_step: int) -> tuple[list[dict], str | None]:
+    """-> (records of an earlier run up to the resumed step, what a torn last line lost or None);
+    later records are redone by this run.
 
     A run from step 0 keeps none (with resume=False the old ones, step 0's evaluation included,
-    belong to the run it replaces). A torn last line (a kill mid-write) is dropped.
+    belong to the run it replaces). A torn last line (a write cut by a crash) is dropped; when its
+    step is not redone, the caller says that record is lost.
     """
     if up_to_step == 0 or not os.path.exists(path):
-        return []
+        return [], None
     with open(path) as f:
         lines = [line.strip() for line in f]
     records = []
@@ -74,12 +77,16 @@ def _read_records(path: str, up_to_step: int) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a JSON record; fix or delete that line to resume") from None
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: not a JSON record; fix or delete that line to resume") from None
+            step = re.match(r'\{"step": (\d+)', line)
+            if step and int(step.group(1)) > up_to_step:
+                break  # this run writes it again
+            return records, (f"{path}:{number}: a torn last line was dropped; the record of "
+                             f"{f'step {step.group(1)}' if step else 'its step'} is lost (resuming at step {up_to_step})")
         if record["step"] <= up_to_step:
             records.append(record)
-    return records
+    return records, None
 
 
 class RunReporter:
@@ -92,11 +99,13 @@ class RunReporter:
             return
         self.output_dir = output_dir
         self.metrics_path = os.path.join(output_dir, METRICS_FILE)
-        self.records = _read_records(self.metrics_path, start_step)
+        self.records, lost = _read_records(self.metrics_path, start_step)
         with open(self.metrics_path, "w") as f:  # rewritten without the steps this run redoes
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         self.tensorboard = _summary_writer_class()(logdir=os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        if lost:
+            self.message(lost)
 
     def progress(self, step: int, loss: float, tokens_per_s: float | None) -> None:
         """tokens_per_s: the current log interval's, None until one of its steps is timed."""

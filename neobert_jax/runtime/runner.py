@@ -161,7 +161,8 @@ class Runner:
     def run(self, stop: StopRequest):
         s, t, task = self.setup, self.config.train, self.task
         state, step, pending = s.state, s.start_step, None
-        if task.has_eval and task.eval_before_training and step == 0:
+        stopped_early = stop.requested()  # a signal during start-up: no evaluation, no step
+        if task.has_eval and task.eval_before_training and step == 0 and not stopped_early:
             self.reporter.log(0, self._evaluate(0, state.params))
             self.interval = Interval()  # the evaluation's time is not training time
         while step < s.total_steps and not stop.requested(pending[1] if pending else None):
@@ -179,6 +180,11 @@ class Runner:
                 self._save(step, state)
         if pending is not None:
             self._record_call(*pending)
+        if step == s.start_step < s.total_steps:  # stopped during start-up: the checkpoints are as they were
+            self.reporter.end_progress()
+            self.reporter.message(f"stopped before step {step + 1}: nothing to save; rerun the same command to "
+                                  + ("resume" if step else "start"))
+            return task.result(step, False, self._train_loss(), None, None)
         if step < s.total_steps:
             saving = time.perf_counter()
             self._save(step, state, force=True, log=self.reporter.message)
@@ -241,11 +247,24 @@ class Runner:
         if step == 1 or extra or streak or step % t.log_every == 0 or step == self.setup.total_steps:
             self._log(step, m, mean_loss, extra)
         if streak >= t.max_nonfinite_steps:
-            latest = self.setup.checkpointer.latest_step()
             raise NonFiniteLossError(
                 f"{streak} non-finite steps in a row (train.max_nonfinite_steps={t.max_nonfinite_steps}) at step "
-                f"{step}; the last checkpoint ({'none' if latest is None else f'step {latest}'}) is intact. "
-                "Lower train.learning_rate or use train.precision=fp32 before resuming")
+                f"{step}; {self._checkpoints_after_divergence(step - streak)}. Lower train.learning_rate or use "
+                "train.precision=fp32 before resuming")
+
+    def _checkpoints_after_divergence(self, last_finite: int) -> str:
+        """Which checkpoint a resume can use. The non-finite steps started from the parameters of step
+        `last_finite` (their updates were skipped): a checkpoint of that step holds them, a finite loss
+        at a later step is what shows an earlier checkpoint's parameters intact."""
+        c = self.setup.checkpointer
+        steps = sorted(c.manager.all_steps())
+        intact = [s for s in steps if s < last_finite]
+        if last_finite not in steps:
+            return f"the last checkpoint ({f'step {intact[-1]}' if intact else 'none'}) is intact"
+        bad = os.path.join(c.directory, str(last_finite))
+        fallback = (f"move it out of {c.directory} to resume from step {intact[-1]}, the last intact one" if intact
+                    else "there is no earlier checkpoint: rerun with config.resume=False to start over")
+        return f"checkpoint {bad} holds the parameters these steps started from, which give non-finite losses; {fallback}"
 
     def _log(self, step: int, m: dict, mean_loss: float, extra: dict | None) -> None:
         """One metrics.jsonl / TensorBoard record of the steps since the previous one."""

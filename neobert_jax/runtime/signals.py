@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from neobert_jax.runtime import early_signals
+
 # Steps slower than this are awaited before the next is dispatched (see StopRequest.requested).
 SLOW_STEP_S = 1.0
 
@@ -48,6 +50,7 @@ class StopRequest:
         self._on_signal(f"{name} received: finishing the step, saving, then exiting")
 
     def __enter__(self) -> "StopRequest":
+        self._requested = self._requested or early_signals.received() is not None  # one before the handlers
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
