@@ -92,9 +92,9 @@ def test_a_signal_during_start_up_is_kept_for_the_run_and_raises_nothing(tmp_pat
 
 
 def _send_when(process, err: list[str], marker: str | None, delay: float, sig) -> bool:
-    """Reads the process's stderr into `err`; sends `sig` `delay` s after its handler is installed
+    """Reads the process's output (stdout, stderr merged into it) into `err`; sends `sig` `delay` s after its handler is installed
     (marker None) or after `marker` is printed. -> whether the process was still running then."""
-    threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), "")), daemon=True).start()
+    threading.Thread(target=lambda: err.extend(iter(lambda: process.stdout.read(1), "")), daemon=True).start()
     while process.poll() is None and not _catches_sigterm(process.pid):
         time.sleep(0.005)
     while marker is not None and process.poll() is None and marker not in "".join(err):
@@ -123,8 +123,8 @@ def test_a_stop_at_any_point_of_start_up_exits_cleanly_and_the_rerun_goes_on(tmp
     outcomes = {}
     for i, (marker, delay, sig) in enumerate(points):
         out = tmp_path / f"run{i}"
-        process = subprocess.Popen([*args, f"--config.output_dir={out}"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True, cwd=REPO)
+        process = subprocess.Popen([*args, f"--config.output_dir={out}"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, cwd=REPO)
         chars = []
         assert _send_when(process, chars, marker, delay, sig), (marker, delay, "".join(chars)[-3000:])
         process.wait()
