@@ -120,3 +120,13 @@ def test_the_compilation_cache_stays_within_its_bound(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     entries = [path.stat().st_size for path in tmp_path.glob("*-cache")]
     assert 0 < len(entries) < 30 and sum(entries) <= 50e3, entries
+
+
+def test_a_cache_written_without_a_bound_takes_one_without_warnings(tmp_path):
+    """Entries of an unbounded cache (an earlier release) lack JAX's last-use files; the bounded
+    cache then failed every write with a warning naming a missing file."""
+    (tmp_path / "jit_old-0123-cache").write_bytes(b"x" * 100)
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", BOUNDED_CACHE, str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "Error writing persistent compilation cache" not in done.stderr, done.stderr[-2000:]
+    assert len(list(tmp_path.glob("*-cache"))) > 1  # the new programs were written

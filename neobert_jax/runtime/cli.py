@@ -35,10 +35,27 @@ def use_compilation_cache(config) -> None:
         return
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
+    path = os.path.expanduser(config.compilation_cache_dir)
+    jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the many small ones add up
     bound = config.compilation_cache_max_gb
+    if bound >= 0:
+        _date_unbounded_entries(path)
     jax.config.update("jax_compilation_cache_max_size", int(bound * 2**30) if bound >= 0 else -1)
+
+
+def _date_unbounded_entries(path: str) -> None:
+    """Gives each cache entry written without a bound (an earlier release, or max_gb < 0) the
+    last-use file that JAX's bounded cache reads for every entry on each write; without it every
+    write fails with a warning. Their last use is taken to be their write."""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        if name.endswith("-cache"):
+            used = os.path.join(path, name.removesuffix("-cache") + "-atime")
+            if not os.path.exists(used):
+                with open(used, "wb") as f:
+                    f.write(os.stat(os.path.join(path, name)).st_mtime_ns.to_bytes(8, "little"))
 
 
 HELP_FLAGS = {"--help", "-h", "--helpfull", "--helpshort"}
