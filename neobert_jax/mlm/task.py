@@ -15,7 +15,7 @@ import numpy as np
 from neobert_jax.hf import save_hf_dir
 from neobert_jax.runtime import executables, multistep, sharding
 from neobert_jax.mlm.config import validate
-from neobert_jax.runtime.reporting import RunReporter, perplexity
+from neobert_jax.runtime.reporting import perplexity
 from neobert_jax.mlm.setup import RunSetup, setup_run
 from neobert_jax.runtime.runner import NonFiniteLossError, main_process_print, run_frame, run_task
 from neobert_jax.mlm.step import make_eval_step, make_train_step
@@ -52,7 +52,7 @@ class MlmTask:
     export_name = "HF model"
     eval_before_training = False
 
-    def __init__(self, config, setup: RunSetup, reporter: RunReporter):
+    def __init__(self, config, setup: RunSetup, log):
         self.config, self.setup = config, setup
         t = config.train
         self.steps_per_call = t.steps_per_call
@@ -60,7 +60,7 @@ class MlmTask:
         made_of = dict(model=dataclasses.asdict(setup.parts.config), train=t.to_dict(), mesh=config.mesh.to_dict(),
                        total_steps=setup.total_steps)
         cache = functools.partial(executables.cached, settings=made_of, cache_dir=config.compilation_cache_dir,
-                                  log=reporter.message)
+                                  log=log)
         self._step = cache(make_train_step(setup.parts, setup.tx, setup.schedule, t, setup.shardings, setup.mesh,
                                            self.steps_per_call), "mlm_train_step")
         self.has_eval = setup.eval_data is not None
@@ -124,7 +124,8 @@ class MlmTask:
                         overwrite=True)
         return out_dir
 
-    def closing_lines(self, train_loss: float | None, recent_steps: int, last_eval: dict | None) -> list[str]:
+    def closing_lines(self, train_loss: float | None, recent_steps: int, first_eval, last_eval: dict | None
+                      ) -> list[str]:
         lines = []
         if train_loss is not None:
             lines.append(f"Final Student Train Loss: {train_loss:.4f} (mean of the last {recent_steps} steps; "
@@ -134,5 +135,5 @@ class MlmTask:
                          f"(perplexity {last_eval['eval_perplexity']:.2f})")
         return lines
 
-    def result(self, step: int, completed: bool, train_loss, last_eval, export_dir) -> RunResult:
+    def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> RunResult:
         return RunResult(step, completed, train_loss, last_eval["eval_loss"] if last_eval else None, export_dir)
