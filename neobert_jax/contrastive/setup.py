@@ -26,6 +26,7 @@ from neobert_jax.hf.paths import locate
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.runtime import optim, sharding
 from neobert_jax.runtime.model_init import runtime_policy
+from neobert_jax.runtime.resolved import resolve
 from neobert_jax.runtime.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
 from neobert_jax.runtime.setup import TaskSetup, start_or_resume
 from neobert_jax.runtime.state import ModelParts, state_shardings
@@ -138,8 +139,8 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
-    config.data.row_shapes = _row_shapes(config.data.row_shapes)  # recorded in run_config.json
-    if config.data.row_shapes == "one":
+    row_shapes = _row_shapes(config.data.row_shapes)
+    if row_shapes == "one":
         batches.layout = dataclasses.replace(layout, floor=batches.largest_shapes(total_steps))
         shapes = " + ".join(f"{rows} x {length}" for rows, length in batches.layout.floor)
         log(f"data.row_shapes=one: every step is {shapes} tokens (the run's largest step), one compiled shape")
@@ -149,15 +150,17 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     tx = encoder_only(optim.make_optimizer(t, schedule), params)
     shardings = state_shardings(parts, tx, mesh)
 
+    resolved = resolve(config, model_config, batch_size=t.batch_size, total_steps=total_steps, row_shapes=row_shapes)
+
     write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
-    checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
+    checkpointer, state, loss_totals = start_or_resume(config, resolved, output_dir, parts, params, tx, shardings,
                                                        batches, log, best=(BEST_METRIC, "max"))
     del params
 
-    write_run_files(config, output_dir, model_config, tokenizer, None, write_tokenizer)
+    write_run_files(config, resolved, output_dir, model_config, tokenizer, None, write_tokenizer)
     run_tokenizer = os.path.join(output_dir, TOKENIZER_DIR)
     return ContrastiveSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
-                            batches=batches, objective=objective, total_steps=total_steps,
+                            batches=batches, objective=objective, resolved=resolved,
                             start_step=int(state.step), loss_totals=loss_totals, checkpointer=checkpointer,
                             tokenizer_dir=run_tokenizer, text_tokenizer=text_tokenizer, sts_sets=sts_sets,
                             retrieval_sets=retrieval_sets)

@@ -36,8 +36,7 @@ class ContrastiveResult:
 
 
 def train_contrastive(config) -> ContrastiveResult:
-    config = config.copy_and_resolve_references()  # setup resolves the kernels' "auto" into it
-    validate(config)
+    validate(config)  # from here on the config is only read; what setup decides is setup.resolved
     with run_frame(config) as stop:
         setup_started = time.time()
         setup = setup_contrastive(config, main_process_print)
@@ -64,9 +63,9 @@ class ContrastiveTask:
             self.embedder = Embedder(setup.parts, setup.text_tokenizer, pooling_mode=config.pooling.mode,
                                      mesh=setup.mesh, batch_size=config.eval.batch_size)
         self.loss_label = f"{config.loss.name} loss"
-        self.batch_description = f"{t.batch_size} examples"
+        self.batch_description = f"{setup.resolved.batch_size} examples"
         self.steps_per_epoch = setup.batches.steps_per_epoch
-        self.steps_per_call = 1  # its batches differ in shape (length buckets), so they do not stack
+        self.steps_per_call = setup.resolved.steps_per_call
 
     def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
         batch, stats = next(self.setup.batches)

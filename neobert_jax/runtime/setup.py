@@ -11,6 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from neobert_jax.runtime.checkpoint import RunCheckpointer
+from neobert_jax.runtime.resolved import Resolved
 from neobert_jax.runtime.run_dir import check_resume
 from neobert_jax.runtime.state import ModelParts, TrainState, abstract_state, create_train_state
 
@@ -36,15 +37,20 @@ class TaskSetup:
     schedule: optax.Schedule
     shardings: TrainState
     state: TrainState
-    total_steps: int
+    resolved: Resolved  # what the run decided that the config left open; the run reads it, not the config
     start_step: int
     loss_totals: dict  # run-wide sums of the runner, restored on resume
     checkpointer: RunCheckpointer
     tokenizer_dir: str  # output_dir/tokenizer, the one the model trains with
     phases: dict[str, float] = dataclasses.field(default_factory=dict)  # Phases.seconds
 
+    @property
+    def total_steps(self) -> int:
+        return self.resolved.total_steps
 
-def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data, log, best=("eval_loss", "min")):
+
+def start_or_resume(config, resolved: Resolved, output_dir: str, parts, params, tx, shardings, data, log,
+                    best=("eval_loss", "min")):
     """-> (checkpointer, state, loss_totals): the latest checkpoint of output_dir (restoring the data
     iterator too) unless config.resume is False, which deletes them; otherwise a fresh state.
     `best`: the metric and mode that pick the checkpoint train.keep_best_checkpoint keeps."""
@@ -54,7 +60,7 @@ def start_or_resume(config, output_dir: str, parts, params, tx, shardings, data,
                                    best=best if t.keep_best_checkpoint else None)
     latest = checkpointer.latest_step()
     if latest is not None and config.resume:
-        check_resume(config, output_dir)
+        check_resume(resolved.batch_size, output_dir)
         state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
         data.set_state(data_state)
         log(f"resumed from {checkpointer.directory}/{latest}")
