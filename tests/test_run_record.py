@@ -1,6 +1,7 @@
 """A run never modifies the config it was given: what it decides (the automatic batch and steps per
 call, init_from's or ModernBERT's model keys, the kernels and attention backends, the contrastive
-row shapes) is one record, written to run_config.json beside the config it settles; a run dir
+row shapes) is one record, written to run_config.json beside the config it settles; both tasks time
+their start-up phases; a run dir
 whose run_config.json predates the record still resumes, and its batch size is still checked."""
 
 import json
@@ -60,7 +61,8 @@ def test_a_run_dir_written_before_the_record_still_resumes(tmp_path, corpus, tin
 
 
 def test_contrastive_run_leaves_its_config_as_given_and_records_the_row_shapes(tmp_path, contrastive_texts,
-                                                                               tiny_tokenizer_dir, tiny_hf_dir):
+                                                                               tiny_tokenizer_dir, tiny_hf_dir,
+                                                                               capsys):
     root = str(tmp_path)
     pairs = tmp_path / "pairs.jsonl"
     with open(pairs, "w") as f:
@@ -73,6 +75,9 @@ def test_contrastive_run_leaves_its_config_as_given_and_records_the_row_shapes(t
     given = config.to_dict()
     assert train_contrastive(config).completed
     assert config.to_dict() == given
+    start_up = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("start-up:"))
+    for phase in ("devices", "model", "tokenizer", "data", "state", "run files", "reporting"):
+        assert f"{phase} " in start_up, start_up
 
     written = read_run_config(tmp_path / "run")
     shapes = "ladder" if jax.default_backend() == "cpu" else "one"

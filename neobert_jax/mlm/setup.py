@@ -23,10 +23,9 @@ from neobert_jax.runtime import multistep, optim, sharding
 from neobert_jax.mlm.config import INHERITED_MODEL_KEYS
 from neobert_jax.runtime.model_init import build_model
 from neobert_jax.runtime.resolved import resolve
-from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_run_tokenizer, has_checkpoints,
-                                       share_tokenizer, write_run_files)
-from neobert_jax.runtime.setup import Phases, TaskSetup, start_or_resume
-from neobert_jax.runtime.state import ModelParts, state_shardings
+from neobert_jax.runtime.run_dir import TOKENIZER_DIR, check_run_tokenizer, has_checkpoints, share_tokenizer
+from neobert_jax.runtime.setup import TaskSetup, begin_setup, check_model_fits, finish_setup
+from neobert_jax.runtime.state import ModelParts
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -72,17 +71,11 @@ def _tokenizer(config, output_dir: str, log):
 
 
 def _check_batch_layout(config, mesh: Mesh, batch_size: int) -> int:
-    """Rows per process per step; the global batch must split evenly at every level, and every
-    process must feed batch shards of its own (its rows are not copies of another's)."""
+    """Rows per process per step; the global batch must split evenly at every level."""
     t = config.train
     processes, shards = jax.process_count(), sharding.batch_rows_divisor(mesh)
     if batch_size % processes:
         raise ValueError(f"config.train.batch_size={batch_size} is not divisible by the {processes} processes")
-    if sharding.process_batch_shards(mesh) * processes != shards:
-        raise ValueError(
-            f"config.mesh {dict(mesh.shape)}: the {shards} batch shards (mesh.data x mesh.fsdp) do not split over the "
-            f"{processes} processes; make mesh.data x mesh.fsdp a multiple of {processes} (mesh.tensor within a host)"
-        )
     if (batch_size // t.grad_accum_steps) % shards:
         raise ValueError(
             f"config.train.batch_size={batch_size} / grad_accum_steps={t.grad_accum_steps} gives micro-batches "
@@ -110,13 +103,8 @@ def _choose_batch_size(config, mesh: Mesh, tokenizer, log) -> int:
 
 
 def setup_run(config, log) -> RunSetup:
-    if config.init_from and not os.path.exists(config.init_from):
-        raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
-    output_dir = os.path.abspath(config.output_dir)
-    t = config.train
-    phases = Phases()
-    mesh = sharding.make_mesh(config.mesh)
-    phases.done("devices")
+    begun = begin_setup(config)
+    output_dir, mesh, phases, t = begun.output_dir, begun.mesh, begun.phases, config.train
     if not config.data.train_files and not config.data.preprocessed_dir:
         log(f"corpus: data.train_files is empty, so the run trains on the {BUILTIN_NAME[1:-1]}, one paragraph "
             "per document (its size, and the run's steps, depend on the Python version); data.train_files for yours")
@@ -142,27 +130,13 @@ def setup_run(config, log) -> RunSetup:
     if config.init_from:
         log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
     model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
+    check_model_fits(config, model.config, tokenizer)
     resolved = resolve(config, model.config, batch_size=batch_size, total_steps=total_steps,
                        steps_per_call=multistep.resolve_steps_per_call(t.steps_per_call, jax.default_backend()),
                        model={key: getattr(model.config, key) for key in INHERITED_MODEL_KEYS})
-    if t.seq_len > model.config.max_position_embeddings:
-        raise ValueError(f"config.train.seq_len={t.seq_len} exceeds the model's max_position_embeddings "
-                         f"{model.config.max_position_embeddings}")
     parts, params = ModelParts.split(model)
     del model
     phases.done("model")
-    schedule = optim.make_schedule(t, total_steps)
-    tx = optim.make_optimizer(t, schedule)
-    shardings = state_shardings(parts, tx, mesh)
-
-    checkpointer, state, loss_totals = start_or_resume(config, resolved, output_dir, parts, params, tx, shardings,
-                                                       train_data, log)
-    del params
-    phases.done("state")
-
-    write_run_files(config, resolved, output_dir, parts.config, tokenizer, note, write_tokenizer)
-    phases.done("run files")
-    return RunSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
-                    train_data=train_data, eval_data=eval_data, resolved=resolved, start_step=int(state.step),
-                    loss_totals=loss_totals, checkpointer=checkpointer,
-                    tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR), phases=phases.seconds)
+    return finish_setup(config, log, begun, RunSetup, parts=parts, params=params, data=train_data, resolved=resolved,
+                        tokenizer=tokenizer, tokenizer_note=note, write_tokenizer=write_tokenizer,
+                        best=("eval_loss", "min"), train_data=train_data, eval_data=eval_data)
