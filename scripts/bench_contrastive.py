@@ -16,7 +16,8 @@ import jax
 
 from neobert_jax.contrastive.config import contrastive_config
 from neobert_jax.contrastive.setup import setup_contrastive
-from neobert_jax.contrastive.step import make_contrastive_step, place_batch
+from neobert_jax.contrastive.step import make_contrastive_step
+from neobert_jax.runtime.sharding import place_groups
 
 
 def bench(args, layout: str) -> dict:
@@ -33,12 +34,12 @@ def bench(args, layout: str) -> dict:
         batches = [next(s.batches) for _ in range(args.steps)]
         state, shapes = s.state, set()
         for batch, stats in batches:  # compile every shape
-            state, metrics = step(state, place_batch(batch, stats, s.mesh))
+            state, metrics = step(state, place_groups(batch, stats["rows"], s.mesh))
             shapes.add(tuple(g["input_ids"].shape for g in batch["groups"]))
         jax.block_until_ready(metrics)
         start = time.perf_counter()
         for batch, stats in batches:
-            state, metrics = step(state, place_batch(batch, stats, s.mesh))
+            state, metrics = step(state, place_groups(batch, stats["rows"], s.mesh))
         jax.block_until_ready(metrics)
         seconds = time.perf_counter() - start
         s.checkpointer.close()

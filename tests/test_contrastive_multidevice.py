@@ -36,7 +36,7 @@ def _run_all() -> dict:
     from neobert_jax.contrastive.losses import make_objective
     from neobert_jax.contrastive.pooling import gather_texts
     from neobert_jax.contrastive.setup import encoder_only
-    from neobert_jax.contrastive.step import encode_groups, make_contrastive_step, place_batch
+    from neobert_jax.contrastive.step import encode_groups, make_contrastive_step
     from neobert_jax.contrastive.tokenized import TokenizedColumns
     from neobert_jax.runtime import optim, sharding, state
     from neobert_jax.runtime.config import base_config
@@ -72,7 +72,7 @@ def _run_all() -> dict:
             batch, stats = next(batches)
             if first_batch is None:
                 first_batch = (batch, layout.slots)
-            st, metrics = step(st, place_batch(batch, stats, mesh))
+            st, metrics = step(st, sharding.place_groups(batch, stats["rows"], mesh))
             losses.append(float(metrics["loss"]))
             norms.append(float(metrics["grad_norm"]))
         head_moved = float(jnp.abs(st.params["head"]["dense"]["kernel"] - params["head"]["dense"]["kernel"]).max())

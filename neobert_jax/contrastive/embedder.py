@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from neobert_jax.contrastive.batching import Layout, assemble, round_up
 from neobert_jax.contrastive.pooling import l2_normalize, pool_rows
-from neobert_jax.contrastive.step import ROW_KEYS, place_batch
+from neobert_jax.contrastive.step import ROW_KEYS
 from neobert_jax.contrastive.tokenized import TextTokenizer, TokenizedColumns
 from neobert_jax.runtime import sharding
 from neobert_jax.runtime.state import ModelParts
@@ -49,7 +49,7 @@ class Embedder:
             chunk = order[start:start + self.rows]
             batch, stats = assemble(data, chunk, self.layout,
                                     row_range=lambda r: sharding.process_row_range(self.mesh, r), **self.special_ids)
-            placed = place_batch(batch, stats, self.mesh)
+            placed = sharding.place_groups(batch, stats["rows"], self.mesh)
             emb_RD = np.asarray(jax.device_get(self._embed(params, placed["groups"][0])))
             out[chunk] = emb_RD[batch["text_slot"]]
         return out

@@ -26,9 +26,10 @@ from neobert_jax.hf.paths import locate
 from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.runtime import optim, sharding
 from neobert_jax.runtime.model_init import runtime_policy
-from neobert_jax.runtime.run_dir import check_run_tokenizer, has_checkpoints, write_run_files
-from neobert_jax.runtime.setup import TaskSetup, start_or_resume
-from neobert_jax.runtime.state import ModelParts, state_shardings
+from neobert_jax.runtime.resolved import resolve
+from neobert_jax.runtime.run_dir import check_run_tokenizer, has_checkpoints
+from neobert_jax.runtime.setup import TaskSetup, begin_setup, check_model_fits, finish_setup
+from neobert_jax.runtime.state import ModelParts
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -97,30 +98,18 @@ def _row_shapes(setting: str) -> str:
 
 
 def setup_contrastive(config, log) -> ContrastiveSetup:
-    if not os.path.exists(config.init_from):
-        raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
-    output_dir = os.path.abspath(config.output_dir)
-    t = config.train
-    mesh = sharding.make_mesh(config.mesh)
-    processes = jax.process_count()
-    if sharding.process_batch_shards(mesh) * processes != sharding.batch_rows_divisor(mesh):
-        raise ValueError(f"config.mesh {dict(mesh.shape)}: the batch shards (mesh.data x mesh.fsdp) do not split over "
-                         f"the {processes} processes; make mesh.data x mesh.fsdp a multiple of {processes}")
-    runtime = runtime_policy(config)
+    begun = begin_setup(config)
+    output_dir, mesh, phases, t = begun.output_dir, begun.mesh, begun.phases, config.train
     log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
-    parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime,
+    parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime_policy(config),
                                      config_changes=dropout_overrides(config), log=log)
-    model_config = parts.config
-    tokenizer_source = _tokenizer_source(config)
-    tokenizer = load_tokenizer(tokenizer_source)
-    if model_config.vocab_size < len(tokenizer):
-        raise ValueError(f"init_from {config.init_from} has vocab_size {model_config.vocab_size}, smaller than the "
-                         f"tokenizer's {len(tokenizer)} tokens ({tokenizer_source})")
-    if t.seq_len > model_config.max_position_embeddings:
-        raise ValueError(f"config.train.seq_len={t.seq_len} exceeds the model's max_position_embeddings "
-                         f"{model_config.max_position_embeddings}")
+    phases.done("model")
+    tokenizer = load_tokenizer(_tokenizer_source(config))
+    check_model_fits(config, parts.config, tokenizer)
+    write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
+    phases.done("tokenizer")
     dims, weights = matryoshka(config.loss)
-    dim = model_config.hidden_size
+    dim = parts.config.hidden_size
     if any(d > dim for d in dims):
         raise ValueError(f"config.loss.matryoshka_dims: {max(dims)} exceeds the model's {dim}-dim embeddings")
     text_tokenizer = TextTokenizer(tokenizer, t.seq_len)
@@ -138,26 +127,16 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
-    config.data.row_shapes = _row_shapes(config.data.row_shapes)  # recorded in run_config.json
-    if config.data.row_shapes == "one":
+    row_shapes = _row_shapes(config.data.row_shapes)
+    if row_shapes == "one":
         batches.layout = dataclasses.replace(layout, floor=batches.largest_shapes(total_steps))
         shapes = " + ".join(f"{rows} x {length}" for rows, length in batches.layout.floor)
         log(f"data.row_shapes=one: every step is {shapes} tokens (the run's largest step), one compiled shape")
+    phases.done("data")
     objective = make_objective(config.loss, columns=len(view_columns), normalize=config.pooling.normalize,
                                dims=dims, weights=weights)
-    schedule = optim.make_schedule(t, total_steps)
-    tx = encoder_only(optim.make_optimizer(t, schedule), params)
-    shardings = state_shardings(parts, tx, mesh)
-
-    write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
-    checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
-                                                       batches, log, best=(BEST_METRIC, "max"))
-    del params
-
-    write_run_files(config, output_dir, model_config, tokenizer, None, write_tokenizer)
-    run_tokenizer = os.path.join(output_dir, TOKENIZER_DIR)
-    return ContrastiveSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
-                            batches=batches, objective=objective, total_steps=total_steps,
-                            start_step=int(state.step), loss_totals=loss_totals, checkpointer=checkpointer,
-                            tokenizer_dir=run_tokenizer, text_tokenizer=text_tokenizer, sts_sets=sts_sets,
-                            retrieval_sets=retrieval_sets)
+    resolved = resolve(config, parts.config, batch_size=t.batch_size, total_steps=total_steps, row_shapes=row_shapes)
+    return finish_setup(config, log, begun, ContrastiveSetup, parts=parts, params=params, data=batches,
+                        resolved=resolved, tokenizer=tokenizer, tokenizer_note=None, write_tokenizer=write_tokenizer,
+                        best=(BEST_METRIC, "max"), wrap_tx=encoder_only, batches=batches, objective=objective,
+                        text_tokenizer=text_tokenizer, sts_sets=sts_sets, retrieval_sets=retrieval_sets)

@@ -1,6 +1,7 @@
-"""The compiled contrastive train step and the sharded placement of its batches.
+"""The compiled contrastive train step.
 
-Row arrays are split over the mesh's batch axes; `text_slot` and teacher vectors are replicated.
+Its batches are placed by `sharding.place_groups`: row arrays split over the mesh's batch axes,
+`text_slot` and teacher vectors replicated (`batch_shardings`, the step's input shardings).
 The loss is computed on the global (N, D) embeddings, so in-batch negatives span all devices.
 
 With `grad_accum_steps` > 1 the step runs GradCache (Gao et al., 2021): embed every
@@ -49,20 +50,6 @@ def batch_shardings(mesh: Mesh, num_groups: int, has_targets: bool) -> dict:
     out = {"groups": [{k: rows for k in ROW_KEYS} for _ in range(num_groups)], "text_slot": replicated}
     if has_targets:
         out["targets"] = replicated
-    return out
-
-
-def place_batch(batch: dict, stats: dict, mesh: Mesh) -> dict:
-    """Host batch (this process's rows) -> global arrays with `batch_shardings`."""
-    shardings = batch_shardings(mesh, len(batch["groups"]), "targets" in batch)
-    groups = [
-        {k: jax.make_array_from_process_local_data(sh[k], g[k], (rows, g[k].shape[1])) for k in ROW_KEYS}
-        for g, sh, rows in zip(batch["groups"], shardings["groups"], stats["rows"])
-    ]
-    out = {"groups": groups}
-    for key in ("text_slot", "targets"):
-        if key in batch:
-            out[key] = jax.make_array_from_process_local_data(shardings[key], batch[key], batch[key].shape)
     return out
 
 

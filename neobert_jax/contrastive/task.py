@@ -16,10 +16,9 @@ from neobert_jax.contrastive.config import BEST_METRIC, validate
 from neobert_jax.contrastive.embedder import Embedder
 from neobert_jax.contrastive.evaluation import evaluate, format_comparison
 from neobert_jax.contrastive.setup import ContrastiveSetup, setup_contrastive
-from neobert_jax.contrastive.step import make_contrastive_step, place_batch
+from neobert_jax.contrastive.step import make_contrastive_step
 from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
 from neobert_jax.runtime import sharding
-from neobert_jax.runtime.reporting import RunReporter
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
 ST_EXPORT_DIR = "st"
@@ -37,8 +36,7 @@ class ContrastiveResult:
 
 
 def train_contrastive(config) -> ContrastiveResult:
-    config = config.copy_and_resolve_references()  # setup resolves the kernels' "auto" into it
-    validate(config)
+    validate(config)  # from here on the config is only read; what setup decides is setup.resolved
     with run_frame(config) as stop:
         setup_started = time.time()
         setup = setup_contrastive(config, main_process_print)
@@ -52,8 +50,8 @@ class ContrastiveTask:
     export_name = "sentence-transformers model"
     eval_before_training = True
 
-    def __init__(self, config, setup: ContrastiveSetup, reporter: RunReporter):
-        self.config, self.setup, self.reporter = config, setup, reporter
+    def __init__(self, config, setup: ContrastiveSetup, log):
+        self.config, self.setup = config, setup
         t = config.train
         layout = setup.batches.layout
         self._step = make_contrastive_step(
@@ -65,13 +63,13 @@ class ContrastiveTask:
             self.embedder = Embedder(setup.parts, setup.text_tokenizer, pooling_mode=config.pooling.mode,
                                      mesh=setup.mesh, batch_size=config.eval.batch_size)
         self.loss_label = f"{config.loss.name} loss"
-        self.batch_description = f"{t.batch_size} examples"
+        self.batch_description = f"{setup.resolved.batch_size} examples"
         self.steps_per_epoch = setup.batches.steps_per_epoch
-        self.steps_per_call = 1  # its batches differ in shape (length buckets), so they do not stack
+        self.steps_per_call = setup.resolved.steps_per_call
 
     def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
         batch, stats = next(self.setup.batches)
-        return place_batch(batch, stats, self.setup.mesh), [{k: stats[k] for k in ("texts", "tokens", "slots")}]
+        return sharding.place_groups(batch, stats["rows"], self.setup.mesh), [{k: stats[k] for k in ("texts", "tokens", "slots")}]
 
     def train_step(self, state, batch, steps: int):
         return self._step(state, batch)
@@ -107,28 +105,23 @@ class ContrastiveTask:
                 max_seq_length=self.config.train.seq_len, overwrite=True)
         return out_dir
 
-    def _before(self) -> dict | None:
-        """Step 0's evaluation, from this run or (when resumed) from metrics.jsonl."""
-        for record in self.reporter.records:
-            if record["step"] == 0:
-                return _unprefixed(record)
-        return None
-
-    def closing_lines(self, train_loss: float | None, recent_steps: int, last_eval: dict | None) -> list[str]:
+    def closing_lines(self, train_loss: float | None, recent_steps: int, first_eval: dict | None,
+                      last_eval: dict | None) -> list[str]:
         lines = []
         if train_loss is not None:
             lines.append(f"Final train loss: {train_loss:.4f} (mean of the last {recent_steps} steps)")
         if last_eval:
             lines.append("evaluation (before = the init_from model, after = this run):\n"
-                         + format_comparison(self._before(), _unprefixed(last_eval)))
+                         + format_comparison(_unprefixed(first_eval), _unprefixed(last_eval)))
         return lines
 
-    def result(self, step: int, completed: bool, train_loss, last_eval, export_dir) -> ContrastiveResult:
+    def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> ContrastiveResult:
         if not completed:
             return ContrastiveResult(step, False, train_loss, None, None, None)
-        return ContrastiveResult(step, True, train_loss, self._before(), _unprefixed(last_eval) if last_eval else None,
-                                 export_dir)
+        return ContrastiveResult(step, True, train_loss, _unprefixed(first_eval), _unprefixed(last_eval), export_dir)
 
 
-def _unprefixed(record: dict) -> dict:
+def _unprefixed(record: dict | None) -> dict | None:
+    if record is None:
+        return None
     return {k.removeprefix(EVAL_PREFIX): v for k, v in record.items() if k.startswith(EVAL_PREFIX)}

@@ -1,6 +1,7 @@
 """Everything a run needs before its first step: tokenizer, data, model, mesh, optimizer, state.
 
-A run dir holds `config.json` (the model, HF names), `run_config.json` (this config),
+A run dir holds `config.json` (the model, HF names), `run_config.json` (the config and what the run decided,
+neobert_jax.runtime.resolved),
 `tokenizer/`, `checkpoints/<step>/`, `metrics.jsonl`, `tensorboard/`, `loss.png`, `hf/`.
 """
 
@@ -21,10 +22,10 @@ from neobert_jax.hf.paths import locate
 from neobert_jax.runtime import multistep, optim, sharding
 from neobert_jax.mlm.config import INHERITED_MODEL_KEYS
 from neobert_jax.runtime.model_init import build_model
-from neobert_jax.runtime.run_dir import (TOKENIZER_DIR, check_run_tokenizer, has_checkpoints,
-                                       share_tokenizer, write_run_files)
-from neobert_jax.runtime.setup import Phases, TaskSetup, start_or_resume
-from neobert_jax.runtime.state import ModelParts, state_shardings
+from neobert_jax.runtime.resolved import resolve
+from neobert_jax.runtime.run_dir import TOKENIZER_DIR, check_run_tokenizer, has_checkpoints, share_tokenizer
+from neobert_jax.runtime.setup import TaskSetup, begin_setup, check_model_fits, finish_setup
+from neobert_jax.runtime.state import ModelParts
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -69,64 +70,52 @@ def _tokenizer(config, output_dir: str, log):
     return share_tokenizer(tokenizer), note
 
 
-def _check_batch_layout(config, mesh: Mesh) -> int:
-    """Rows per process per step; the global batch must split evenly at every level, and every
-    process must feed batch shards of its own (its rows are not copies of another's)."""
+def _check_batch_layout(config, mesh: Mesh, batch_size: int) -> int:
+    """Rows per process per step; the global batch must split evenly at every level."""
     t = config.train
     processes, shards = jax.process_count(), sharding.batch_rows_divisor(mesh)
-    if t.batch_size % processes:
-        raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the {processes} processes")
-    if sharding.process_batch_shards(mesh) * processes != shards:
+    if batch_size % processes:
+        raise ValueError(f"config.train.batch_size={batch_size} is not divisible by the {processes} processes")
+    if (batch_size // t.grad_accum_steps) % shards:
         raise ValueError(
-            f"config.mesh {dict(mesh.shape)}: the {shards} batch shards (mesh.data x mesh.fsdp) do not split over the "
-            f"{processes} processes; make mesh.data x mesh.fsdp a multiple of {processes} (mesh.tensor within a host)"
-        )
-    if (t.batch_size // t.grad_accum_steps) % shards:
-        raise ValueError(
-            f"config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} gives micro-batches "
-            f"of {t.batch_size // t.grad_accum_steps} rows, not divisible by the {shards} batch shards "
+            f"config.train.batch_size={batch_size} / grad_accum_steps={t.grad_accum_steps} gives micro-batches "
+            f"of {batch_size // t.grad_accum_steps} rows, not divisible by the {shards} batch shards "
             f"(mesh.data x mesh.fsdp)"
         )
-    return t.batch_size // processes
+    return batch_size // processes
 
 
-def _choose_batch_size(config, mesh: Mesh, tokenizer, log) -> None:
-    """Resolves train.batch_size=0 in `config` (so run_config.json records the batch used)."""
+def _choose_batch_size(config, mesh: Mesh, tokenizer, log) -> int:
+    """train.batch_size=0: the automatic batch, said in one line."""
     t = config.train
     multiple = math.lcm(sharding.batch_rows_divisor(mesh) * t.grad_accum_steps, jax.process_count())
     rows = packed_rows(config.data, tokenizer=tokenizer, seq_len=t.seq_len, seed=config.seed)
-    t.batch_size = optim.auto_batch_size(rows, t.epochs, t, multiple)
-    steps = t.epochs * (rows // t.batch_size)
+    batch_size = optim.auto_batch_size(rows, t.epochs, t, multiple)
+    steps = t.epochs * (rows // batch_size)
     why = (f"the largest (up to train.auto_batch_max_tokens={t.auto_batch_max_tokens}) leaving the run "
            f"train.auto_batch_steps={t.auto_batch_steps} steps" if steps >= t.auto_batch_steps else
            f"the smallest allowed (train.auto_batch_min_tokens={t.auto_batch_min_tokens}); the run has fewer steps "
            f"than train.auto_batch_steps={t.auto_batch_steps} (more epochs or data give more)")
-    log(f"train.batch_size=0 (auto): {t.batch_size} rows = {t.batch_size * t.seq_len:,} tokens per optimizer step "
+    log(f"train.batch_size=0 (auto): {batch_size} rows = {batch_size * t.seq_len:,} tokens per optimizer step "
         f"over the corpus's {rows:,} packed rows, {steps:,} steps in {t.epochs} epochs: {why}"
         + (f"; train.max_steps={t.max_steps} ends the run there" if t.max_steps else ""))
+    return batch_size
 
 
 def setup_run(config, log) -> RunSetup:
-    if config.init_from and not os.path.exists(config.init_from):
-        raise FileNotFoundError(f"config.init_from: {config.init_from}: no such file or directory")
-    output_dir = os.path.abspath(config.output_dir)
-    t = config.train
-    phases = Phases()
-    mesh = sharding.make_mesh(config.mesh)
-    phases.done("devices")
+    begun = begin_setup(config)
+    output_dir, mesh, phases, t = begun.output_dir, begun.mesh, begun.phases, config.train
     if not config.data.train_files and not config.data.preprocessed_dir:
         log(f"corpus: data.train_files is empty, so the run trains on the {BUILTIN_NAME[1:-1]}, one paragraph "
             "per document (its size, and the run's steps, depend on the Python version); data.train_files for yours")
     tokenizer, note = _tokenizer(config, output_dir, log)
     phases.done("tokenizer")
     write_tokenizer = check_run_tokenizer(tokenizer, output_dir, config.resume and has_checkpoints(output_dir))
-    if t.batch_size == 0:
-        _choose_batch_size(config, mesh, tokenizer, log)
-    rows = _check_batch_layout(config, mesh)
-    t.steps_per_call = multistep.resolve_steps_per_call(t.steps_per_call, jax.default_backend())
+    batch_size = t.batch_size or _choose_batch_size(config, mesh, tokenizer, log)
+    rows = _check_batch_layout(config, mesh, batch_size)
 
     data_args = dict(tokenizer=tokenizer, seq_len=t.seq_len, batch_size=rows, seed=config.seed,
-                     process_index=sharding.process_row_range(mesh, t.batch_size)[0] // rows,
+                     process_index=sharding.process_row_range(mesh, batch_size)[0] // rows,
                      process_count=jax.process_count())
     train_data = build_mlm_iterator(config.data, split="train", num_epochs=None, **data_args)
     has_eval = bool(config.data.eval_files) or config.data.eval_samples > 0
@@ -135,32 +124,19 @@ def setup_run(config, log) -> RunSetup:
     log(f"data: {train_data.stats}")
     phases.done("data")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
-    log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {t.batch_size} rows x {t.seq_len} tokens"
+    log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {batch_size} rows x {t.seq_len} tokens"
         f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
 
     if config.init_from:
         log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
     model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
-    for key in INHERITED_MODEL_KEYS:  # run_config.json records the values the run used
-        config.model[key] = getattr(model.config, key)
-    if t.seq_len > model.config.max_position_embeddings:
-        raise ValueError(f"config.train.seq_len={t.seq_len} exceeds the model's max_position_embeddings "
-                         f"{model.config.max_position_embeddings}")
+    check_model_fits(config, model.config, tokenizer)
+    resolved = resolve(config, model.config, batch_size=batch_size, total_steps=total_steps,
+                       steps_per_call=multistep.resolve_steps_per_call(t.steps_per_call, jax.default_backend()),
+                       model={key: getattr(model.config, key) for key in INHERITED_MODEL_KEYS})
     parts, params = ModelParts.split(model)
     del model
     phases.done("model")
-    schedule = optim.make_schedule(t, total_steps)
-    tx = optim.make_optimizer(t, schedule)
-    shardings = state_shardings(parts, tx, mesh)
-
-    checkpointer, state, loss_totals = start_or_resume(config, output_dir, parts, params, tx, shardings,
-                                                       train_data, log)
-    del params
-    phases.done("state")
-
-    write_run_files(config, output_dir, parts.config, tokenizer, note, write_tokenizer)
-    phases.done("run files")
-    return RunSetup(mesh=mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
-                    train_data=train_data, eval_data=eval_data, total_steps=total_steps, start_step=int(state.step),
-                    loss_totals=loss_totals, checkpointer=checkpointer,
-                    tokenizer_dir=os.path.join(output_dir, TOKENIZER_DIR), phases=phases.seconds)
+    return finish_setup(config, log, begun, RunSetup, parts=parts, params=params, data=train_data, resolved=resolved,
+                        tokenizer=tokenizer, tokenizer_note=note, write_tokenizer=write_tokenizer,
+                        best=("eval_loss", "min"), train_data=train_data, eval_data=eval_data)

@@ -15,7 +15,7 @@ import numpy as np
 from neobert_jax.hf import save_hf_dir
 from neobert_jax.runtime import executables, multistep, sharding
 from neobert_jax.mlm.config import validate
-from neobert_jax.runtime.reporting import RunReporter, perplexity
+from neobert_jax.runtime.reporting import perplexity
 from neobert_jax.mlm.setup import RunSetup, setup_run
 from neobert_jax.runtime.runner import NonFiniteLossError, main_process_print, run_frame, run_task
 from neobert_jax.mlm.step import make_eval_step, make_train_step
@@ -36,9 +36,7 @@ class RunResult:
 
 
 def train(config) -> RunResult:
-    # A copy: setup resolves automatic settings (train.batch_size=0, inherited model keys) into it.
-    config = config.copy_and_resolve_references()
-    validate(config)
+    validate(config)  # from here on the config is only read; what setup decides is setup.resolved
     with run_frame(config) as stop:
         setup_started = time.time()
         setup = setup_run(config, main_process_print)
@@ -52,15 +50,15 @@ class MlmTask:
     export_name = "HF model"
     eval_before_training = False
 
-    def __init__(self, config, setup: RunSetup, reporter: RunReporter):
+    def __init__(self, config, setup: RunSetup, log):
         self.config, self.setup = config, setup
-        t = config.train
-        self.steps_per_call = t.steps_per_call
+        t, self.resolved = config.train, setup.resolved
+        self.steps_per_call = self.resolved.steps_per_call
         # what the compiled steps are made of besides their arguments (neobert_jax.runtime.executables)
         made_of = dict(model=dataclasses.asdict(setup.parts.config), train=t.to_dict(), mesh=config.mesh.to_dict(),
-                       total_steps=setup.total_steps)
+                       resolved=dataclasses.asdict(self.resolved))
         cache = functools.partial(executables.cached, settings=made_of, cache_dir=config.compilation_cache_dir,
-                                  log=reporter.message)
+                                  log=log)
         self._step = cache(make_train_step(setup.parts, setup.tx, setup.schedule, t, setup.shardings, setup.mesh,
                                            self.steps_per_call), "mlm_train_step")
         self.has_eval = setup.eval_data is not None
@@ -68,7 +66,7 @@ class MlmTask:
             self.eval_step = cache(make_eval_step(setup.parts, t, setup.shardings.params, setup.mesh), "mlm_eval_step")
             self.eval_start = setup.eval_data.get_state()
         self.peak_flops = peak_flops_per_device(jax.devices()[0].device_kind, t.precision) * jax.device_count()
-        self.batch_description = f"{t.batch_size} rows x {t.seq_len}"
+        self.batch_description = f"{self.resolved.batch_size} rows x {t.seq_len}"
         self.steps_per_epoch = setup.train_data.steps_per_epoch
 
     def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
@@ -87,16 +85,17 @@ class MlmTask:
         return self.setup.train_data.get_state()
 
     def step_counters(self, metrics: dict, host: dict) -> dict[str, float]:
-        t, predicted = self.config.train, int(metrics["predicted_tokens"])
+        predicted = int(metrics["predicted_tokens"])
         return {"tokens": int(metrics["real_tokens"]), "predicted_tokens": predicted,
-                "flops": train_flops_per_step(self.setup.parts.config, t.batch_size, t.seq_len, predicted)}
+                "flops": train_flops_per_step(self.setup.parts.config, self.resolved.batch_size,
+                                              self.config.train.seq_len, predicted)}
 
     def interval_scalars(self, mean_loss: float, counters: dict, steps: int,
                          elapsed_s: float | None) -> dict[str, float]:
-        t = self.config.train
+        row_tokens = self.resolved.batch_size * self.config.train.seq_len
         scalars = {"perplexity": perplexity(mean_loss) if math.isfinite(mean_loss) else float("nan"),
                    "masked_tokens": counters["predicted_tokens"] / steps,
-                   "packing_efficiency": counters["tokens"] / (steps * t.batch_size * t.seq_len)}
+                   "packing_efficiency": counters["tokens"] / (steps * row_tokens)}
         if elapsed_s is not None:
             scalars["tokens_per_s"] = counters["tokens"] / elapsed_s
             scalars["mfu"] = counters["flops"] / elapsed_s / self.peak_flops if self.peak_flops else 0.0
@@ -124,7 +123,8 @@ class MlmTask:
                         overwrite=True)
         return out_dir
 
-    def closing_lines(self, train_loss: float | None, recent_steps: int, last_eval: dict | None) -> list[str]:
+    def closing_lines(self, train_loss: float | None, recent_steps: int, first_eval, last_eval: dict | None
+                      ) -> list[str]:
         lines = []
         if train_loss is not None:
             lines.append(f"Final Student Train Loss: {train_loss:.4f} (mean of the last {recent_steps} steps; "
@@ -134,5 +134,5 @@ class MlmTask:
                          f"(perplexity {last_eval['eval_perplexity']:.2f})")
         return lines
 
-    def result(self, step: int, completed: bool, train_loss, last_eval, export_dir) -> RunResult:
+    def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> RunResult:
         return RunResult(step, completed, train_loss, last_eval["eval_loss"] if last_eval else None, export_dir)

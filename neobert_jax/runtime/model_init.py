@@ -83,13 +83,12 @@ def _with_config_keys(model: ModernBertForMaskedLM, config, log) -> ModernBertFo
 
 def runtime_policy(config) -> dict:
     """The ModernBertConfig runtime fields of a run, decided once: precision, attention backend,
-    remat and the kernels' backends, whose "auto" is resolved here for this platform and written
-    back into `config` (so run_config.json records what ran)."""
-    m = config.model
-    for key in ("layer_norm_backward", "logsumexp"):
-        m[key] = kernel_backend(m[key], jax.default_backend())
+    remat and the kernels' backends, whose "auto" is resolved here for this platform (the model's
+    config carries the choice to the run's record, neobert_jax.runtime.resolved)."""
+    m, platform = config.model, jax.default_backend()
     return dict(dtype=compute_dtype(config.train.precision), attn_implementation=m.attn_implementation,
-                remat=m.remat, layer_norm_backward=m.layer_norm_backward, logsumexp=m.logsumexp)
+                remat=m.remat, layer_norm_backward=kernel_backend(m.layer_norm_backward, platform),
+                logsumexp=kernel_backend(m.logsumexp, platform))
 
 
 def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print):

@@ -142,27 +142,28 @@ def check_run_tokenizer(tokenizer, output_dir: str, resuming: bool) -> bool:
     return True
 
 
-def check_resume(config, output_dir: str) -> None:
-    """Refuses a resume whose train.batch_size differs from the checkpoints' run: the data
-    iterator's position and order depend on it."""
+def check_resume(batch_size: int, output_dir: str) -> None:
+    """Refuses a resume whose train.batch_size (resolved) differs from the checkpoints' run: the
+    data iterator's position and order depend on it."""
     try:
         with open(os.path.join(output_dir, RUN_CONFIG)) as f:
             before = json.load(f)["train"]["batch_size"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # written by every run; a run dir without it predates the check
-    if before != config.train.batch_size:
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} but the checkpoints in {output_dir} "
+    if before != batch_size:
+        raise ValueError(f"config.train.batch_size={batch_size} but the checkpoints in {output_dir} "
                          f"were trained with {before}: resuming would change the data order; use {before}, or "
                          "init_from=<that run dir> with a new output_dir to continue from its weights")
 
 
-def write_run_files(config, output_dir: str, model_config, tokenizer, note: dict | None,
+def write_run_files(config, resolved, output_dir: str, model_config, tokenizer, note: dict | None,
                     write_tokenizer: bool) -> None:
-    """config.json, run_config.json and (when `write_tokenizer`) tokenizer/, by process 0 only."""
+    """config.json, run_config.json (`resolved.run_config`) and (when `write_tokenizer`) tokenizer/,
+    by process 0 only."""
     if jax.process_index() != 0:
         return
     if write_tokenizer:
         save_tokenizer(tokenizer, os.path.join(output_dir, TOKENIZER_DIR), note, replace=True)
     model_config.save_json(os.path.join(output_dir, "config.json"))
     with open(os.path.join(output_dir, RUN_CONFIG), "w") as f:
-        f.write(config.to_json(indent=2))
+        f.write(resolved.run_config(config))

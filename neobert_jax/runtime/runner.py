@@ -47,7 +47,6 @@ class Task(Protocol):
     """What a training task gives the runner. Counters are plain numbers summed per log interval
     (one of them "tokens")."""
 
-    setup: TaskSetup  # state, steps, checkpointer; the task's own setup extends it
     loss_label: str  # the loss curve's axis label
     export_name: str  # what `export` writes, for the closing line
     batch_description: str  # one optimizer step's batch, e.g. "2 rows x 512"
@@ -81,12 +80,13 @@ class Task(Protocol):
     def export(self, params) -> str:
         """Writes the run's final model (process 0) and returns its dir."""
 
-    def closing_lines(self, train_loss: float | None, recent_steps: int, last_eval: dict | None) -> list[str]:
+    def closing_lines(self, train_loss: float | None, recent_steps: int, first_eval: dict | None,
+                      last_eval: dict | None) -> list[str]:
         """Lines after the run summary: the final train loss (the mean of the last `recent_steps`)
-        beside the task's evaluation."""
+        beside the task's evaluations (first_eval: the starting model's, with eval_before_training)."""
 
-    def result(self, step: int, completed: bool, train_loss: float | None, last_eval: dict | None,
-               export_dir: str | None): ...
+    def result(self, step: int, completed: bool, train_loss: float | None, first_eval: dict | None,
+               last_eval: dict | None, export_dir: str | None): ...
 
 
 @dataclasses.dataclass
@@ -133,28 +133,30 @@ def run_frame(config):
 
 
 def run_task(config, setup, task_cls, stop: StopRequest, setup_started: float):
-    """Runs `task_cls(config, setup, reporter)` to its end (or its stop) and closes the run's files."""
+    """Runs `task_cls(config, setup, log)` to its end (or its stop) and closes the run's files; `log`
+    writes a line beside the progress bar."""
     reporting = time.time()
     reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
                            enabled=jax.process_index() == 0)
     setup.phases["reporting"] = time.time() - reporting
     reporter.marks.update(setup_started=setup_started, setup_done=time.time())
     try:
-        return Runner(config, task_cls(config, setup, reporter), reporter).run(stop)
+        return Runner(config, setup, task_cls(config, setup, reporter.message), reporter).run(stop)
     finally:
         setup.checkpointer.close()
         reporter.close()
 
 
 class Runner:
-    def __init__(self, config, task: Task, reporter: RunReporter):
-        self.config, self.task, self.reporter = config, task, reporter
-        self.setup = task.setup
+    def __init__(self, config, setup: TaskSetup, task: Task, reporter: RunReporter):
+        self.config, self.setup, self.task, self.reporter = config, setup, task, reporter
         totals = dict(self.setup.loss_totals)
         self.recent = collections.deque(totals.pop("recent", []), maxlen=RECENT_STEPS)
         self.interval = Interval.restored(totals.pop("interval", {}))
         self.totals = {"sum": 0.0, "count": 0, "tokens": 0, **totals}  # run-wide, resumed with the run
         self.last_eval: tuple[int, dict, dict] | None = None  # (step, logged scalars, ranking metric)
+        # the starting model's evaluation: this run's, or a resumed run's record in metrics.jsonl
+        self.first_eval = next((r for r in reporter.records if r["step"] == 0), None)
         self.pace_from: tuple[int, float] | None = None  # (step, time) of this process's first step
 
     # ------------------------------------------------------------------ loop
@@ -184,7 +186,7 @@ class Runner:
             self.reporter.end_progress()
             self.reporter.message(f"stopped before step {step + 1}: nothing to save; rerun the same command to "
                                   + ("resume" if step else "start"))
-            return task.result(step, False, self._train_loss(), None, None)
+            return task.result(step, False, self._train_loss(), None, None, None)
         if step < s.total_steps:
             saving = time.perf_counter()
             self._save(step, state, force=True, log=self.reporter.message)
@@ -196,7 +198,7 @@ class Runner:
             self.reporter.message(f"stopped at step {step} (final save {time.perf_counter() - saving:.1f} s): latest "
                                   f"checkpoint step {s.checkpointer.latest_step()} in {s.checkpointer.directory}; "
                                   "rerun the same command to resume")
-            return task.result(step, False, self._train_loss(), None, None)
+            return task.result(step, False, self._train_loss(), None, None, None)
         return self._finish(step, state)
 
     def _steps_in_call(self, step: int) -> int:
@@ -300,6 +302,8 @@ class Runner:
         started = time.perf_counter()
         scalars, ranking = self.task.evaluate(params)
         self.last_eval = (step, scalars, ranking)
+        if step == 0:
+            self.first_eval = scalars
         self.reporter.message(f"evaluation at step {step}: "
                               + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in scalars.items()))
         return {**scalars, "evaluation_s": time.perf_counter() - started}
@@ -337,6 +341,6 @@ class Runner:
                f"save/export {now - marks['trained']:.1f} s")
         train_loss = self._train_loss()
         last_eval = self.last_eval[1] if self.last_eval else None
-        for line in task.closing_lines(train_loss, len(self.recent), last_eval):
+        for line in task.closing_lines(train_loss, len(self.recent), self.first_eval, last_eval):
             report(line)
-        return task.result(step, True, train_loss, last_eval, export_dir)
+        return task.result(step, True, train_loss, self.first_eval, last_eval, export_dir)

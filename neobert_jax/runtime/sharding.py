@@ -132,6 +132,18 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, sharding: Named
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
+def place_groups(batch: dict, group_rows: list[int], mesh: Mesh) -> dict[str, object]:
+    """A host batch of row groups (the contrastive layout: `groups`, each a dict of (this process's
+    rows, T) arrays, whose global row counts are `group_rows`, beside arrays every process holds
+    whole) -> global arrays: each group's rows split over the batch axes, the rest replicated.
+    Shared by the train step and the evaluation's embedder, neither of which owns the placement."""
+    rows_sh, whole = batch_sharding(mesh), replicated(mesh)
+    groups = [{k: jax.make_array_from_process_local_data(rows_sh, v, (rows, *v.shape[1:])) for k, v in group.items()}
+              for group, rows in zip(batch["groups"], group_rows)]
+    return {"groups": groups, **{k: jax.make_array_from_process_local_data(whole, v, v.shape)
+                                 for k, v in batch.items() if k != "groups"}}
+
+
 def to_host(tree):
     """A (sharded) pytree as numpy arrays on every host: an all-gather across processes, so every
     process must call it, though typically only process 0 writes what it returns."""

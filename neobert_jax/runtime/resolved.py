@@ -1,0 +1,82 @@
+"""What a run decided that its config left open, in one frozen record.
+
+The config is never modified after `validate`: a task's setup builds a `Resolved` once it has read
+what the decisions need (tokenizer, data, init_from), before anything is written, and the rest of
+the run reads the record. `run_config.json` is the config the run used (the config as given with
+the record's config keys settled, the layout earlier releases wrote, so `check_resume` and older
+run dirs read it the same way), plus `resolved` (this record) and `given` (the values the settled
+keys had in the config as given, where they differ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+
+from neobert_jax.config import FULL, ModernBertConfig
+from neobert_jax.model.attention import choose_backend
+from neobert_jax.runtime.model_init import matmul_precision
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Resolved:
+    batch_size: int  # global rows (MLM) or examples (contrastive) per step; MLM's train.batch_size=0 is automatic
+    # optimizer steps per compiled call; MLM's train.steps_per_call=0 is automatic; contrastive: 1 (its
+    # batches differ in shape, so they do not stack)
+    steps_per_call: int
+    total_steps: int  # train.max_steps, or train.epochs x the data's steps per epoch
+    matmul_precision: str  # jax's default matmul precision for train.precision on this platform
+    xla_flags: str  # XLA_FLAGS at setup (the command line adds train.precision's)
+    attention: dict  # layer kind ("global", "local") -> the attention backend it runs
+    layer_norm_backward: str  # the LayerNorm backward kernel, model.layer_norm_backward's "auto" resolved
+    logsumexp: str  # the MLM head's kernel, model.logsumexp's "auto" resolved
+    model: dict = dataclasses.field(default_factory=dict)  # MLM: model.* keys left None, taken from init_from or ModernBERT
+    row_shapes: str | None = None  # contrastive: data.row_shapes, "auto" resolved
+
+    def config_keys(self) -> dict:
+        """Config key -> the value the run used, for the keys this record settles."""
+        keys = {"train.batch_size": self.batch_size, "train.steps_per_call": self.steps_per_call,
+                "model.layer_norm_backward": self.layer_norm_backward, "model.logsumexp": self.logsumexp,
+                **{f"model.{k}": v for k, v in self.model.items()}}
+        if self.row_shapes is not None:
+            keys["data.row_shapes"] = self.row_shapes
+        return keys
+
+    def run_config(self, config) -> str:
+        """run_config.json's text (module docstring); keys the task's config lacks are left out."""
+        used = json.loads(config.to_json())
+        given = {}
+        for key, value in self.config_keys().items():
+            *path, name = key.split(".")
+            section = used
+            for part in path:
+                section = section.get(part, {})
+            if name in section:
+                if section[name] != value:
+                    given[key] = section[name]
+                section[name] = value
+        return json.dumps({**used, "resolved": dataclasses.asdict(self), "given": given}, indent=2)
+
+
+def attention_backends(model_config: ModernBertConfig, precision: str) -> dict[str, str]:
+    """The backend of each layer kind the model has: "auto" is `choose_backend` of what the trace
+    sees (the steps trace under the mesh, so per device), anything else runs as named."""
+    kinds = {"global" if kind == FULL else "local" for kind in model_config.layer_types}
+    name = model_config.attn_implementation
+    return {kind: name if name != "auto" else choose_backend(
+        jax.default_backend(), model_config.dtype == "float32", kind == "local",
+        tf32x3=precision == "TF32_TF32_F32_X3", per_device=True) for kind in sorted(kinds)}
+
+
+def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
+            model: dict | None = None, row_shapes: str | None = None) -> Resolved:
+    """The record of a run whose model (with its runtime fields) is `model_config`."""
+    precision = matmul_precision(config.train.precision)
+    return Resolved(batch_size=batch_size, steps_per_call=steps_per_call, total_steps=total_steps,
+                    matmul_precision=precision, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                    attention=attention_backends(model_config, precision),
+                    layer_norm_backward=model_config.layer_norm_backward, logsumexp=model_config.logsumexp,
+                    model=dict(model or {}), row_shapes=row_shapes)
