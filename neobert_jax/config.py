@@ -15,7 +15,7 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 # Fields that only steer how this project computes (not part of the checkpoint).
-RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp")
+RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp", "tf32x3")
 # The hand-written kernels' backends: "pallas" (GPU), "xla", "interpret" (the Pallas kernel run on
 # the CPU, for tests); "auto" is the Pallas kernel on GPU and XLA elsewhere (`kernel_backend`).
 KERNEL_BACKENDS = ("auto", "pallas", "xla", "interpret")
@@ -68,6 +68,9 @@ class ModernBertConfig:
     remat: str = "none"
     layer_norm_backward: str = "auto"  # the LayerNorm backward pass (neobert_jax.model.layer_norm)
     logsumexp: str = "auto"  # the MLM head's log-sum-exp (neobert_jax.model.decoder_loss)
+    # float32 dots of the hand-written kernels as three TF32 passes: the fp32 policy on GPU, where
+    # the run's XLA dots use TF32_TF32_F32_X3 (neobert_jax.runtime.model_init.matmul_precision)
+    tf32x3: bool = False
 
     def __post_init__(self):
         if self.layer_types is None:

@@ -114,7 +114,8 @@ def test_auto_dispatch(dtype, window, precision, kernel):
     """`auto` picks the Pallas (Triton) kernel exactly where docs/performance.md measured it faster."""
     seg_BT = _segments(LAYOUTS["packed"])
     qkv, w = _inputs(dtype)
-    fn = lambda q, k, v: attention(q, k, v, seg_BT, window=window, implementation="auto")
+    fn = lambda q, k, v: attention(q, k, v, seg_BT, window=window, implementation="auto",
+                                   tf32x3=precision == "TF32_TF32_F32_X3")
     with jax.default_matmul_precision(precision):
         lowered = jax.jit(fn).lower(*qkv).as_text()
     assert bool(re.search(r"triton|mosaic_gpu", lowered)) == kernel
@@ -137,7 +138,8 @@ def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol):
     labels_BT = jnp.where((rng.rand(B, T) < 0.3) & (np.asarray(seg_BT) != 0), ids_BT, -100)
 
     def loss_and_grads(kernels):
-        config = base.replace(attn_implementation=kernels, layer_norm_backward=kernels, logsumexp=kernels)
+        config = base.replace(attn_implementation=kernels, layer_norm_backward=kernels, logsumexp=kernels,
+                              tf32x3=precision == "TF32_TF32_F32_X3")
         graphdef, state = nnx.split(ModernBertForMaskedLM(config, rngs=nnx.Rngs(0)))
         loss = lambda state: nnx.merge(graphdef, state).mlm_nll(
             ids_BT, labels_BT, segment_ids_BT=seg_BT, positions_BT=pos_BT).sum() / jnp.sum(labels_BT >= 0)

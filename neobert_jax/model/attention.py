@@ -2,7 +2,7 @@
 
 Every backend computes the same function: token i attends to token j iff both belong to the
 same document (segment id, 0 = padding) and, on local layers, |i - j| <= window. Padding
-queries return zeros. `xla` is the reference; faster kernels register under other names:
+queries return zeros. `xla` is the reference; the faster kernels, by name:
 `pallas` (our flash kernel, GPU), `cudnn` (GPU), `splash` (JAX's splash kernel, TPU), and `auto`.
 """
 
@@ -18,7 +18,8 @@ from neobert_jax.model.shards import per_batch_shard
 _MASKED = -1e30  # finite, so a fully masked row gives uniform weights rather than NaN
 
 
-def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
+                 dropout_rng=None):
     """Reference: explicit (B, N, T, T) logits, softmax in float32."""
     logits_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BTNH, preferred_element_type=jnp.float32) * scale
     seg_q_BT1 = segment_ids_BT[:, :, None]
@@ -42,21 +43,24 @@ def _per_device(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
     return run(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)[0]
 
 
-def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale):
+def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, **options):
     """A Pallas kernel per device, interpreted on CPU so that it is testable anywhere."""
     interpret = jax.default_backend() == "cpu"
-    return _per_device(lambda *args: kernel(*args, window=window, scale=scale, interpret=interpret),
+    return _per_device(lambda *args: kernel(*args, window=window, scale=scale, interpret=interpret, **options),
                        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
 
 
-def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """Our flash kernel (attention_pallas)."""
+def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
+                 dropout_rng=None):
+    """Our flash kernel (attention_pallas); tf32x3: its float32 dots as three TF32 passes."""
     from neobert_jax.model.attention_pallas import pallas_attention
 
-    return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+    return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
+                          tf32x3=tf32x3)
 
 
-def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
+                 dropout_rng=None):
     """cuDNN fused attention for global layers of unpacked rows (one document, padding at the end).
 
     cuDNN takes sequence lengths but neither segment ids nor a two-sided window, so local layers,
@@ -64,7 +68,7 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
     branch: a packed batch can never get silently wrong results).
     """
     if window is not None:
-        return pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+        return pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3)
 
     def fused(q, k, v, seg):
         lengths_B = jnp.sum(seg != 0, axis=1).astype(jnp.int32)
@@ -73,7 +77,7 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
         return jnp.where((seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
 
     def flash(q, k, v, seg):
-        return pallas_backend(q, k, v, seg, window=None, scale=scale)
+        return pallas_backend(q, k, v, seg, window=None, scale=scale, tf32x3=tf32x3)
 
     def branch(q, k, v, seg):
         return jax.lax.cond(jnp.all(seg <= 1), fused, flash, q, k, v, seg)
@@ -81,7 +85,8 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, drop
     return _per_device(branch, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
 
 
-def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
+def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
+                 dropout_rng=None):
     """JAX's TPU splash-attention kernel (attention_splash)."""
     from neobert_jax.model.attention_splash import splash_attention
 
@@ -104,14 +109,13 @@ def choose_backend(platform: str, float32: bool, local: bool, *, tf32x3: bool, p
     return "xla"
 
 
-def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, dropout_rate=0.0, dropout_rng=None):
-    """`choose_backend` from the trace's platform, dtype, window, matmul precision and mesh."""
-    from neobert_jax.model.attention_pallas import uses_tf32x3
-
+def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
+                 dropout_rng=None):
+    """`choose_backend` from the trace's platform, dtype, window and mesh, and the model's tf32x3."""
     name = choose_backend(jax.default_backend(), q_BTNH.dtype == jnp.float32, window is not None,
-                          tf32x3=uses_tf32x3(),
+                          tf32x3=tf32x3,
                           per_device=jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty)
-    return _BACKENDS[name](q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+    return _BACKENDS[name](q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3)
 
 
 _BACKENDS: dict[str, Callable] = {  # neobert_jax.config.ATTENTION_BACKENDS names these for validation
@@ -125,10 +129,11 @@ def backends() -> list[str]:
 
 
 def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, implementation: str = "xla",
-              dropout_rate: float = 0.0, dropout_rng=None):
+              tf32x3: bool = False, dropout_rate: float = 0.0, dropout_rng=None):
     """Scaled dot-product attention over (batch, seq, heads, head_dim) inputs.
 
     window: half-width of a two-sided local window (inclusive), or None for full attention.
+    tf32x3: the kernels' float32 dots as three TF32 passes (the model config's, from the run's precision).
     Attention-probability dropout is only applied by backends that support it; the others
     fall back to `xla` when dropout is active so that training semantics never change silently.
     """
@@ -138,6 +143,6 @@ def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, imp
     if dropout_rate > 0.0 and dropout_rng is not None:
         implementation = "xla"
     return _BACKENDS[implementation](
-        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
+        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng,
     )

@@ -249,23 +249,17 @@ def _attention_bwd(cfg, residuals, do_BTNH):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def uses_tf32x3() -> bool:
-    """Whether float32 matmuls currently run as three TF32 passes (jax's default matmul precision)."""
-    return str(jax.config.jax_default_matmul_precision).upper() == "TF32_TF32_F32_X3"
-
-
 def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, scale: float | None = None,
                      block_q: int | None = None, block_k: int | None = None, interpret: bool = False,
-                     num_warps: int | None = None, num_stages: int = 2, tf32x3: bool | None = None):
+                     num_warps: int | None = None, num_stages: int = 2, tf32x3: bool = False):
     """Fused attention, differentiable in q, k and v; same function as the XLA reference.
 
     q/k/v: (B, T, N, H) float32 or bfloat16, H a power of two (32/64/128); T a multiple of both
     block sizes (powers of two >= 16). Default tiles, the fastest on an H200 at T=512, H=64
     (scripts/bench_attention.py): 64x64 for 16-bit inputs, 32x32 for float32 (register pressure). segment_ids_BT: ints >= 0, 0 = padding
     (those queries return zeros). window: attend only where |i - j| <= window. interpret=True runs
-    the kernels on CPU (tests). tf32x3: float32 dots as three TF32 passes; None follows the
-    model's matmul policy (on when jax's default matmul precision is TF32_TF32_F32_X3, as for fp32
-    training on GPU). Returns (B, T, N, H) in q's dtype.
+    the kernels on CPU (tests). tf32x3: float32 dots as three TF32 passes (the model's fp32 policy
+    on GPU, passed down from its config). Returns (B, T, N, H) in q's dtype.
     """
     B, T, N, H = q_BTNH.shape
     default_block = 32 if q_BTNH.dtype == jnp.float32 else 64
@@ -284,5 +278,5 @@ def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | No
                   scale=float(H ** -0.5 if scale is None else scale),
                   num_warps=num_warps or (4 if block_q * block_k <= 128 * 64 else 8),
                   num_stages=num_stages, interpret=interpret,
-                  tf32x3=uses_tf32x3() if tf32x3 is None else tf32x3)
+                  tf32x3=tf32x3)
     return _attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT.astype(jnp.int32), cfg)

@@ -135,6 +135,7 @@ class Attention(nnx.Module):
         self.head_dim = config.head_dim
         self.dropout = config.attention_dropout
         self.implementation = config.attn_implementation
+        self.tf32x3 = config.tf32x3
 
     def __call__(self, x_BTD, segment_ids_BT, positions_BT, dropout_rng):
         B, T, _ = x_BTD.shape
@@ -142,7 +143,7 @@ class Attention(nnx.Module):
         cos, sin = rope_cos_sin(positions_BT, self.head_dim, self.theta)
         q_BTNH, k_BTNH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTNH, cos, sin)
         o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=self.window,
-                           implementation=self.implementation, dropout_rate=self.dropout,
+                           implementation=self.implementation, tf32x3=self.tf32x3, dropout_rate=self.dropout,
                            dropout_rng=_fold(dropout_rng, 0))
         return _dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
 

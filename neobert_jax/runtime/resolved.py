@@ -61,14 +61,14 @@ class Resolved:
         return json.dumps({**used, "resolved": dataclasses.asdict(self), "given": given}, indent=2)
 
 
-def attention_backends(model_config: ModernBertConfig, precision: str) -> dict[str, str]:
+def attention_backends(model_config: ModernBertConfig) -> dict[str, str]:
     """The backend of each layer kind the model has: "auto" is `choose_backend` of what the trace
     sees (the steps trace under the mesh, so per device), anything else runs as named."""
     kinds = {"global" if kind == FULL else "local" for kind in model_config.layer_types}
     name = model_config.attn_implementation
     return {kind: name if name != "auto" else choose_backend(
         jax.default_backend(), model_config.dtype == "float32", kind == "local",
-        tf32x3=precision == "TF32_TF32_F32_X3", per_device=True) for kind in sorted(kinds)}
+        tf32x3=model_config.tf32x3, per_device=True) for kind in sorted(kinds)}
 
 
 def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
@@ -77,6 +77,6 @@ def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_st
     precision = matmul_precision(config.train.precision)
     return Resolved(batch_size=batch_size, steps_per_call=steps_per_call, total_steps=total_steps,
                     matmul_precision=precision, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                    attention=attention_backends(model_config, precision),
+                    attention=attention_backends(model_config),
                     layer_norm_backward=model_config.layer_norm_backward, logsumexp=model_config.logsumexp,
                     model=dict(model or {}), row_shapes=row_shapes)
