@@ -81,6 +81,18 @@ class DataStats:
     def __str__(self) -> str:
         return json.dumps(self.as_dict())
 
+    def describe(self) -> str:
+        """One readable line for a run's start, every skip counted."""
+        skipped = ", ".join(f"{n:,} {what}" for n, what in (
+            (self.empty_skipped, "empty"), (self.bad_records_skipped, "bad records"),
+            (self.documents_without_tokens, "without tokens")) if n) or "none"
+        return (f"{self.documents:,} documents from {self.files} file(s), {self.eval_held_out:,} more held out for "
+                f"evaluation; skipped: {skipped}"
+                + (f"; {self.invalid_utf8_replaced:,} with invalid UTF-8 replaced" if self.invalid_utf8_replaced else "")
+                + f"; {self.documents_split:,} longer than a row, cut -> {self.rows:,} packed rows, {self.tokens:,} "
+                f"tokens, {self.packing_efficiency:.1%} of the rows filled; {self.steps_per_epoch:,} steps per epoch"
+                + (f" ({self.rows_unused_per_epoch:,} rows left over each epoch)" if self.rows_unused_per_epoch else ""))
+
 
 class MlmIterator(grain.DatasetIterator):
     """Grain's checkpointable iterator plus what the trainer needs to know about the epoch.

@@ -121,7 +121,7 @@ def setup_run(config, log) -> RunSetup:
     has_eval = bool(config.data.eval_files) or config.data.eval_samples > 0
     eval_data = build_mlm_iterator(config.data, split="eval", **data_args) if has_eval else None
     total_steps = t.max_steps or t.epochs * train_data.steps_per_epoch
-    log(f"data: {train_data.stats}")
+    log(f"data: {train_data.stats.describe()}")
     phases.done("data")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {batch_size} rows x {t.seq_len} tokens"
