@@ -291,3 +291,20 @@ def test_init_from_keeps_its_positions_and_window_unless_the_config_sets_them(tm
                                                          loaded.config.max_position_embeddings,
                                                          loaded.config.global_attn_every_n_layers)
     assert not any("->" in line for line in said), said
+
+
+def test_the_stop_handler_writes_past_a_busy_stderr(capfd, monkeypatch):
+    """The handler runs between two bytecodes of whatever was running, e.g. the progress bar writing to
+    sys.stderr; writing there again raised "reentrant call" and killed the run instead of stopping it."""
+    class Busy:
+        def write(self, text):
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+        def flush(self):
+            raise RuntimeError("reentrant call")
+
+    stop = StopRequest()
+    monkeypatch.setattr(sys, "stderr", Busy())
+    stop._handle(signal.SIGTERM, None)
+    monkeypatch.undo()
+    assert stop.requested() and "SIGTERM received: finishing the step" in capfd.readouterr().err

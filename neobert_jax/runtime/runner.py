@@ -33,7 +33,7 @@ from neobert_jax.runtime.model_init import matmul_precision
 from neobert_jax.runtime.reporting import RunReporter
 from neobert_jax.runtime.run_dir import RunDirLock
 from neobert_jax.runtime.setup import TaskSetup
-from neobert_jax.runtime.signals import StopRequest
+from neobert_jax.runtime.signals import StopRequest, write_stderr
 
 PACE_STEPS = 3  # timed steps before a run's remaining time is judged
 RECENT_STEPS = 100  # the final train loss is the mean over this many last steps (the run mean reads as a bad run)
@@ -127,7 +127,8 @@ def main_process_print(text: str) -> None:
 @contextlib.contextmanager
 def run_frame(config):
     """Signal handling, the output dir's lock and the matmul precision around a run."""
-    with StopRequest(on_signal=main_process_print) as stop, RunDirLock(config.output_dir, jax.process_index() == 0):
+    say = write_stderr if jax.process_index() == 0 else (lambda text: None)
+    with StopRequest(on_signal=say) as stop, RunDirLock(config.output_dir, jax.process_index() == 0):
         with jax.default_matmul_precision(matmul_precision(config.train.precision)):
             yield stop
 

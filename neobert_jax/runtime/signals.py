@@ -9,6 +9,7 @@ must save together.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 import time
@@ -32,8 +33,14 @@ def _any_device_flag():
     return NamedSharding(mesh, PartitionSpec("devices")), any_flag
 
 
+def write_stderr(text: str) -> None:
+    """One line straight to file descriptor 2: a signal handler that wrote through sys.stderr while the
+    interrupted code was writing there (the progress bar) would raise "reentrant call"."""
+    os.write(2, (text + "\n").encode())
+
+
 class StopRequest:
-    def __init__(self, on_signal=print):
+    def __init__(self, on_signal=write_stderr):
         self._requested = False
         self._previous = {}
         self._on_signal = on_signal
