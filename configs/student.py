@@ -42,6 +42,7 @@ def get_config():
     c.train.learning_rate = 8e-4
     c.train.schedule = "cosine"
     c.train.warmup_fraction = 0.3  # the users' 1000 of their 3,430 steps
+    c.train.warmup_steps = 0  # to give a step count instead, set it and train.warmup_fraction=0
     c.train.weight_decay = 0.01
     c.train.max_grad_norm = 1.0  # HF Trainer's default
     c.train.log_every = 100

@@ -4,7 +4,7 @@
     python scripts/bench_recipe.py --work-dir runs/recipe --sides ours-fp32,ours-bf16
     python scripts/bench_recipe.py --work-dir runs/recipe --report                 # merge: table + PNG
     python scripts/bench_recipe.py --work-dir runs/recipe --sides ours-bf16 --name bs64 \
-        --ours-extra 'train.batch_size=64 train.warmup_steps=100'                  # a sweep point
+        --ours-extra 'train.batch_size=64 train.warmup_steps=100 train.warmup_fraction=0'  # a sweep point
     python scripts/bench_recipe.py --work-dir /tmp/recipe --tiny                    # CPU, a few minutes
 
 The corpus (built-in, or the non-empty lines of --train-files) is shuffled with random.Random(0); the

@@ -33,7 +33,7 @@ def run(cmd: list[str]) -> None:
 def pretrain(args, out: str, shape: dict, steps: int, extra: list[str]) -> None:
     overrides = {
         "output_dir": out, "resume": False, "seed": args.seed, "train.max_steps": steps,
-        "train.warmup_steps": max(steps // 10, 1), "train.precision": args.precision, "train.log_every": 10,
+        "train.precision": args.precision, "train.log_every": 10,
         "train.batch_size": args.batch_size, "train.grad_accum_steps": 1, "train.seq_len": args.seq_len,
         "train.save_every": steps, "model.remat": "none", "data.eval_samples": 0,
         **{f"model.{k}": v for k, v in shape.items()},

@@ -174,6 +174,8 @@ CASES = {
     "p-vocab-zero": (P("--config.data.tokenizer_vocab_size=0"), "data.tokenizer_vocab_size"),
     "p-lr-negative": (P("--config.train.learning_rate=-0.001"), "train.learning_rate"),
     "p-lr-zero": (P("--config.train.learning_rate=0"), "train.learning_rate"),
+    "p-warmup-both": (P("--config.train.warmup_fraction=0.2", "--config.train.warmup_steps=5"),
+                      "train.warmup_steps: 5 and train.warmup_fraction=0.2 are both set"),
     "p-max-steps-negative": (P("--config.train.max_steps=-5"), "train.max_steps"),
     "p-epochs-negative": (P("--config.train.epochs=-1"), "train.epochs"),
     "p-batch-negative": (P("--config.train.batch_size=-4"), "train.batch_size"),

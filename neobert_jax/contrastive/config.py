@@ -101,9 +101,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "required (or data.preprocessed_dir)")
     need(config.data.layout in LAYOUTS, "data.layout", f"{config.data.layout!r} is not one of {LAYOUTS}")
     need(config.data.max_texts_per_row > 0, "data.max_texts_per_row", "must be positive")
-    need(not (config.train.warmup_steps > 0 and config.train.warmup_fraction > 0), "train.warmup_steps",
-         f"{config.train.warmup_steps} and train.warmup_fraction={config.train.warmup_fraction} are both set; "
-         "keep one (set the other to 0)")
     need(config.data.row_shapes in ROW_SHAPES, "data.row_shapes", f"{config.data.row_shapes!r} is not one of {ROW_SHAPES}")
     need(config.loss.name in LOSSES, "loss.name", f"{config.loss.name!r} is not one of {LOSSES}")
     need(config.loss.scale > 0, "loss.scale", "must be positive")

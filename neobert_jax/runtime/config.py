@@ -129,6 +129,9 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     need(t.seq_len > 0, "train.seq_len", "must be positive")
     need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     need(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", "must be in [0, 1)")
+    need(not (t.warmup_steps > 0 and t.warmup_fraction > 0), "train.warmup_steps",
+         f"{t.warmup_steps} and train.warmup_fraction={t.warmup_fraction} are both set, and the fraction would win "
+         "silently; keep one (set the other to 0)")
     need(0.0 < t.decay_fraction <= 1.0, "train.decay_fraction", "must be in (0, 1]")
     need(t.log_every > 0, "train.log_every", "must be positive")
     need(t.save_every > 0, "train.save_every", "must be positive")
