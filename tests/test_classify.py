@@ -152,8 +152,8 @@ def test_export_parity_and_init_from_keeps_the_head(pooling, tmp_path, hf_config
 def test_multi_label_and_regression_runs_train_and_report_their_metrics(problem, task, tmp_path):
     root, hf_dir = task
     if problem == "multi_label":
-        values = {"classifier.problem_type": "multi_label_classification", "data.train_files": str(root / "multi.jsonl"),
-                  "data.eval_files": str(root / "multi.jsonl"), "classifier.pooling": "mean"}
+        values = {"classifier.problem_type": "multi_label_classification", "classifier.pooling": "mean",
+                  "data.train_files": str(root / "multi.jsonl"), "data.eval_files": str(root / "multi.jsonl")}
     else:
         values = {"classifier.problem_type": "regression", "data.train_files": str(root / "scores.tsv"),
                   "data.eval_files": str(root / "scores.tsv"), "data.label_column": "score"}
@@ -174,3 +174,37 @@ def test_multi_label_and_regression_runs_train_and_report_their_metrics(problem,
         assert result.after["spearman"] == pytest.approx(stats.spearmanr(gold, predicted)[0])
         assert result.after["spearman"] > 0.5
         assert json.load(open(tmp_path / "run" / "hf" / "config.json"))["id2label"] == {"0": "score"}
+
+
+def test_a_classification_dir_continues_with_its_head_and_label_order(task, tmp_path, capsys):
+    """The CLI test's kind of run, then a second from its export: the head is kept, so the second
+    run's step-0 evaluation is already the first run's last one."""
+    root, hf_dir = task
+    files = {"data.train_files": str(root / "train.csv"), "data.eval_files": str(root / "dev.csv")}
+    first = train_classifier(config_for(tmp_path / "first", hf_dir, **files, **{"data.labels": "pos,neg"}))
+    second = train_classifier(config_for(tmp_path / "second", first.hf_dir, **files, **{"train.max_steps": 1}))
+    assert "classifier: head and classifier from init_from" in capsys.readouterr().err
+    assert second.before["accuracy"] == first.after["accuracy"] >= 0.95
+    assert second.before["loss"] == pytest.approx(first.after["loss"], rel=1e-5)
+    assert json.load(open(tmp_path / "second" / "hf" / "config.json"))["id2label"] == {"0": "pos", "1": "neg"}
+
+
+def test_labels_are_read_sorted_and_long_texts_are_cut_as_the_tokenizer_cuts_them(task, tmp_path):
+    from transformers import AutoTokenizer
+
+    from neobert_jax.classify.data import PairTokenizer, label_names, read_examples, targets
+    from neobert_jax.data import load_tokenizer
+
+    root, hf_dir = task
+    write_rows(tmp_path / "multi.csv", [("one", "10;2"), ("two", ""), ("three", "2")])
+    cfg = config_for(tmp_path, hf_dir, **{"data.text_pair_column": ""}).data
+    examples = read_examples([str(tmp_path / "multi.csv")], cfg, "multi_label_classification")
+    names = label_names(examples, "multi_label_classification", [])
+    assert names == ["2", "10"]
+    assert targets(examples, "multi_label_classification", names, "label").tolist() == [[1, 1], [0, 0], [1, 0]]
+
+    texts = ["good " * 30, "bad", "fine " * 3]
+    pairs = ["cold " * 3, "warm " * 40, "kind"]
+    ids, cut = PairTokenizer(load_tokenizer(hf_dir), 12).encode(texts, pairs)
+    reference = AutoTokenizer.from_pretrained(hf_dir)(texts, pairs, truncation=True, max_length=12)["input_ids"]
+    assert cut == 2 and [row.tolist() for row in ids] == reference

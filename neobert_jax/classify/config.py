@@ -71,7 +71,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(bool(as_list(d.train_files)), "data.train_files", "required")
     need(bool(d.text_column), "data.text_column", "must be set")
     need(bool(d.label_column), "data.label_column", "must be set")
-    need(k.problem_type in PROBLEM_TYPES, "classifier.problem_type", f"{k.problem_type!r} is not one of {PROBLEM_TYPES}")
+    need(k.problem_type in PROBLEM_TYPES, "classifier.problem_type",
+         f"{k.problem_type!r} is not one of {PROBLEM_TYPES}")
     need(k.pooling in POOLINGS, "classifier.pooling", f"{k.pooling!r} is not one of {POOLINGS}")
     need(0.0 <= k.dropout < 1.0, "classifier.dropout", f"must be in [0, 1), got {k.dropout}")
     need(not (k.problem_type == "regression" and as_list(d.labels)), "data.labels",

@@ -44,7 +44,8 @@ def _examples(files_spec, what: str, config, names: list[str] | None):
 
 def setup_classify(config, log) -> ClassifySetup:
     begun = begin_setup(config)
-    output_dir, mesh, phases, t, d, k = begun.output_dir, begun.mesh, begun.phases, config.train, config.data, config.classifier
+    output_dir, mesh, phases = begun.output_dir, begun.mesh, begun.phases
+    t, d, k = config.train, config.data, config.classifier
     accum_rows = sharding.batch_rows_divisor(mesh) * t.grad_accum_steps
     if t.batch_size % accum_rows:
         raise ValueError(f"config.train.batch_size: {t.batch_size} is not a multiple of {accum_rows} (the mesh's batch "
