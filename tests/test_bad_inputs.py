@@ -119,6 +119,7 @@ def w(tmp_path_factory, write_corpus, write_tokenizer, hf_model, tiny_config):
     (root / "cls.csv").write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(8)))
     (root / "cls_unknown.csv").write_text("text,label\nfirst,a\nsecond,maybe\n")
     (root / "cls_nolabel.csv").write_text("text,category\nfirst,a\n")
+    (root / "cls_short.csv").write_text("text,label\nfirst,a\nsecond\n")
     (root / "scores.csv").write_text("text,label\nfirst,0.5\nsecond,abc\n")
     run = root / "run"
     train(tiny_config(run, corpus, tokenizer=tok, **{"train.max_steps": 2, "train.save_every": 1}))
@@ -240,6 +241,7 @@ CASES = {
                                 "scores.csv:3: column 'label' holds 'abc'"),
     "s-train-missing": (S("--config.data.train_files=IN/none.csv"), "none.csv"),
     "s-txt-file": (S("--config.data.train_files=IN/corpus.txt"), "corpus.txt: unsupported file type"),
+    "s-short-row": (S("--config.data.train_files=IN/cls_short.csv"), "cls_short.csv:3: fewer fields"),
     "s-init-unset": (S("--config.init_from="), "init_from"),
     "s-dropout": (S("--config.classifier.dropout=1.5"), "classifier.dropout"),
     # conversion

@@ -37,8 +37,8 @@ def _delimited_table(path: str, delimiter: str) -> Table:
         reader = csv.DictReader(f, delimiter=delimiter)
         for record in reader:
             if any(value is None for value in record.values()) or None in record:
-                raise DataError(f"{path}:{reader.line_num}: {len(record) - (None in record)} fields, the header has "
-                                f"{len(reader.fieldnames)}")
+                raise DataError(f"{path}:{reader.line_num}: {'more' if None in record else 'fewer'} fields than the "
+                                f"header's {len(reader.fieldnames)} ({', '.join(reader.fieldnames)})")
             records.append(record)
             lines.append(reader.line_num)
         names = list(reader.fieldnames or [])
@@ -136,7 +136,7 @@ def targets(examples: Examples, problem_type: str, names: list[str], column: str
         for name in [value] if isinstance(value, str) else value:
             if name not in index:
                 raise DataError(f"{where}: column {column!r}: label {name!r} is not one of the run's labels "
-                                f"{names} (the training data's, or data.labels)")
+                                f"{names} (data.labels, else init_from's id2label, else the training data's)")
             if out.ndim == 1:
                 out[row] = index[name]
             else:
