@@ -19,6 +19,7 @@ import torch
 from absl import flags
 
 from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
+from neobert_jax.classify.config import POOLINGS, PROBLEM_TYPES
 from neobert_jax.contrastive.config import LAYOUTS, LOSSES, POOLING_MODES, ROW_SHAPES
 from neobert_jax.data.packing import PACKING_METHODS
 from neobert_jax.mlm.task import train
@@ -56,6 +57,10 @@ def _call(cli: str, args: list[str]):
 
         return _absl_cli(train_contrastive, ["contrastive.py", "--config", os.path.join(REPO, "configs/contrastive.py"),
                                              *args])
+    if cli == "finetune":
+        from neobert_jax.classify.task import train_classifier
+
+        return _absl_cli(train_classifier, ["finetune.py", "--config", os.path.join(REPO, "configs/classify.py"), *args])
     if cli in ("convert/torch_to_flax.py", "convert/flax_to_torch.py"):
         from neobert_jax.hf import convert
 
@@ -111,6 +116,11 @@ def w(tmp_path_factory, write_corpus, write_tokenizer, hf_model, tiny_config):
     (root / "sts_bad.jsonl").write_text('{"sentence1": "a", "sentence2": "b"}\n')
     (root / "sts.jsonl").write_text("".join(json.dumps({"sentence1": f"a {i}", "sentence2": f"b {i}", "score": i})
                                             + "\n" for i in range(4)))
+    (root / "cls.csv").write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(8)))
+    (root / "cls_unknown.csv").write_text("text,label\nfirst,a\nsecond,maybe\n")
+    (root / "cls_nolabel.csv").write_text("text,category\nfirst,a\n")
+    (root / "cls_short.csv").write_text("text,label\nfirst,a\nsecond\n")
+    (root / "scores.csv").write_text("text,label\nfirst,0.5\nsecond,abc\n")
     run = root / "run"
     train(tiny_config(run, corpus, tokenizer=tok, **{"train.max_steps": 2, "train.save_every": 1}))
     shutil.copytree(run, root / "damaged")
@@ -148,6 +158,11 @@ def C(*args):
     return ("contrastive", [f"--config.output_dir={OUT}", "--config.init_from=IN/hf",
                             "--config.data.train_files=IN/pairs.jsonl", "--config.train.batch_size=4",
                             "--config.train.seq_len=32", "--config.train.max_steps=2", *args])
+
+
+def S(*args):
+    return ("finetune", [f"--config.output_dir={OUT}", "--config.init_from=IN/hf", "--config.data.train_files=IN/cls.csv",
+                         "--config.train.batch_size=4", "--config.train.seq_len=32", "--config.train.max_steps=2", *args])
 
 
 CASES = {
@@ -221,6 +236,16 @@ CASES = {
     "c-unknown-key": (C("--config.loss.temperature=1"), "config.loss.temperature"),
     "c-keep-best-no-eval-sets": (C("--config.train.keep_best_checkpoint=True", "--config.train.eval_every=1"),
                                  "train.keep_best_checkpoint"),
+    # sequence classification
+    "s-unknown-eval-label": (S("--config.data.eval_files=IN/cls_unknown.csv"), "cls_unknown.csv:3: column 'label'"),
+    "s-no-label-column": (S("--config.data.train_files=IN/cls_nolabel.csv"), "cls_nolabel.csv: no column 'label'"),
+    "s-regression-not-number": (S("--config.data.train_files=IN/scores.csv", "--config.classifier.problem_type=regression"),
+                                "scores.csv:3: column 'label' holds 'abc'"),
+    "s-train-missing": (S("--config.data.train_files=IN/none.csv"), "none.csv"),
+    "s-txt-file": (S("--config.data.train_files=IN/corpus.txt"), "corpus.txt: unsupported file type"),
+    "s-short-row": (S("--config.data.train_files=IN/cls_short.csv"), "cls_short.csv:3: fewer fields"),
+    "s-init-unset": (S("--config.init_from="), "init_from"),
+    "s-dropout": (S("--config.classifier.dropout=1.5"), "classifier.dropout"),
     # conversion
     "t-missing": (("convert/torch_to_flax.py", ["IN/none", OUT]), "none"),
     "t-no-weights": (("convert/torch_to_flax.py", ["IN/hf_badjson", OUT]), "config.json"),
@@ -329,6 +354,7 @@ ENUMERATED = [  # (cli, key, allowed values): every key that takes one of a list
     ("pretrain", "data.packing", PACKING_METHODS), ("contrastive", "model.attn_implementation", ATTENTION_BACKENDS),
     ("contrastive", "data.layout", LAYOUTS), ("contrastive", "data.row_shapes", ROW_SHAPES),
     ("contrastive", "loss.name", LOSSES), ("contrastive", "pooling.mode", POOLING_MODES),
+    ("finetune", "classifier.problem_type", PROBLEM_TYPES), ("finetune", "classifier.pooling", POOLINGS),
 ]
 
 
@@ -339,7 +365,7 @@ def test_a_wrong_enumerated_value_is_refused_before_anything_is_written(cli, key
     out.mkdir()
     (out / "notes.txt").write_text("the user's")
     before = snapshot(out)
-    _, args = (P if cli == "pretrain" else C)(f"--config.{key}=palas")
+    _, args = {"pretrain": P, "contrastive": C, "finetune": S}[cli](f"--config.{key}=palas")
     code, err = run_cli(cli, [a.replace("IN/", f"{w['root']}/").replace(OUT, str(out)) for a in args])
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code != 0 and len(errors) == 1 and "Traceback" not in err, err[-2000:]

@@ -19,12 +19,13 @@ def _help(tmp_path, script, *args):
 @pytest.mark.parametrize("script,config,keys", [
     ("scripts/pretrain.py", "configs/student.py", ["  train:", "    learning_rate: 0.0008", "    mlm_probability: 0.3"]),
     ("scripts/contrastive.py", "configs/contrastive.py", ["  loss:", "    scale: 20.0", "  pooling:"]),
+    ("scripts/finetune.py", "configs/classify.py", ["  classifier:", "    pooling: cls", "    text_pair_column: ''"]),
 ])
 def test_config_scripts_show_their_keys_nested(tmp_path, script, config, keys):
     for args in ([], ["--config", os.path.join(REPO, config)]):  # the example config, or the one given
         code, out, left = _help(tmp_path, script, *args)
         assert code == 0 and left == [], out[-2000:]
-        assert out.splitlines()[0].startswith(("MLM pretraining", "Contrastive fine-tuning")), out[:300]
+        assert out.splitlines()[0].startswith(("MLM pretraining", "Contrastive fine-tuning", "Sequence classification")), out[:300]
         assert all(key in out.splitlines() for key in keys), out
         assert "--coordinator_address" in out and "absl" not in out  # its own flags, not other libraries'
 

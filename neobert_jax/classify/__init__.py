@@ -1,0 +1,1 @@
+"""Sequence classification and regression fine-tuning (docs/classification.md): `train_classifier(config)`."""

@@ -1,0 +1,105 @@
+"""ModernBERT with transformers' sequence-classification head, and its HF dirs.
+
+`SequenceClassifier` is ModernBertForSequenceClassification: the encoder (`model`), pooling
+(the first token, or the mean over the attention mask), the prediction head (`head.dense` ->
+GELU -> `head.norm`), dropout and `classifier`. Parameter paths mirror HF names, so
+`neobert_jax.hf.weights` maps them both ways unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from neobert_jax.config import ModernBertConfig
+from neobert_jax.fileio import atomic_dir
+from neobert_jax.hf import load_pretrained, locate, read_hf_config, read_hf_state_dict
+from neobert_jax.hf.io import copy_tokenizer_files
+from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
+from neobert_jax.model.modernbert import Linear, ModernBertModel, PredictionHead, _dropout, _fold, _init_stds
+
+ARCHITECTURE = "ModernBertForSequenceClassification"
+
+
+class SequenceClassifier(nnx.Module):
+    def __init__(self, config: ModernBertConfig, num_outputs: int, *, pooling: str, dropout: float, rngs: nnx.Rngs):
+        self.config, self.pooling, self.dropout = config, pooling, dropout
+        self.model = ModernBertModel(config, rngs=rngs)
+        self.head = PredictionHead(config, _init_stds(config), rngs)
+        d = config.hidden_size
+        self.classifier = Linear(d, num_outputs, std=d ** -0.5, config=config, use_bias=True,
+                                 axes=("embed", "labels"), rngs=rngs)
+
+    def __call__(self, input_ids_BT, attention_mask_BT, dropout_rng=None):
+        """(B, labels) float32 logits (regression: (B, 1) values)."""
+        h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=_fold(dropout_rng, 0))
+        if self.pooling == "cls":
+            pooled_BD = h_BTD[:, 0]
+        else:
+            mask_BT1 = jnp.asarray(attention_mask_BT)[..., None].astype(h_BTD.dtype)
+            pooled_BD = (h_BTD * mask_BT1).sum(1) / mask_BT1.sum(1)
+        x_BD = _dropout(self.head(pooled_BD), self.dropout, _fold(dropout_rng, 1))
+        return self.classifier(x_BD).astype(jnp.float32)
+
+
+def problem_loss(problem_type: str, logits_BL, labels):
+    """transformers' loss of each problem type: cross-entropy, BCE with logits, MSE."""
+    if problem_type == "single_label_classification":
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BL, labels).mean()
+    if problem_type == "multi_label_classification":
+        return optax.sigmoid_binary_cross_entropy(logits_BL, labels).mean()
+    return jnp.square(logits_BL[:, 0] - labels).mean()
+
+
+def read_classifier_labels(path: str) -> dict | None:
+    """{"labels", "problem_type", "pooling"} of an HF ModernBertForSequenceClassification dir, else None."""
+    config_path = os.path.join(path, "config.json")
+    if locate(path).params is not None or not os.path.isfile(config_path):
+        return None
+    with open(config_path) as f:
+        raw = json.load(f)
+    if ARCHITECTURE not in (raw.get("architectures") or []):
+        return None
+    id2label = raw.get("id2label") or {}
+    labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return {"labels": labels, "problem_type": raw.get("problem_type"), "pooling": raw.get("classifier_pooling")}
+
+
+def load_classifier(path: str, num_outputs: int, *, pooling: str, dropout: float, seed: int, runtime: dict,
+                    config_changes: dict) -> tuple[SequenceClassifier, list[str]]:
+    """-> (model, the HF names that start fresh): the encoder of an HF dir (any ModernBERT head) or a
+    project checkpoint, plus its `head` and `classifier` where it has them, as transformers'
+    from_pretrained takes them (an MLM dir gives `head`, not `classifier`)."""
+    if locate(path).params is None:
+        model_config, state_dict = read_hf_config(path, **runtime), read_hf_state_dict(path)
+    else:
+        loaded, _ = load_pretrained(path, seed=seed, **runtime)
+        model_config, state_dict = loaded.config, state_dict_from_model(loaded)
+    model_config = model_config.replace(**config_changes)
+    model = SequenceClassifier(model_config, num_outputs, pooling=pooling, dropout=dropout, rngs=nnx.Rngs(seed))
+    fresh, _ = load_state_dict_into_model(model, state_dict, source=path)
+    return model, fresh
+
+
+def save_classifier_dir(model: SequenceClassifier, out_dir: str, *, labels: list[str], problem_type: str,
+                        tokenizer_dir: str | None, overwrite: bool = False) -> None:
+    """A dir that `AutoModelForSequenceClassification.from_pretrained` loads to this model's logits
+    (regression: one output named `labels[0]`)."""
+    from safetensors.numpy import save_file
+
+    config = model.config.to_hf_dict()
+    config.update(architectures=[ARCHITECTURE], id2label={str(i): name for i, name in enumerate(labels)},
+                  label2id={name: i for i, name in enumerate(labels)}, problem_type=problem_type,
+                  classifier_pooling=model.pooling, classifier_dropout=model.dropout)
+    weights = {k: np.ascontiguousarray(v) for k, v in state_dict_from_model(model).items()}
+    with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        copy_tokenizer_files(tokenizer_dir, tmp)
+

@@ -1,0 +1,164 @@
+"""The classification run: `train_classifier(config)` from setup to `output_dir/hf`, on the runner
+every task shares (neobert_jax.runtime.runner). The eval set runs before the first step, every
+`train.eval_every` steps and after the last; the end prints before and after side by side and
+writes the last evaluation's predictions to output_dir/eval_predictions.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from neobert_jax.classify.config import BEST_METRIC, validate
+from neobert_jax.classify.evaluation import metrics, write_predictions
+from neobert_jax.classify.head import problem_loss, save_classifier_dir
+from neobert_jax.classify.setup import ClassifySetup, setup_classify
+from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
+
+HF_EXPORT_DIR = "hf"
+PREDICTIONS_FILE = "eval_predictions.jsonl"
+EVAL_PREFIX = "eval_"
+BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+@dataclasses.dataclass
+class ClassifyResult:
+    step: int
+    completed: bool  # False: stopped by a signal, resumable
+    train_loss: float | None  # mean of the last runner.RECENT_STEPS finite steps
+    before: dict[str, float] | None  # eval metrics of the starting model (step 0)
+    after: dict[str, float] | None  # eval metrics at the last step
+    hf_dir: str | None
+
+
+def train_classifier(config) -> ClassifyResult:
+    validate(config)  # from here on the config is only read; what setup decides is setup.resolved
+    with run_frame(config) as stop:
+        setup_started = time.time()
+        setup = setup_classify(config, main_process_print)
+        return run_task(config, setup, ClassifyTask, stop, setup_started)
+
+
+def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, classifier_dropout: float):
+    """(state, placed batch) -> (state, metrics), the state donated; with accum > 1 the batch runs as
+    micro-batches whose gradients are averaged (the loss is a mean over equal-sized parts)."""
+    parts, mesh, state_sh = setup.parts, setup.mesh, setup.shardings
+    c = parts.config
+    uses_dropout = max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout, classifier_dropout) > 0
+
+    def loss_fn(params, batch, rng):
+        logits = parts.merge(params)(batch["input_ids"], batch["attention_mask"], dropout_rng=rng)
+        return problem_loss(problem_type, logits, batch["labels"])
+
+    def train_step(state, batch):
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        rng = step_rng if uses_dropout else None
+        if accum == 1:
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        else:
+            micro = jax.tree.map(lambda x: sharding.split_micro(x, accum, mesh), batch)
+
+            def accumulate(carry, xs):
+                micro_batch, index = xs
+                micro_rng = None if rng is None else jax.random.fold_in(rng, index)
+                loss, grads = jax.value_and_grad(loss_fn)(state.params, micro_batch, micro_rng)
+                total = jax.tree.map(jnp.add, carry, (loss, grads))
+                return (total[0], jax.lax.with_sharding_constraint(total[1], state_sh.params)), None
+
+            zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                            (micro, jnp.arange(accum)))
+            loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, setup.tx)
+        return new_state, {"loss": loss, "grad_norm": grad_norm,
+                           "learning_rate": setup.schedule(state.step - state.nonfinite_total),
+                           "nonfinite_streak": new_state.nonfinite_streak,
+                           "nonfinite_total": new_state.nonfinite_total}
+
+    rows = sharding.batch_sharding(mesh)
+    return jax.jit(sharding.traced_under(mesh, train_step), in_shardings=(state_sh, {k: rows for k in BATCH_KEYS}),
+                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+
+
+class ClassifyTask:
+    """Labelled texts in, the eval set's metrics as the eval (before the first step too), an HF
+    ModernBertForSequenceClassification dir out."""
+
+    export_name = "HF sequence-classification model"
+    eval_before_training = True
+
+    def __init__(self, config, setup: ClassifySetup, log):
+        self.config, self.setup = config, setup
+        self.problem_type = config.classifier.problem_type
+        self._step = make_classify_step(setup, self.problem_type, config.train.grad_accum_steps,
+                                        config.classifier.dropout)
+        self.has_eval = setup.evaluator is not None
+        self.loss_label = f"{self.problem_type} loss"
+        self.batch_description = f"{setup.resolved.batch_size} examples"
+        self.steps_per_epoch = setup.batches.steps_per_epoch
+        self.steps_per_call = setup.resolved.steps_per_call
+        self.last_logits = None
+
+    def next_batch(self, steps: int):
+        batch, counters = next(self.setup.batches)
+        return sharding.global_batch(batch, self.setup.mesh), [counters]
+
+    def train_step(self, state, batch, steps: int):
+        return self._step(state, batch)
+
+    def data_state(self) -> dict:
+        return self.setup.batches.get_state()
+
+    def step_counters(self, metrics: dict, host: dict) -> dict[str, float]:
+        return host
+
+    def interval_scalars(self, mean_loss: float, counters: dict, steps: int, elapsed_s: float | None) -> dict:
+        if elapsed_s is None:
+            return {}
+        return {"examples_per_s": counters["examples"] / elapsed_s, "tokens_per_s": counters["tokens"] / elapsed_s}
+
+    def evaluate(self, params) -> tuple[dict, dict]:
+        """`eval_<metric>` scalars; the eval loss ranks checkpoints for train.keep_best_checkpoint."""
+        self.last_logits = self.setup.evaluator.logits(params)
+        results = metrics(self.problem_type, self.last_logits, self.setup.evaluator.data.targets)
+        scalars = {EVAL_PREFIX + k: v for k, v in results.items()}
+        return scalars, {BEST_METRIC: scalars[BEST_METRIC]}
+
+    def export(self, params) -> str:
+        """output_dir/hf (and the last evaluation's predictions beside it), written by process 0."""
+        host_params = sharding.to_host(params)  # every process joins the gather
+        root = os.path.abspath(self.config.output_dir)
+        out_dir = os.path.join(root, HF_EXPORT_DIR)
+        if jax.process_index() == 0:
+            save_classifier_dir(self.setup.parts.merge(host_params), out_dir, labels=self.setup.labels,
+                                problem_type=self.problem_type, tokenizer_dir=self.setup.tokenizer_dir, overwrite=True)
+            if self.last_logits is not None:
+                write_predictions(os.path.join(root, PREDICTIONS_FILE), self.problem_type, self.last_logits,
+                                  self.setup.eval_gold, self.setup.labels)
+        return out_dir
+
+    def closing_lines(self, train_loss, recent_steps: int, first_eval, last_eval) -> list[str]:
+        lines = []
+        if train_loss is not None:
+            lines.append(f"Final train loss: {train_loss:.4f} (mean of the last {recent_steps} steps)")
+        if last_eval:
+            before, after = _unprefixed(first_eval) or {}, _unprefixed(last_eval)
+            lines.append("evaluation (before = the init_from model, after = this run):\n" + "\n".join(
+                f"  {name:<10} {before.get(name, float('nan')):8.4f} -> {value:8.4f}" for name, value in after.items()))
+        return lines
+
+    def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> ClassifyResult:
+        if not completed:
+            return ClassifyResult(step, False, train_loss, None, None, None)
+        return ClassifyResult(step, True, train_loss, _unprefixed(first_eval), _unprefixed(last_eval), export_dir)
+
+
+def _unprefixed(record: dict | None) -> dict | None:
+    if record is None:
+        return None
+    return {k.removeprefix(EVAL_PREFIX): v for k, v in record.items() if k.startswith(EVAL_PREFIX)}
