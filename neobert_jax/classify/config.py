@@ -80,7 +80,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(len(set(as_list(d.labels))) == len(as_list(d.labels)), "data.labels", "names a label twice")
     need(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
     need(t.seq_len >= 4, "train.seq_len", "must leave room for [CLS] text [SEP] pair [SEP]")
-    need(not (t.warmup_steps > 0 and t.warmup_fraction > 0), "train.warmup_steps",
-         f"{t.warmup_steps} and train.warmup_fraction={t.warmup_fraction} are both set; keep one (set the other to 0)")
     need(bool(as_list(d.eval_files)) or not t.keep_best_checkpoint, "train.keep_best_checkpoint",
          "needs data.eval_files")
