@@ -17,7 +17,8 @@ import sys
 import jax
 
 from neobert_jax.contrastive.config import as_list
-from neobert_jax.contrastive.evaluation import evaluate, format_comparison, load_eval_sets
+from neobert_jax.contrastive.evaluation import evaluate, load_eval_sets
+from neobert_jax.runtime.reporting import format_comparison
 from neobert_jax.data import DataError, load_tokenizer
 
 BACKENDS = ("jax", "sentence-transformers")

@@ -18,11 +18,11 @@ from neobert_jax.classify.evaluation import metrics, write_predictions
 from neobert_jax.classify.head import problem_loss, save_classifier_dir
 from neobert_jax.classify.setup import ClassifySetup, setup_classify
 from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning_closing_lines
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
 HF_EXPORT_DIR = "hf"
 PREDICTIONS_FILE = "eval_predictions.jsonl"
-EVAL_PREFIX = "eval_"
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 
 
@@ -143,22 +143,10 @@ class ClassifyTask:
         return out_dir
 
     def closing_lines(self, train_loss, recent_steps: int, first_eval, last_eval) -> list[str]:
-        lines = []
-        if train_loss is not None:
-            lines.append(f"Final train loss: {train_loss:.4f} (mean of the last {recent_steps} steps)")
-        if last_eval:
-            before, after = _unprefixed(first_eval) or {}, _unprefixed(last_eval)
-            lines.append("evaluation (before = the init_from model, after = this run):\n" + "\n".join(
-                f"  {name:<10} {before.get(name, float('nan')):8.4f} -> {value:8.4f}" for name, value in after.items()))
-        return lines
+        return fine_tuning_closing_lines(train_loss, recent_steps, first_eval, last_eval)
 
     def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> ClassifyResult:
         if not completed:
             return ClassifyResult(step, False, train_loss, None, None, None)
-        return ClassifyResult(step, True, train_loss, _unprefixed(first_eval), _unprefixed(last_eval), export_dir)
+        return ClassifyResult(step, True, train_loss, eval_metrics(first_eval), eval_metrics(last_eval), export_dir)
 
-
-def _unprefixed(record: dict | None) -> dict | None:
-    if record is None:
-        return None
-    return {k.removeprefix(EVAL_PREFIX): v for k, v in record.items() if k.startswith(EVAL_PREFIX)}

@@ -164,13 +164,3 @@ def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
         metrics = retrieval_metrics(ranked, r.relevance)
         results.update({f"{r.name}_{metric}": value for metric, value in metrics.items()})
     return results
-
-
-def format_comparison(before: dict[str, float] | None, after: dict[str, float]) -> str:
-    """A before -> after table (or one column when there is no "before")."""
-    width = max(len(k) for k in after)
-    lines = [f"{'metric':<{width}}  {'before':>8}  {'after':>8}" if before else f"{'metric':<{width}}  {'value':>8}"]
-    for key, value in after.items():
-        lines.append(f"{key:<{width}}  {before[key]:8.4f}  {value:8.4f}" if before and key in before
-                     else f"{key:<{width}}  {value:8.4f}")
-    return "\n".join(lines)

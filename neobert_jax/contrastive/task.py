@@ -14,15 +14,15 @@ import numpy as np
 
 from neobert_jax.contrastive.config import BEST_METRIC, validate
 from neobert_jax.contrastive.embedder import Embedder
-from neobert_jax.contrastive.evaluation import evaluate, format_comparison
+from neobert_jax.contrastive.evaluation import evaluate
 from neobert_jax.contrastive.setup import ContrastiveSetup, setup_contrastive
 from neobert_jax.contrastive.step import make_contrastive_step
 from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
 from neobert_jax.runtime import sharding
+from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning_closing_lines
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
 ST_EXPORT_DIR = "st"
-EVAL_PREFIX = "eval_"
 
 
 @dataclasses.dataclass
@@ -105,23 +105,11 @@ class ContrastiveTask:
                 max_seq_length=self.config.train.seq_len, overwrite=True)
         return out_dir
 
-    def closing_lines(self, train_loss: float | None, recent_steps: int, first_eval: dict | None,
-                      last_eval: dict | None) -> list[str]:
-        lines = []
-        if train_loss is not None:
-            lines.append(f"Final train loss: {train_loss:.4f} (mean of the last {recent_steps} steps)")
-        if last_eval:
-            lines.append("evaluation (before = the init_from model, after = this run):\n"
-                         + format_comparison(_unprefixed(first_eval), _unprefixed(last_eval)))
-        return lines
+    def closing_lines(self, train_loss, recent_steps: int, first_eval, last_eval) -> list[str]:
+        return fine_tuning_closing_lines(train_loss, recent_steps, first_eval, last_eval)
 
     def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> ContrastiveResult:
         if not completed:
             return ContrastiveResult(step, False, train_loss, None, None, None)
-        return ContrastiveResult(step, True, train_loss, _unprefixed(first_eval), _unprefixed(last_eval), export_dir)
+        return ContrastiveResult(step, True, train_loss, eval_metrics(first_eval), eval_metrics(last_eval), export_dir)
 
-
-def _unprefixed(record: dict | None) -> dict | None:
-    if record is None:
-        return None
-    return {k.removeprefix(EVAL_PREFIX): v for k, v in record.items() if k.startswith(EVAL_PREFIX)}

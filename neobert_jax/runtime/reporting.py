@@ -53,6 +53,39 @@ def _summary_writer_class():
     return SummaryWriter
 
 
+EVAL_PREFIX = "eval_"  # a task's evaluation scalars in metrics.jsonl: eval_<metric>
+
+
+def eval_metrics(record: dict | None) -> dict | None:
+    """The evaluation metrics of a metrics.jsonl record, without their prefix."""
+    if record is None:
+        return None
+    return {k.removeprefix(EVAL_PREFIX): v for k, v in record.items() if k.startswith(EVAL_PREFIX)}
+
+
+def format_comparison(before: dict[str, float] | None, after: dict[str, float]) -> str:
+    """A before -> after table (or one column when there is no "before")."""
+    width = max(len(k) for k in after)
+    lines = [f"{'metric':<{width}}  {'before':>8}  {'after':>8}" if before else f"{'metric':<{width}}  {'value':>8}"]
+    for key, value in after.items():
+        lines.append(f"{key:<{width}}  {before[key]:8.4f}  {value:8.4f}" if before and key in before
+                     else f"{key:<{width}}  {value:8.4f}")
+    return "\n".join(lines)
+
+
+def fine_tuning_closing_lines(train_loss: float | None, recent_steps: int, first_eval: dict | None,
+                              last_eval: dict | None) -> list[str]:
+    """The closing lines of a task that starts from init_from: the final train loss, then its
+    evaluation before (the init_from model) and after (this run)."""
+    lines = []
+    if train_loss is not None:
+        lines.append(f"Final train loss: {train_loss:.4f} (mean of the last {recent_steps} steps)")
+    if last_eval:
+        lines.append("evaluation (before = the init_from model, after = this run):\n"
+                     + format_comparison(eval_metrics(first_eval), eval_metrics(last_eval)))
+    return lines
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), inf instead of an OverflowError for a diverged loss."""
     return math.exp(loss) if loss < 700 else math.inf
