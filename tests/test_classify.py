@@ -208,3 +208,22 @@ def test_labels_are_read_sorted_and_long_texts_are_cut_as_the_tokenizer_cuts_the
     ids, cut = PairTokenizer(load_tokenizer(hf_dir), 12).encode(texts, pairs)
     reference = AutoTokenizer.from_pretrained(hf_dir)(texts, pairs, truncation=True, max_length=12)["input_ids"]
     assert cut == 2 and [row.tolist() for row in ids] == reference
+
+
+def test_a_resume_whose_labels_changed_is_refused(task, tmp_path):
+    """The checkpoints' outputs are named by the labels' order; data with another label set would
+    rename them silently on resume."""
+    root, hf_dir = task
+    cfg = config_for(tmp_path / "run", hf_dir, **{"data.train_files": str(root / "train.csv"),
+                                                   "train.max_steps": 2, "train.save_every": 1})
+    stopped = train_classifier(cfg)
+    assert stopped.completed
+    rows = [("some new words here", "aaa")] + [tuple(r) for r in csv.reader(open(root / "train.csv"))][1:]
+    cfg.data.train_files = write_rows(tmp_path / "more.csv", rows)
+    cfg.train.max_steps = 4
+    with pytest.raises(ValueError, match=r"the labels are \['aaa', 'neg', 'pos'\] but the checkpoints .* were "
+                                         r"trained with \['neg', 'pos'\]"):
+        train_classifier(cfg)
+    cfg.data.labels = "neg,pos,aaa"  # the names in the checkpoints' order, plus one: still another head
+    with pytest.raises(ValueError, match="were trained with"):
+        train_classifier(cfg)

@@ -105,7 +105,7 @@ def setup_classify(config, log) -> ClassifySetup:
         f"on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     phases.done("encoding")
-    resolved = resolve(config, parts.config, batch_size=t.batch_size, total_steps=total_steps)
+    resolved = resolve(config, parts.config, batch_size=t.batch_size, total_steps=total_steps, labels=labels)
     return finish_setup(config, log, begun, ClassifySetup, parts=parts, params=params, data=batches, resolved=resolved,
                         tokenizer=tokenizer, tokenizer_note=None, write_tokenizer=write_tokenizer,
                         best=(BEST_METRIC, "min"), batches=batches, evaluator=evaluator, eval_gold=eval_gold,

@@ -35,6 +35,7 @@ class Resolved:
     logsumexp: str  # the MLM head's kernel, model.logsumexp's "auto" resolved
     model: dict = dataclasses.field(default_factory=dict)  # MLM: model.* keys left None, taken from init_from or ModernBERT
     row_shapes: str | None = None  # contrastive: data.row_shapes, "auto" resolved
+    labels: list[str] | None = None  # classification: the outputs' names, in the classifier's order
 
     def config_keys(self) -> dict:
         """Config key -> the value the run used, for the keys this record settles."""
@@ -72,11 +73,11 @@ def attention_backends(model_config: ModernBertConfig) -> dict[str, str]:
 
 
 def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
-            model: dict | None = None, row_shapes: str | None = None) -> Resolved:
+            model: dict | None = None, row_shapes: str | None = None, labels: list[str] | None = None) -> Resolved:
     """The record of a run whose model (with its runtime fields) is `model_config`."""
     precision = matmul_precision(config.train.precision)
     return Resolved(batch_size=batch_size, steps_per_call=steps_per_call, total_steps=total_steps,
                     matmul_precision=precision, xla_flags=os.environ.get("XLA_FLAGS", ""),
                     attention=attention_backends(model_config),
                     layer_norm_backward=model_config.layer_norm_backward, logsumexp=model_config.logsumexp,
-                    model=dict(model or {}), row_shapes=row_shapes)
+                    model=dict(model or {}), row_shapes=row_shapes, labels=None if labels is None else list(labels))

@@ -142,14 +142,21 @@ def check_run_tokenizer(tokenizer, output_dir: str, resuming: bool) -> bool:
     return True
 
 
-def check_resume(batch_size: int, output_dir: str) -> None:
+def check_resume(resolved, output_dir: str) -> None:
     """Refuses a resume whose train.batch_size (resolved) differs from the checkpoints' run: the
-    data iterator's position and order depend on it."""
+    data iterator's position and order depend on it; or whose classifier labels differ: the
+    checkpoints' outputs would take other names."""
+    batch_size = resolved.batch_size
     try:
         with open(os.path.join(output_dir, RUN_CONFIG)) as f:
-            before = json.load(f)["train"]["batch_size"]
+            recorded = json.load(f)
+        before = recorded["train"]["batch_size"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # written by every run; a run dir without it predates the check
+    labels = (recorded.get("resolved") or {}).get("labels")
+    if resolved.labels is not None and labels is not None and labels != resolved.labels:
+        raise ValueError(f"the labels are {resolved.labels} but the checkpoints in {output_dir} were trained with "
+                         f"{labels} (in that order): set data.labels to that list to resume, or start a new output_dir")
     if before != batch_size:
         raise ValueError(f"config.train.batch_size={batch_size} but the checkpoints in {output_dir} "
                          f"were trained with {before}: resuming would change the data order; use {before}, or "

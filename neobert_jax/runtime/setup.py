@@ -69,7 +69,7 @@ def start_or_resume(config, resolved: Resolved, output_dir: str, parts, params, 
                                    best=best if t.keep_best_checkpoint else None)
     latest = checkpointer.latest_step()
     if latest is not None and config.resume:
-        check_resume(resolved.batch_size, output_dir)
+        check_resume(resolved, output_dir)
         state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
         data.set_state(data_state)
         log(f"resumed from {checkpointer.directory}/{latest}")
