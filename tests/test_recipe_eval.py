@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neobert_jax.data.tokenizer import save_tokenizer, train_tokenizer
-from neobert_jax.hf.mlm_eval import IGNORE_INDEX, heldout_mlm_loss, mlm_loss, prepare_heldout
+from neobert_jax.hf.mlm_eval import IGNORE_INDEX, heldout_mlm_loss, mlm_loss, prepare_heldout, pseudo_perplexity
 
 WORDS = "masked tokens are predicted from the words around them in every held out paragraph".split()
 
@@ -91,3 +91,49 @@ def test_model_dir_with_its_tokenizer(model, tokenizer, paragraphs, tmp_path):
     in_memory = mlm_loss(model, prepare_heldout(tokenizer, paragraphs[:40], seed=5), device="cpu")
     assert from_dir["paragraphs"] == 40
     assert from_dir["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)
+
+
+def test_pseudo_perplexity_masks_each_token_alone(model, tokenizer, paragraphs):
+    """Against one forward pass per masked position, written out; batching must not change it."""
+    texts = paragraphs[:4]
+    got = pseudo_perplexity(model, tokenizer, texts, device="cpu")
+    hf_tokenizer = tokenizer.to_transformers()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            encoded = hf_tokenizer(text, return_special_tokens_mask=True)
+            for position in np.flatnonzero(np.asarray(encoded["special_tokens_mask"]) == 0):
+                ids = torch.tensor([encoded["input_ids"]])
+                original = int(ids[0, position])
+                ids[0, position] = hf_tokenizer.mask_token_id
+                log_probs = torch.log_softmax(model.float()(input_ids=ids).logits[0, position], -1)
+                nll -= float(log_probs[original])
+                count += 1
+    assert got["tokens"] == count and got["paragraphs"] == 4
+    assert got["pseudo_nll"] == pytest.approx(nll / count, rel=1e-5)
+    assert got["pseudo_perplexity"] == pytest.approx(np.exp(nll / count), rel=1e-5)
+    small_batches = pseudo_perplexity(model, tokenizer, texts, device="cpu", batch_tokens=8)
+    assert small_batches["pseudo_nll"] == pytest.approx(got["pseudo_nll"], rel=1e-6)
+
+
+def test_evaluate_mlm_script(model, tokenizer, paragraphs, tmp_path, capsys):
+    import importlib.util
+    import json
+    import os
+
+    model_dir = tmp_path / "model"
+    save_tokenizer(tokenizer, str(model_dir))
+    model.save_pretrained(model_dir)
+    (tmp_path / "heldout.txt").write_text("\n".join(paragraphs[:6]) + "\n\n")
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_mlm", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "evaluate_mlm.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "scores.json"
+    assert script.main([str(model_dir), "--heldout", str(tmp_path / "heldout.txt"), "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["mlm"]["loss"] == pytest.approx(heldout_mlm_loss(str(model_dir), paragraphs[:6])["loss"])
+    assert scores["pseudo"]["paragraphs"] == 6
+    assert f"pseudo-perplexity {scores['pseudo']['pseudo_perplexity']:.2f}" in capsys.readouterr().out
+    assert script.main([str(tmp_path), "--heldout", str(tmp_path / "heldout.txt")]) == 1  # no config.json
+    assert "error: " in capsys.readouterr().err

@@ -3,6 +3,7 @@
     heldout = prepare_heldout(tokenizer, paragraphs)           # masked inputs, model-independent
     mlm_loss("runs/student/hf", heldout)                       # -> {"loss", "perplexity", "masked_tokens", "paragraphs"}
     heldout_mlm_loss("runs/student/hf", "heldout.txt")         # both at once, tokenizer from the model dir
+    pseudo_perplexity("runs/student/hf", tokenizer, paragraphs) # every token masked in turn (no seed)
 
 Why this way: training losses are not comparable across trainers (ours packs rows, the HF Trainer pads
 one paragraph per row, and their masks differ), so every model is scored by the same torch code on the
@@ -146,15 +147,7 @@ def mlm_loss(model_dir_or_torch_model, heldout: HeldOut, *, device=None, batch_t
     """
     import torch
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model_dir_or_torch_model
-    if isinstance(model, (str, os.PathLike)):
-        from transformers import AutoModelForMaskedLM
-
-        if not os.path.isdir(model):
-            raise FileNotFoundError(f"{model}: no such model directory")
-        model = AutoModelForMaskedLM.from_pretrained(str(model), dtype=torch.float32, local_files_only=True)
-    model = model.to(device=device, dtype=torch.float32).eval()
+    model, device = _torch_model(model_dir_or_torch_model, device)
     nll, count = 0.0, 0
     with _full_float32(), torch.no_grad():
         for indices in _batches(heldout, batch_tokens):
@@ -168,6 +161,56 @@ def mlm_loss(model_dir_or_torch_model, heldout: HeldOut, *, device=None, batch_t
     loss = nll / count
     return dict(loss=loss, perplexity=math.exp(loss) if loss < 700 else math.inf, masked_tokens=count,
                 paragraphs=heldout.paragraphs)
+
+
+def _torch_model(model, device):
+    """-> (the masked LM in float32 eval mode on `device`, the device); `model` may be its HF folder."""
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoModelForMaskedLM
+
+        if not os.path.isdir(model):
+            raise FileNotFoundError(f"{model}: no such model directory")
+        model = AutoModelForMaskedLM.from_pretrained(str(model), dtype=torch.float32, local_files_only=True)
+    return model.to(device=device, dtype=torch.float32).eval(), device
+
+
+def pseudo_perplexity(model_dir_or_torch_model, tokenizer, paragraphs: Sequence[str] | str, *, max_length: int = 512,
+                      device=None, batch_tokens: int = 8192) -> dict:
+    """Pseudo-perplexity (Salazar et al., 2020, "Masked Language Model Scoring"): each non-special token
+    of each paragraph masked alone, in turn; exp of the mean negative log-likelihood of the original
+    tokens. Needs no masking seed, so it ranks models without the sampling noise of `mlm_loss`, at one
+    forward pass per token. -> dict(pseudo_perplexity, pseudo_nll, tokens, paragraphs)."""
+    import torch
+
+    tokenizer = _load_tokenizer(tokenizer)
+    if isinstance(paragraphs, (str, os.PathLike)):
+        paragraphs = read_paragraphs(str(paragraphs))
+    model, device = _torch_model(model_dir_or_torch_model, device)
+    encoded = tokenizer(list(paragraphs), truncation=True, max_length=max_length, return_special_tokens_mask=True,
+                        return_token_type_ids=False)
+    nll, count, scored = 0.0, 0, 0
+    with _full_float32(), torch.no_grad():
+        for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"]):
+            positions = np.flatnonzero(np.asarray(special) == 0)
+            scored += bool(len(positions))
+            rows = max(1, batch_tokens // len(ids))
+            for start in range(0, len(positions), rows):
+                masked_at = torch.from_numpy(positions[start:start + rows]).to(device)
+                batch = torch.tensor(ids, device=device).repeat(len(masked_at), 1)
+                original = batch[0, masked_at]
+                batch[torch.arange(len(masked_at), device=device), masked_at] = tokenizer.mask_token_id
+                logits = model(input_ids=batch, attention_mask=torch.ones_like(batch)).logits
+                picked = logits[torch.arange(len(masked_at), device=device), masked_at].float()
+                nll += torch.nn.functional.cross_entropy(picked, original, reduction="sum").item()
+                count += len(masked_at)
+    if count == 0:
+        raise ValueError("no paragraph has a token to score")
+    mean = nll / count
+    return dict(pseudo_perplexity=math.exp(mean) if mean < 700 else math.inf, pseudo_nll=mean, tokens=count,
+                paragraphs=scored)
 
 
 def heldout_mlm_loss(model_dir: str, paragraphs: Sequence[str] | str, tokenizer=None, **kw) -> dict:
