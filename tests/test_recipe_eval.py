@@ -137,3 +137,35 @@ def test_evaluate_mlm_script(model, tokenizer, paragraphs, tmp_path, capsys):
     assert f"pseudo-perplexity {scores['pseudo']['pseudo_perplexity']:.2f}" in capsys.readouterr().out
     assert script.main([str(tmp_path), "--heldout", str(tmp_path / "heldout.txt")]) == 1  # no config.json
     assert "error: " in capsys.readouterr().err
+
+
+def test_pretraining_ends_with_the_exports_pseudo_perplexity(write_corpus, tiny_config, tmp_path, capsys):
+    """The run's own pseudo-perplexity (copies packed side by side, the eval step) equals the torch
+    evaluator's on its export, one copy per forward; documents past seq_len are cut alike."""
+    import json
+
+    from neobert_jax.hf.mlm_eval import read_paragraphs
+    from neobert_jax.mlm.task import train
+
+    corpus = write_corpus(tmp_path / "train.txt")
+    heldout = write_corpus(tmp_path / "heldout.txt", lines=9, seed=5)
+    cfg = tiny_config(tmp_path / "run", corpus, **{"data.eval_files": heldout, "train.export_hf": True,
+                                                   "train.pseudo_perplexity_documents": 7})
+    result = train(cfg)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    final = [r for r in records if "eval_pseudo_perplexity" in r]
+    assert len(final) == 1 and final[0]["step"] == result.step and final[0]["eval_pseudo_documents"] == 7
+    expected = pseudo_perplexity(result.hf_dir, result.hf_dir, read_paragraphs(heldout)[:7], max_length=32,
+                                 device="cpu")
+    assert final[0]["eval_pseudo_tokens"] == expected["tokens"]
+    assert final[0]["eval_pseudo_nll"] == pytest.approx(expected["pseudo_nll"], rel=1e-4)
+    assert f"Final Student Pseudo-Perplexity: {final[0]['eval_pseudo_perplexity']:.2f}" in capsys.readouterr().out
+
+
+def test_pseudo_perplexity_needs_eval_data(write_corpus, tiny_config, tmp_path):
+    from neobert_jax.mlm.config import validate
+
+    cfg = tiny_config(tmp_path / "run", write_corpus(tmp_path / "train.txt"),
+                      **{"train.pseudo_perplexity_documents": 3})
+    with pytest.raises(ValueError, match=r"config.train.pseudo_perplexity_documents: needs eval data"):
+        validate(cfg)

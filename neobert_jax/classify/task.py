@@ -129,6 +129,9 @@ class ClassifyTask:
         scalars = {EVAL_PREFIX + k: v for k, v in results.items()}
         return scalars, {BEST_METRIC: scalars[BEST_METRIC]}
 
+    def final_scores(self, params) -> dict:
+        return {}
+
     def export(self, params) -> str:
         """output_dir/hf (and the last evaluation's predictions beside it), written by process 0."""
         host_params = sharding.to_host(params)  # every process joins the gather

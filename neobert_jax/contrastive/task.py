@@ -94,6 +94,9 @@ class ContrastiveTask:
         results = evaluate(lambda texts: self.embedder.encode(params, texts), s.sts_sets, s.retrieval_sets)
         return {EVAL_PREFIX + k: v for k, v in results.items()}, {BEST_METRIC: float(np.mean(list(results.values())))}
 
+    def final_scores(self, params) -> dict:
+        return {}
+
     def export(self, params) -> str:
         """output_dir/st, a sentence-transformers folder (process 0 writes)."""
         host_params = sharding.to_host(params)  # every process joins the gather

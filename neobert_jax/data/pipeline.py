@@ -191,6 +191,16 @@ def packed_rows(data_config: ml_collections.ConfigDict, *, tokenizer, seq_len: i
     return _plan_split(data_config, tokenizer, split, seq_len, seed)[1].num_rows
 
 
+def eval_documents(data_config: ml_collections.ConfigDict, tokenizer, count: int, max_tokens: int
+                   ) -> list[np.ndarray]:
+    """The first `count` documents of the eval split with a token, each cut to its first
+    `max_tokens` tokens (no specials): what pseudo-perplexity scores at the end of a run."""
+    store, doc_ids, _ = _split_documents(data_config, tokenizer, "eval")
+    lengths = np.minimum(store.doc_lengths[doc_ids], max_tokens)
+    chosen = [(d, n) for d, n in zip(doc_ids, lengths) if n > 0][:count]
+    return [store.gather(np.full(n, d), np.arange(n)) for d, n in chosen]
+
+
 def _plan_split(cfg, tokenizer, split: str, seq_len: int, seed: int) -> tuple[TokenStore, PackPlan, int]:
     store, doc_ids, held_out = _split_documents(cfg, tokenizer, split)
     if split == "train" and cfg.shuffle:

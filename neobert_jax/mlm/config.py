@@ -43,6 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
     t.auto_batch_max_tokens = 32768  # and at most this many
     t.masked_logits_only = True  # False: full (B, T, V) logits with labels (ablation, torch parity)
     t.eval_batches = 50
+    # At the end, the pseudo-perplexity (each token masked alone) of this many eval documents, through
+    # the eval step; one forward copy per token, so 0 (off) by default
+    t.pseudo_perplexity_documents = 0
     # Optimizer steps per compiled call (neobert_jax.runtime.multistep); 0 = auto: 16 on GPU/TPU, where
     # a small step is shorter than its dispatch, 1 on CPU. Any value gives the same run.
     t.steps_per_call = 0
@@ -74,6 +77,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(not (config.data.preprocessed_dir and config.data.train_files), "data.preprocessed_dir",
          "set data.train_files or data.preprocessed_dir, not both")
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
+    need(t.pseudo_perplexity_documents >= 0, "train.pseudo_perplexity_documents", "must be >= 0 (0 = off)")
+    need(bool(config.data.eval_files) or config.data.eval_samples > 0 or not t.pseudo_perplexity_documents,
+         "train.pseudo_perplexity_documents", "needs eval data: set data.eval_files or data.eval_samples")
     need(t.steps_per_call >= 0, "train.steps_per_call", "must be >= 0 (0 = auto)")
     smallest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # bytes, specials, one merge
     need(config.data.tokenizer_vocab_size >= smallest_vocab, "data.tokenizer_vocab_size",

@@ -17,6 +17,8 @@ from jax.sharding import Mesh
 
 from neobert_jax.data import MlmIterator, build_mlm_iterator, packed_rows
 from neobert_jax.data.builtin_corpus import NAME as BUILTIN_NAME
+from neobert_jax.data.pipeline import eval_documents
+from neobert_jax.data.pseudo_perplexity import pseudo_rows
 from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bundle
 from neobert_jax.hf.paths import locate
 from neobert_jax.runtime import multistep, optim, sharding
@@ -32,6 +34,7 @@ from neobert_jax.runtime.state import ModelParts
 class RunSetup(TaskSetup):
     train_data: MlmIterator
     eval_data: MlmIterator | None
+    pseudo_rows: dict | None  # data.pseudo_perplexity.pseudo_rows of the eval documents to score at the end
 
 
 def _special_token_ids(tokenizer) -> dict[str, int]:
@@ -120,6 +123,12 @@ def setup_run(config, log) -> RunSetup:
     train_data = build_mlm_iterator(config.data, split="train", num_epochs=None, **data_args)
     has_eval = bool(config.data.eval_files) or config.data.eval_samples > 0
     eval_data = build_mlm_iterator(config.data, split="eval", **data_args) if has_eval else None
+    pseudo = None
+    if eval_data is not None and t.pseudo_perplexity_documents:
+        documents = eval_documents(config.data, tokenizer, t.pseudo_perplexity_documents, t.seq_len - 2)
+        pseudo = pseudo_rows(documents, seq_len=t.seq_len, max_predictions=eval_data.max_predictions,
+                             cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id,
+                             pad_id=tokenizer.pad_token_id, mask_id=tokenizer.mask_token_id)
     total_steps = t.max_steps or t.epochs * train_data.steps_per_epoch
     log(f"data: {train_data.stats.describe()}")
     phases.done("data")
@@ -139,4 +148,5 @@ def setup_run(config, log) -> RunSetup:
     phases.done("model")
     return finish_setup(config, log, begun, RunSetup, parts=parts, params=params, data=train_data, resolved=resolved,
                         tokenizer=tokenizer, tokenizer_note=note, write_tokenizer=write_tokenizer,
-                        best=("eval_loss", "min"), train_data=train_data, eval_data=eval_data)
+                        best=("eval_loss", "min"), train_data=train_data, eval_data=eval_data,
+                        pseudo_rows=pseudo)

@@ -112,6 +112,20 @@ class MlmTask:
         loss = float(nll_sum) / max(int(count), 1)
         return {"eval_loss": loss, "eval_perplexity": perplexity(loss)}, {"eval_loss": loss}
 
+    def final_scores(self, params) -> dict:
+        """The pseudo-perplexity of setup.pseudo_rows (train.pseudo_perplexity_documents), through the eval step."""
+        rows = self.setup.pseudo_rows
+        if rows is None:
+            return {}
+        s, global_rows = self.setup, self.resolved.batch_size
+        nll_sum, count = 0.0, 0
+        for local in rows.batches(global_rows, sharding.process_row_range(s.mesh, global_rows)):
+            nll, n = self.eval_step(params, sharding.global_batch(local, s.mesh))
+            nll_sum, count = nll_sum + float(nll), count + int(n)
+        nll = nll_sum / max(count, 1)
+        return {"eval_pseudo_perplexity": perplexity(nll), "eval_pseudo_nll": nll, "eval_pseudo_tokens": count,
+                "eval_pseudo_documents": rows.documents}
+
     def export(self, params) -> str | None:
         """output_dir/hf through the same writer as convert/flax_to_torch.py (process 0 writes)."""
         if not self.config.train.export_hf:
@@ -132,6 +146,10 @@ class MlmTask:
         if last_eval is not None:
             lines.append(f"Final Student Eval Loss: {last_eval['eval_loss']:.4f} "
                          f"(perplexity {last_eval['eval_perplexity']:.2f})")
+        if last_eval is not None and "eval_pseudo_perplexity" in last_eval:
+            lines.append(f"Final Student Pseudo-Perplexity: {last_eval['eval_pseudo_perplexity']:.2f} "
+                         f"({last_eval['eval_pseudo_tokens']:,} tokens of {last_eval['eval_pseudo_documents']} eval "
+                         "documents, each masked alone)")
         return lines
 
     def result(self, step: int, completed: bool, train_loss, first_eval, last_eval, export_dir) -> RunResult:

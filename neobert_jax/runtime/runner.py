@@ -77,6 +77,9 @@ class Task(Protocol):
     def evaluate(self, params) -> tuple[dict[str, float], dict[str, float]]:
         """-> (scalars to log, the metric that ranks checkpoints for train.keep_best_checkpoint)."""
 
+    def final_scores(self, params) -> dict[str, float]:
+        """Scores too costly for every evaluation, taken once after the last one ({} for none)."""
+
     def export(self, params) -> str:
         """Writes the run's final model (process 0) and returns its dir."""
 
@@ -309,6 +312,16 @@ class Runner:
                               + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in scalars.items()))
         return {**scalars, "evaluation_s": time.perf_counter() - started}
 
+    def _final_scores(self, step: int, params) -> dict:
+        started = time.perf_counter()
+        scores = self.task.final_scores(params)
+        if scores:
+            self.reporter.message(f"final scores at step {step}: " + ", ".join(
+                f"{name.removeprefix('eval_')} {value:,}" if isinstance(value, int) else
+                f"{name.removeprefix('eval_')} {value:.4f}" for name, value in scores.items()))
+            self.reporter.log(step, {**scores, "evaluation_s": time.perf_counter() - started})
+        return scores
+
     def _save(self, step: int, state, force: bool = False, log=None) -> None:
         """`log`: told the size and expected duration of the save (the stop path: the cluster's grace period)."""
         totals = {**self.totals, "recent": list(self.recent), "interval": self.interval.saved()}
@@ -325,6 +338,7 @@ class Runner:
         self._save(step, state, force=True)
         if task.has_eval and (self.last_eval is None or self.last_eval[0] != step):  # resumed after the last step
             self._evaluate(step, state.params)  # its record is in metrics.jsonl already
+        final = self._final_scores(step, state.params)
         export_dir = task.export(state.params)
         s.checkpointer.wait()
         curve = self.reporter.write_loss_curve(task.loss_label)
@@ -341,7 +355,7 @@ class Runner:
                f"{marks['trained'] - marks.get('first_step', marks['trained']):.1f} s and the final "
                f"save/export {now - marks['trained']:.1f} s")
         train_loss = self._train_loss()
-        last_eval = self.last_eval[1] if self.last_eval else None
+        last_eval = {**self.last_eval[1], **final} if self.last_eval else None
         for line in task.closing_lines(train_loss, len(self.recent), self.first_eval, last_eval):
             report(line)
         return task.result(step, True, train_loss, self.first_eval, last_eval, export_dir)
