@@ -143,6 +143,7 @@ def test_pretraining_ends_with_the_exports_pseudo_perplexity(write_corpus, tiny_
     """The run's own pseudo-perplexity (copies packed side by side, the eval step) equals the torch
     evaluator's on its export, one copy per forward; documents past seq_len are cut alike."""
     import json
+    import os
 
     from neobert_jax.hf.mlm_eval import read_paragraphs
     from neobert_jax.mlm.task import train
@@ -160,6 +161,21 @@ def test_pretraining_ends_with_the_exports_pseudo_perplexity(write_corpus, tiny_
     assert final[0]["eval_pseudo_tokens"] == expected["tokens"]
     assert final[0]["eval_pseudo_nll"] == pytest.approx(expected["pseudo_nll"], rel=1e-4)
     assert f"Final Student Pseudo-Perplexity: {final[0]['eval_pseudo_perplexity']:.2f}" in capsys.readouterr().out
+
+    # the export's model card comes from the run's records, and so does the converter's
+    card = open(os.path.join(result.hf_dir, "README.md")).read()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: fill-mask\n")
+    assert f"| steps | {result.step:,} optimizer steps of 4 rows x 32" in card
+    assert f"| evaluation data | `{heldout}` |" in card and "Pseudo-Perplexity" in card
+    assert "![training loss](loss.png)" in card and os.path.isfile(os.path.join(result.hf_dir, "loss.png"))
+    from neobert_jax.runtime.model_card import model_card
+    assert "| steps | 2 optimizer steps" not in model_card(result.hf_dir, str(tmp_path / "run"), step=2)  # not the end
+    import subprocess
+    import sys
+    converter = os.path.join(os.path.dirname(os.path.dirname(__file__)), "convert", "flax_to_torch.py")
+    subprocess.run([sys.executable, converter, str(tmp_path / "run"), str(tmp_path / "converted")], check=True)
+    assert open(tmp_path / "converted" / "README.md").read() == card.replace('# run\n', '# converted\n').replace(
+        'path = "run"', 'path = "converted"')
 
 
 def test_pseudo_perplexity_needs_eval_data(write_corpus, tiny_config, tmp_path):

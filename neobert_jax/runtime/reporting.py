@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss.png"
+SUMMARY_FILE = "run_summary.json"  # what a finished run did; model cards are written from it
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -165,6 +166,14 @@ class RunReporter:
     def message(self, text: str) -> None:
         if self.enabled:
             tqdm.write(text)
+
+    def write_summary(self, summary: dict) -> None:
+        if not self.enabled:
+            return
+        path = os.path.join(self.output_dir, SUMMARY_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(path + ".tmp", path)
 
     def write_loss_curve(self, loss_name: str) -> str | None:
         """PNG of train loss (and eval loss where present) against step."""

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import jax
 
 from neobert_jax.runtime import optim
+from neobert_jax.runtime.model_card import write_model_card
 from neobert_jax.runtime.model_init import matmul_precision
 from neobert_jax.runtime.reporting import RunReporter
 from neobert_jax.runtime.run_dir import RunDirLock
@@ -349,13 +350,22 @@ class Runner:
             report(f"exported {task.export_name}: {export_dir}")
         lr = optim.summarize_schedule(self.config.train, s.total_steps)
         marks, now = self.reporter.marks, time.time()
+        epochs = step / task.steps_per_epoch
         report(f"run: {step:,} optimizer steps of {task.batch_description}, {self.totals['tokens']:,} tokens seen "
-               f"({step / task.steps_per_epoch:.2f} epochs), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
+               f"({epochs:.2f} epochs), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
                f"{now - self.reporter.started:.1f} s since process start, of which training after the first step "
                f"{marks['trained'] - marks.get('first_step', marks['trained']):.1f} s and the final "
                f"save/export {now - marks['trained']:.1f} s")
         train_loss = self._train_loss()
         last_eval = {**self.last_eval[1], **final} if self.last_eval else None
-        for line in task.closing_lines(train_loss, len(self.recent), self.first_eval, last_eval):
+        lines = task.closing_lines(train_loss, len(self.recent), self.first_eval, last_eval)
+        for line in lines:
             report(line)
+        self.reporter.write_summary(dict(
+            step=step, batch=task.batch_description, epochs=epochs, tokens=self.totals["tokens"],
+            lr_peak=lr.peak_lr, lr_final=lr.final_lr, warmup_steps=lr.warmup_steps, train_loss=train_loss,
+            first_eval=self.first_eval, last_eval=last_eval, closing_lines=lines, loss_curve=curve is not None,
+            export_dir=export_dir))
+        if export_dir and self.reporter.enabled:
+            write_model_card(export_dir, self.reporter.output_dir)
         return task.result(step, True, train_loss, self.first_eval, last_eval, export_dir)
