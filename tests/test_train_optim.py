@@ -1,5 +1,7 @@
 """Schedules match HF's, the weight-decay mask spares norms and biases, config errors are clear."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -109,6 +111,59 @@ def test_decay_is_decoupled_and_scaled_by_lr(train_cfg):
     updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.05, rtol=1e-6)
     np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def _newton_schulz(m, steps=5, coeffs=(3.4445, -4.775, 2.0315)):
+    """Muon's quintic iteration (Jordan et al.), written out in numpy."""
+    x = m / (np.linalg.norm(m) + 1e-8)
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T
+    a, b, c = coeffs
+    for _ in range(steps):
+        g = x @ x.T
+        x = a * x + (b * g + c * g @ g) @ x
+    return x if wide else x.T
+
+
+def test_muon_first_update_matches_a_numpy_reference(tiny_model, train_cfg):
+    """train.optimizer=muon: the layers' and the MLM head's matrices take Muon's orthogonalized,
+    RMS-matched step, everything else AdamW's, with one learning rate and decoupled decay."""
+    lr, wd, beta = 0.01, 0.1, optim.MUON_BETA
+    cfg = train_cfg(schedule="constant", warmup_steps=0, learning_rate=lr, weight_decay=wd, max_grad_norm=0.0,
+                    optimizer="muon")
+    _, params = state.ModelParts.split(tiny_model())
+    params = jax.tree.map(np.asarray, params)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    rng = np.random.default_rng(0)
+    grads = jax.tree_util.tree_unflatten(treedef, [rng.normal(size=p.shape).astype(np.float32) for p in leaves])
+    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    labels = optim.muon_labels(params)
+    seen = set()
+    for (path, u), g, p, label in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(grads),
+                                      jax.tree.leaves(params), jax.tree.leaves(labels)):
+        name = "/".join(str(k.key) for k in path)
+        if label == "muon":
+            momentum = g * (beta / (1 + beta) + 1)  # Nesterov, bias-corrected, at step 1
+            step = _newton_schulz(momentum.astype(np.float64)) * np.sqrt(max(p.shape)) * optim.MUON_RMS
+            expected = -lr * (step + wd * p)
+        else:  # AdamW's first step: g / |g|
+            expected = -lr * (g / (np.abs(g) + 1e-8) + (wd * p if p.ndim >= 2 else 0.0))
+        np.testing.assert_allclose(u, expected, rtol=2e-4, atol=1e-6, err_msg=name)
+        seen.add((label, name.split("/")[-1]))
+    assert ("muon", "kernel") in seen and ("adamw", "tok_embeddings") in seen and ("adamw", "scale") in seen
+
+
+def test_a_muon_run_trains(write_corpus, tiny_config, tmp_path):
+    from neobert_jax.mlm.task import train
+
+    cfg = tiny_config(tmp_path / "run", write_corpus(tmp_path / "c.txt"),
+                      **{"train.optimizer": "muon", "train.max_steps": 8, "train.learning_rate": 3e-3})
+    result = train(cfg)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl") if '"loss"' in line]
+    assert result.completed and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    again = train(cfg)  # restores the Muon state from the last checkpoint
+    assert again.completed and again.step == result.step
 
 
 def test_unknown_override_key_lists_valid_keys(tmp_path):

@@ -18,6 +18,8 @@ import ml_collections
 
 from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
 
+OPTIMIZERS = ("adamw", "muon")  # train.optimizer: neobert_jax.runtime.optim.make_optimizer
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -66,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 1000  # HF's meaning; a warmup longer than the run never reaches the peak
     c.train.warmup_fraction = 0.0  # > 0: the warmup is this share of the run's steps (replaces warmup_steps)
     c.train.decay_fraction = 0.1  # wsd: share of the steps spent decaying to 0
+    c.train.optimizer = "adamw"  # adamw | muon (hidden weight matrices; AdamW for the rest, one schedule)
     c.train.weight_decay = 0.01
     c.train.adam_b1 = 0.9
     c.train.adam_b2 = 0.999
@@ -126,6 +129,7 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     need(math.isfinite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
          f"must be a positive number, got {t.learning_rate}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    need(t.optimizer in OPTIMIZERS, "train.optimizer", f"{t.optimizer!r} is not one of {OPTIMIZERS}")
     need(t.seq_len > 0, "train.seq_len", "must be positive")
     need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     need(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", "must be in [0, 1)")

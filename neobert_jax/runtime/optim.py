@@ -103,8 +103,24 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+MUON_BETA = 0.95  # Muon's momentum (Jordan et al.; optax's default)
+MUON_RMS = 0.2  # Muon updates scaled to AdamW's typical RMS, so both share one learning rate (Liu et al. 2025)
+
+
+def muon_labels(params):
+    """"muon" for the encoder layers' and the MLM head's weight matrices, "adamw" for the rest:
+    embeddings and output classifiers (Muon is for hidden matrices), norms and biases (not matrices)."""
+    def label(path, p):
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        hidden = "layers" in keys or keys[:2] == ["head", "dense"]
+        return "muon" if hidden and p.ndim == 2 else "adamw"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW; optax's decoupled decay (lr * wd * p) equals torch AdamW's."""
+    """Clip by global norm, then AdamW (`train.optimizer="adamw"`; optax's decoupled decay, lr * wd * p,
+    equals torch AdamW's), or Muon on the hidden weight matrices and AdamW on the rest (`"muon"`),
+    one schedule and weight decay for both."""
     adamw = optax.adamw(
         schedule,
         b1=train_cfg.adam_b1,
@@ -113,9 +129,14 @@ def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
         weight_decay=train_cfg.weight_decay,
         mask=decay_mask,
     )
+    tx = adamw
+    if train_cfg.optimizer == "muon":
+        muon = optax.contrib.muon(schedule, beta=MUON_BETA, eps=train_cfg.adam_eps,
+                                  weight_decay=train_cfg.weight_decay, consistent_rms=MUON_RMS)
+        tx = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
     if train_cfg.max_grad_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), tx)
+    return tx
 
 
 def apply_update_if_finite(state: TrainState, grads, loss, tx: optax.GradientTransformation):

@@ -72,14 +72,18 @@ def param_shardings(params, axes, mesh: Mesh):
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding, mesh: Mesh):
-    """Moments shard like their parameters; counters and other scalars are replicated."""
+    """Moments shard like their parameters; counters and other scalars are replicated. Where
+    `optax.partition` leaves a parameter to another optimizer (train.optimizer=muon), its state
+    holds a MaskedNode placeholder, kept as it is."""
     abstract_state = jax.eval_shape(tx.init, abstract_params)
+    masked = optax.transforms.MaskedNode
     return optax.tree_utils.tree_map_params(
         tx,
-        lambda _, sharding: sharding,
+        lambda moment, sharding: moment if isinstance(moment, masked) else sharding,
         abstract_state,
         params_sharding,
         transform_non_params=lambda _: replicated(mesh),
+        is_leaf=lambda x: isinstance(x, masked),
     )
 
 
