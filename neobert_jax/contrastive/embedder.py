@@ -53,3 +53,27 @@ class Embedder:
             emb_RD = np.asarray(jax.device_get(self._embed(params, placed["groups"][0])))
             out[chunk] = emb_RD[batch["text_slot"]]
         return out
+
+
+def load_encoder(model_dir: str, *, pooling: str | None, seq_len: int | None, batch_size: int, mesh_config=None):
+    """-> (texts -> unit embeddings, a description) of the model at `model_dir`: a sentence-transformers
+    folder (its pooling and max_seq_length are read), an HF ModernBERT dir or a project checkpoint
+    (`pooling`, default mean; `seq_len`, default 512), on all local devices."""
+    from neobert_jax.contrastive.setup import load_model_parts
+    from neobert_jax.data import DataError, load_tokenizer
+    from neobert_jax.hf.paths import locate
+    from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling
+    from neobert_jax.runtime.config import base_config
+
+    st = read_sentence_transformers_pooling(model_dir) or {}
+    pooling = pooling or st.get("pooling") or "mean"
+    seq_len = seq_len or st.get("max_seq_length") or 512
+    tokenizer_dir = locate(model_dir).tokenizer
+    if tokenizer_dir is None:
+        raise DataError(f"{model_dir}: no tokenizer files beside the model")
+    parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={}, log=lambda _: None)
+    mesh = sharding.make_mesh(mesh_config or base_config().mesh)
+    params = jax.device_put(params, sharding.param_shardings(parts.abstract_params, parts.axes, mesh))
+    embedder = Embedder(parts, TextTokenizer(load_tokenizer(tokenizer_dir), seq_len), pooling_mode=pooling,
+                        mesh=mesh, batch_size=batch_size)
+    return (lambda texts: embedder.encode(params, texts)), f"jax, {pooling} pooling, {seq_len} tokens"
