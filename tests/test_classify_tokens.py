@@ -315,3 +315,42 @@ def test_bad_input_names_file_row_and_column(task, tmp_path):
         train_classifier(config_for(tmp_path / "run", hf_dir, **{"data.train_files": str(root / "train.jsonl"),
                                                                   "data.eval_files": dev}))
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_loss_is_the_mean_over_the_batchs_labelled_tokens_however_it_is_split(one_device_mesh, train_cfg):
+    """Rows with very different counts of labelled tokens: micro-batches of 2 give the one-batch loss
+    and gradients (each micro-batch's sum over the global count, as the MLM step divides)."""
+    from types import SimpleNamespace
+
+    from neobert_jax.classify.head import TokenClassifier
+    from neobert_jax.classify.task import make_classify_step
+    from neobert_jax.runtime import optim, sharding, state
+
+    config = ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                              num_attention_heads=2, local_attention=8, pad_token_id=3, cls_token_id=1, sep_token_id=2,
+                              bos_token_id=1, eos_token_id=2)
+    # built under one jit: one compile instead of one per initializer
+    model = nnx.jit(lambda: TokenClassifier(config, 3, pooling="cls", dropout=0.0, rngs=nnx.Rngs(0)))()
+    parts, params = state.ModelParts.split(model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 64, (4, 12)).astype(np.int32)
+    labels = np.where(rng.random((4, 12)) < [[0.9], [0.1], [0.5], [0.2]], rng.integers(0, 3, (4, 12)), IGNORE)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels.astype(np.int32)}
+    results = []
+    for accum in (1, 2):
+        cfg = train_cfg(grad_accum_steps=accum)
+        schedule = optim.make_schedule(cfg, 10)
+        tx = optim.make_optimizer(cfg, schedule)
+        shardings = state.state_shardings(parts, tx, one_device_mesh)
+        setup = SimpleNamespace(parts=parts, mesh=one_device_mesh, shardings=shardings, tx=tx, schedule=schedule)
+        step = make_classify_step(setup, "token_classification", accum, 0.0)
+        train_state = state.create_train_state(params, tx, shardings, seed=0)
+        _, metrics = step(train_state, sharding.global_batch(batch, one_device_mesh))
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+    logits = np.asarray(jax.jit(lambda p: parts.merge(p)(ids, np.ones_like(ids)))(params), np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labelled = labels != IGNORE
+    expected = -np.take_along_axis(log_probs, np.where(labelled, labels, 0)[..., None], -1)[..., 0][labelled].mean()
+    assert results[0][0] == pytest.approx(expected, rel=1e-5)
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    assert results[1][1] == pytest.approx(results[0][1], rel=1e-4)
