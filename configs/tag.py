@@ -6,8 +6,9 @@ r"""Token classification (BIO tagging) fine-tuning (docs/classification.md).
 
 A `tokens` column (a list of words) and a `tags` column (a list of tags, one per word), or CoNLL
 `.conll` files; cross-entropy on each word's first sub-token, linear decay after a warmup of a
-tenth of the run, three epochs. Integer tags (HF conll2003's `ner_tags`):
---config.data.label_column=ner_tags --config.data.labels=O,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,B-MISC,I-MISC
+tenth of the run, three epochs. Integer tags (HF conll2003's `ner_tags`): a `datasets` folder names
+them by its ClassLabel feature (--config.data.label_column=ner_tags); other files need their names,
+--config.data.labels=O,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,B-MISC,I-MISC
 """
 
 from neobert_jax.classify.config import classify_config

@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from neobert_jax.classify.tag_data import (IGNORE, Sentences, TaggedTokens, WordTokenizer, check_tags,
-                                           encode_sentences, read_sentences)
+                                           encode_sentences, read_sentences, tag_names)
 from neobert_jax.classify.tag_eval import tag_metrics
 from neobert_jax.classify.task import train_classifier
 from neobert_jax.config import ModernBertConfig
@@ -305,6 +305,17 @@ def test_bad_input_names_file_row_and_column(task, tmp_path):
     pq.write_table(pa.table({"tokens": [["alice"], ["paris"]], "tags": [[1], [7]]}), tmp_path / "g.parquet")
     assert error(tmp_path / "g.parquet", ["O", "B-PER"]) == (
         f"{tmp_path / 'g.parquet'}:row 2: column 'tags': tag 7 is outside data.labels (2 names)")
+
+    import datasets  # HF conll2003's layout: ner_tags a sequence of ClassLabel, named by the folder itself
+
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    datasets.Dataset.from_dict({"tokens": [["bob", "jones", "ran"]], "ner_tags": [[1, 2, 0]]},
+                               features=features).save_to_disk(str(tmp_path / "ds"))
+    cfg.label_column = "ner_tags"
+    from_folder = read_sentences([str(tmp_path / "ds")], cfg, [])
+    assert from_folder.tags == [["B-PER", "I-PER", "O"]] and tag_names(from_folder, []) == ["O", "B-PER", "I-PER"]
+    cfg.label_column = "tags"
 
     conll = read_sentences([str(root / "dev.conll")], cfg, [])
     assert conll.words == [w for w, _ in rows[200:]] and conll.locations[0] == f"{root / 'dev.conll'}:3"

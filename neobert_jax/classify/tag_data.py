@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 
 from neobert_jax.contrastive.columns import open_table
 from neobert_jax.data.errors import DataError
+from neobert_jax.data.sources import load_datasets_dir
 
 IGNORE = -100  # transformers' ignore index: no loss, no metric
 CONLL_SUFFIXES = (".conll",)
@@ -31,6 +33,7 @@ class Sentences:
     words: list[list[str]]
     tags: list[list[str]]  # tag names (integer tags already named through data.labels)
     locations: list[str]  # "file:line" or "file:row N" of each sentence, for errors
+    class_names: list[str] = dataclasses.field(default_factory=list)  # a datasets folder's ClassLabel names
 
 
 def _conll(path: str, tag_column: str) -> tuple[list, list, list]:
@@ -70,18 +73,30 @@ def _tag_name(value, names: list[str], where: str, column: str) -> str:
     return names[value]
 
 
+def _class_label_names(path: str, column: str) -> list[str]:
+    """The tag names of a datasets folder whose column is a sequence of ClassLabel (HF conll2003's
+    ner_tags), else []."""
+    if not os.path.isdir(path):
+        return []
+    feature = getattr(load_datasets_dir(path).features.get(column), "feature", None)  # Sequence / List
+    return [str(name) for name in getattr(feature, "names", None) or []]
+
+
 def read_sentences(files: list[str], data_cfg, int_names: list[str]) -> Sentences:
-    """Every file's sentences; `int_names` (data.labels) names integer tags. A bad row is a DataError
-    naming file, row and column."""
+    """Every file's sentences; `int_names` (data.labels), else a datasets folder's ClassLabel names,
+    name integer tags. A bad row is a DataError naming file, row and column."""
     out = Sentences([], [], [])
     text, label = data_cfg.text_column, data_cfg.label_column
     for path in files:
+        names = int_names
         if path.endswith(CONLL_SUFFIXES):
             words, tags, locations = _conll(path, "tag")
         else:
             table = open_table(path)
             words, tags = table.column(text), table.column(label)
             locations = [table.location(i) for i in range(len(table))]
+            if not names and (names := _class_label_names(path, label)) and not out.class_names:
+                out.class_names = names
         if not words:
             raise DataError(f"{path}: no sentences")
         for row_words, row_tags, where in zip(words, tags, locations):
@@ -98,14 +113,15 @@ def read_sentences(files: list[str], data_cfg, int_names: list[str]) -> Sentence
                 raise DataError(f"{where}: column {text!r} has {len(row_words)} words but column {label!r} has "
                                 f"{len(row_tags)} tags")
             out.words.append(list(row_words))
-            out.tags.append([_tag_name(t, int_names, where, label) for t in row_tags])
+            out.tags.append([_tag_name(t, names, where, label) for t in row_tags])
             out.locations.append(where)
     return out
 
 
 def tag_names(sentences: Sentences, given: list[str]) -> list[str]:
-    """`given`, else the training tags sorted (transformers' run_ner order)."""
-    return list(given) if given else sorted({t for row in sentences.tags for t in row})
+    """`given`, else a datasets folder's ClassLabel names, else the training tags sorted: the order
+    transformers' run_ner.py picks."""
+    return list(given or sentences.class_names) or sorted({t for row in sentences.tags for t in row})
 
 
 def check_tags(sentences: Sentences, names: list[str], column: str) -> None:
