@@ -36,25 +36,30 @@ class Sentences:
     class_names: list[str] = dataclasses.field(default_factory=list)  # a datasets folder's ClassLabel names
 
 
-def _conll(path: str, tag_column: str) -> tuple[list, list, list]:
-    """`word ... tag` lines (the tag is the last field), a blank line between sentences."""
-    words, tags, locations, sentence, first = [], [], [], ([], []), 0
+def _conll(path: str) -> tuple[list, list, list]:
+    """`word ... tag` lines (the first field the word, the last the tag), a blank line between
+    sentences, -DOCSTART- lines skipped."""
+    words, tags, locations = [], [], []
+    sentence: list[tuple[int, str, str]] = []  # (line, word, tag)
+
+    def close():
+        if sentence:
+            words.append([w for _, w, _ in sentence])
+            tags.append([t for _, _, t in sentence])
+            locations.append(f"{path}:{sentence[0][0]}")
+        sentence.clear()
+
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or fields[0] == DOCSTART:
-                if sentence[0]:
-                    words.append(sentence[0]), tags.append(sentence[1]), locations.append(f"{path}:{first}")
-                sentence = ([], [])
-                continue
-            if len(fields) < 2:
-                raise DataError(f"{path}:{number}: {line.strip()!r} has no {tag_column} (expected 'word tag', the tag "
-                                "last, a blank line between sentences)")
-            if not sentence[0]:
-                first = number
-            sentence[0].append(fields[0]), sentence[1].append(fields[-1])
-    if sentence[0]:
-        words.append(sentence[0]), tags.append(sentence[1]), locations.append(f"{path}:{first}")
+                close()
+            elif len(fields) < 2:
+                raise DataError(f"{path}:{number}: {line.strip()!r} has no tag (expected 'word tag', the tag last, "
+                                "a blank line between sentences)")
+            else:
+                sentence.append((number, fields[0], fields[-1]))
+    close()
     return words, tags, locations
 
 
@@ -90,7 +95,7 @@ def read_sentences(files: list[str], data_cfg, int_names: list[str]) -> Sentence
     for path in files:
         names = int_names
         if path.endswith(CONLL_SUFFIXES):
-            words, tags, locations = _conll(path, "tag")
+            words, tags, locations = _conll(path)
         else:
             table = open_table(path)
             words, tags = table.column(text), table.column(label)
