@@ -48,8 +48,8 @@ def _examples(files_spec, what: str, config, names: list[str] | None):
 
 
 def _tagged(config, names: list[str] | None):
-    """-> (training sentences, tag names, eval sentences or None); `names` None: data.labels, else the
-    training tags. Integer tags are named by data.labels."""
+    """-> (training sentences, tag names, eval sentences or None); `names` None: tag_names' choice
+    (data.labels, a datasets folder's ClassLabel names, the training tags sorted)."""
     d = config.data
 
     def read(spec, what: str):
