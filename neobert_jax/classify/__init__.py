@@ -1,1 +1,2 @@
-"""Sequence classification and regression fine-tuning (docs/classification.md): `train_classifier(config)`."""
+"""Sequence classification, regression and token classification (tagging) fine-tuning
+(docs/classification.md): `train_classifier(config)`."""

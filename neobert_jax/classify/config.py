@@ -3,7 +3,10 @@ sections, and their validation (through `validate_training` for the shared keys)
 
 The encoder's architecture comes from `init_from` (required); `classifier.*` are the keys of
 transformers' ModernBertForSequenceClassification (problem_type, classifier_pooling,
-classifier_dropout), written into the exported config.json under those names.
+classifier_dropout), written into the exported config.json under those names. problem_type
+"token_classification" is ModernBertForTokenClassification instead (configs/tag.py): its data are
+word lists and tag lists (data.text_column, data.label_column), and its config.json has no
+problem_type (transformers allows only the sequence ones there).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import ml_collections
 from neobert_jax.contrastive.config import as_list
 from neobert_jax.runtime.config import base_config, validate_training
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
 POOLINGS = ("cls", "mean")
 BEST_METRIC = "eval_loss"  # what train.keep_best_checkpoint ranks by (lowest)
 
@@ -31,14 +34,17 @@ def classify_config() -> ml_collections.ConfigDict:
         "eval_files": files(),  # same columns; evaluated every train.eval_every steps and at the end
         "text_column": "text",
         "text_pair_column": "",  # set for sentence pairs: [CLS] text [SEP] pair [SEP]
-        "label_column": "label",  # multi-label: a list, or names separated by ";"; regression: a number
+        # multi-label: a list, or names separated by ";"; regression: a number; token classification: a
+        # list of tags (names, or integers that data.labels names), one per word of data.text_column's list
+        "label_column": "label",
         # label names in output order ("neg,pos"); "" = init_from's id2label when it has a classifier,
         # else the training labels sorted (numbers numerically)
         "labels": files(),
         "shuffle": True,
     })
     c.classifier = ml_collections.ConfigDict({
-        "problem_type": "single_label_classification",  # | multi_label_classification | regression
+        # | multi_label_classification | regression | token_classification
+        "problem_type": "single_label_classification",
         "pooling": "cls",  # cls | mean (over the text's tokens): transformers' classifier_pooling
         "dropout": 0.0,  # on the head's output, before the classifier: transformers' classifier_dropout
     })
@@ -78,6 +84,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(not (k.problem_type == "regression" and as_list(d.labels)), "data.labels",
          "regression has one output and no label names; leave it empty")
     need(len(set(as_list(d.labels))) == len(as_list(d.labels)), "data.labels", "names a label twice")
+    need(not (k.problem_type == "token_classification" and d.text_pair_column), "data.text_pair_column",
+         "token classification tags one word list; leave it empty")
     need(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
     need(t.seq_len >= 4, "train.seq_len", "must leave room for [CLS] text [SEP] pair [SEP]")
     need(bool(as_list(d.eval_files)) or not t.keep_best_checkpoint, "train.keep_best_checkpoint",

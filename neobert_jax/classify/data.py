@@ -45,7 +45,7 @@ def _delimited_table(path: str, delimiter: str) -> Table:
     return Table(path, names, records=records, line_numbers=lines)
 
 
-def resolve_files(spec, what: str) -> list[str]:
+def resolve_files(spec, what: str, suffixes: tuple[str, ...] = SUFFIXES) -> list[str]:
     """A path, glob, "a,b" string or list of them -> the files, each checked to exist and be read here."""
     entries = [spec] if isinstance(spec, str) else list(spec or [])
     files = []
@@ -54,8 +54,8 @@ def resolve_files(spec, what: str) -> list[str]:
         if not matches or not os.path.exists(matches[0]):
             raise DataError(f"{what}: {entry}: no such file" if matches else f"{what}: no file matches {entry!r}")
         for path in matches:
-            if not (path.endswith(SUFFIXES) or os.path.isdir(path)):
-                raise DataError(f"{what}: {path}: unsupported file type (expected {', '.join(SUFFIXES)} or a "
+            if not (path.endswith(suffixes) or os.path.isdir(path)):
+                raise DataError(f"{what}: {path}: unsupported file type (expected {', '.join(suffixes)} or a "
                                 "datasets folder)")
             files.append(path)
     return files
@@ -182,6 +182,14 @@ def encode(examples: Examples, tokenizer: PairTokenizer, target_array: np.ndarra
     return Encoded(ids, target_array, truncated)
 
 
+def pad_labels(rows: list[np.ndarray], seq_len: int, ignore: int = -100) -> np.ndarray:
+    """Per-token targets (token classification) padded with the ignore index to seq_len."""
+    out = np.full((len(rows), seq_len), ignore, np.int32)
+    for r, labels in enumerate(rows):
+        out[r, :len(labels)] = labels
+    return out
+
+
 def pad_rows(rows: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     input_ids = np.full((len(rows), seq_len), pad_id, np.int32)
     mask = np.zeros((len(rows), seq_len), np.int32)
@@ -198,7 +206,7 @@ class Batches:
     rows (`row_range`) of a global batch that does not depend on the process count.
     """
 
-    def __init__(self, data: Encoded, *, batch_size: int, seq_len: int, pad_id: int, seed: int, shuffle: bool,
+    def __init__(self, data, *, batch_size: int, seq_len: int, pad_id: int, seed: int, shuffle: bool,
                  row_range):
         self.data, self.batch_size, self.seq_len, self.pad_id = data, batch_size, seq_len, pad_id
         self.seed, self.shuffle, self.row_range = seed, shuffle, row_range
@@ -223,7 +231,9 @@ class Batches:
         chosen = [int(self._order(p // n)[p % n]) for p in stream]
         self.position += self.batch_size
         rows = [self.data.ids[i] for i in chosen]
-        batch = {**pad_rows(rows, self.seq_len, self.pad_id), "labels": self.data.targets[chosen]}
+        targets = self.data.targets  # per example (an array), or per token (a list of arrays)
+        labels = pad_labels([targets[i] for i in chosen], self.seq_len) if isinstance(targets, list) else targets[chosen]
+        batch = {**pad_rows(rows, self.seq_len, self.pad_id), "labels": labels}
         return batch, {"examples": self.batch_size, "tokens": int(sum(map(len, rows)))}  # tokens: this process's
 
     def get_state(self) -> dict:

@@ -63,8 +63,12 @@ class Evaluator:
     """Logits of an encoded eval set, batches of `batch_size` rows (a multiple of the mesh's batch
     shards; the last one filled with one-token rows) split over the mesh."""
 
-    def __init__(self, parts, mesh: Mesh, data: Encoded, *, batch_size: int, seq_len: int, pad_id: int, cls_id: int):
+    def __init__(self, parts, mesh: Mesh, data: Encoded, *, batch_size: int, seq_len: int, pad_id: int, cls_id: int,
+                 select=None):
+        """select: (a batch's logits, its example indices) -> what to keep of each example (token
+        classification: the logits at its words' first sub-tokens), instead of its whole row."""
         self.mesh, self.data, self.seq_len, self.pad_id, self.cls_id = mesh, data, seq_len, pad_id, cls_id
+        self.select = select
         divisor = sharding.batch_rows_divisor(mesh)
         self.rows = -(-batch_size // divisor) * divisor
         rows_sh = sharding.batch_sharding(mesh)
@@ -77,12 +81,16 @@ class Evaluator:
                                in_shardings=(params_sh, {"input_ids": rows_sh, "attention_mask": rows_sh}),
                                out_shardings=sharding.replicated(mesh))
 
-    def logits(self, params) -> np.ndarray:
+    def logits(self, params) -> np.ndarray | list:
         n, out = len(self.data), []
         lo, hi = sharding.process_row_range(self.mesh, self.rows)
         filler = np.asarray([self.cls_id], np.int32)
         for start in range(0, n, self.rows):
             rows = [self.data.ids[i] if i < n else filler for i in range(start + lo, start + hi)]
             batch = sharding.global_batch(pad_rows(rows, self.seq_len, self.pad_id), self.mesh)
-            out.append(np.asarray(jax.device_get(self._logits(params, batch)))[:min(self.rows, n - start)])
-        return np.concatenate(out)
+            logits = np.asarray(jax.device_get(self._logits(params, batch)))[:min(self.rows, n - start)]
+            if self.select is None:
+                out.append(logits)
+            else:
+                out += self.select(logits, range(start, start + len(logits)))
+        return np.concatenate(out) if self.select is None else out

@@ -1,9 +1,10 @@
-"""ModernBERT with transformers' sequence-classification head, and its HF dirs.
+"""ModernBERT with transformers' sequence- and token-classification heads, and their HF dirs.
 
 `SequenceClassifier` is ModernBertForSequenceClassification: the encoder (`model`), pooling
 (the first token, or the mean over the attention mask), the prediction head (`head.dense` ->
-GELU -> `head.norm`), dropout and `classifier`. Parameter paths mirror HF names, so
-`neobert_jax.hf.weights` maps them both ways unchanged.
+GELU -> `head.norm`), dropout and `classifier`. `TokenClassifier` is
+ModernBertForTokenClassification: the same head, dropout and classifier on every token, no
+pooling. Parameter paths mirror HF names, so `neobert_jax.hf.weights` maps them both ways unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_m
 from neobert_jax.model.modernbert import Linear, ModernBertModel, PredictionHead, _dropout, _fold, _init_stds
 
 ARCHITECTURE = "ModernBertForSequenceClassification"
+TOKEN_ARCHITECTURE = "ModernBertForTokenClassification"
+TOKEN_CLASSIFICATION = "token_classification"
+IGNORE = -100
 
 
 class SequenceClassifier(nnx.Module):
@@ -47,6 +51,25 @@ class SequenceClassifier(nnx.Module):
         return self.classifier(x_BD).astype(jnp.float32)
 
 
+class TokenClassifier(SequenceClassifier):
+    """Per-token logits; `pooling` is kept only for the exported config's classifier_pooling."""
+
+    def __call__(self, input_ids_BT, attention_mask_BT, dropout_rng=None):
+        """(B, T, labels) float32 logits."""
+        h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=_fold(dropout_rng, 0))
+        x_BTD = _dropout(self.head(h_BTD), self.dropout, _fold(dropout_rng, 1))
+        return self.classifier(x_BTD).astype(jnp.float32)
+
+
+def token_nll_sum(logits_BTL, labels_BT):
+    """Summed cross-entropy over the tokens whose label is not IGNORE; the caller divides by the
+    global batch's count of them (as the MLM step does), so gradient accumulation and sharding do
+    not change the loss."""
+    labelled = labels_BT != IGNORE
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits_BTL, jnp.where(labelled, labels_BT, 0))
+    return jnp.sum(jnp.where(labelled, nll, 0.0))
+
+
 def problem_loss(problem_type: str, logits_BL, labels):
     """transformers' loss of each problem type: cross-entropy, BCE with logits, MSE."""
     if problem_type == "single_label_classification":
@@ -57,45 +80,59 @@ def problem_loss(problem_type: str, logits_BL, labels):
 
 
 def read_classifier_labels(path: str) -> dict | None:
-    """{"labels", "problem_type", "pooling"} of an HF ModernBertForSequenceClassification dir, else None."""
+    """{"labels", "problem_type", "pooling", "architecture"} of an HF ModernBertForSequenceClassification
+    or ModernBertForTokenClassification dir, else None."""
     config_path = os.path.join(path, "config.json")
     if locate(path).params is not None or not os.path.isfile(config_path):
         return None
     with open(config_path) as f:
         raw = json.load(f)
-    if ARCHITECTURE not in (raw.get("architectures") or []):
+    architecture = next((a for a in raw.get("architectures") or [] if a in (ARCHITECTURE, TOKEN_ARCHITECTURE)), None)
+    if architecture is None:
         return None
     id2label = raw.get("id2label") or {}
     labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    return {"labels": labels, "problem_type": raw.get("problem_type"), "pooling": raw.get("classifier_pooling")}
+    problem_type = TOKEN_CLASSIFICATION if architecture == TOKEN_ARCHITECTURE else raw.get("problem_type")
+    return {"labels": labels, "problem_type": problem_type, "pooling": raw.get("classifier_pooling"),
+            "architecture": architecture}
 
 
 def load_classifier(path: str, num_outputs: int, *, pooling: str, dropout: float, seed: int, runtime: dict,
-                    config_changes: dict) -> tuple[SequenceClassifier, list[str]]:
+                    config_changes: dict, tokens: bool = False) -> tuple[SequenceClassifier, list[str]]:
     """-> (model, the HF names that start fresh): the encoder of an HF dir (any ModernBERT head) or a
     project checkpoint, plus its `head` and `classifier` where it has them, as transformers'
-    from_pretrained takes them (an MLM dir gives `head`, not `classifier`)."""
+    from_pretrained takes them (an MLM dir gives `head`, not `classifier`). `tokens`: a
+    TokenClassifier; the classifier of the other architecture starts fresh (its outputs mean other
+    things)."""
     if locate(path).params is None:
         model_config, state_dict = read_hf_config(path, **runtime), read_hf_state_dict(path)
     else:
         loaded, _ = load_pretrained(path, seed=seed, **runtime)
         model_config, state_dict = loaded.config, state_dict_from_model(loaded)
+    init = read_classifier_labels(path)
+    if init and init["architecture"] != (TOKEN_ARCHITECTURE if tokens else ARCHITECTURE):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
     model_config = model_config.replace(**config_changes)
-    model = SequenceClassifier(model_config, num_outputs, pooling=pooling, dropout=dropout, rngs=nnx.Rngs(seed))
+    model = (TokenClassifier if tokens else SequenceClassifier)(model_config, num_outputs, pooling=pooling,
+                                                                dropout=dropout, rngs=nnx.Rngs(seed))
     fresh, _ = load_state_dict_into_model(model, state_dict, source=path)
     return model, fresh
 
 
 def save_classifier_dir(model: SequenceClassifier, out_dir: str, *, labels: list[str], problem_type: str,
                         tokenizer_dir: str | None, overwrite: bool = False) -> None:
-    """A dir that `AutoModelForSequenceClassification.from_pretrained` loads to this model's logits
-    (regression: one output named `labels[0]`)."""
+    """A dir that `AutoModelForSequenceClassification` (a TokenClassifier: AutoModelForTokenClassification)
+    `.from_pretrained` loads to this model's logits (regression: one output named `labels[0]`)."""
     from safetensors.numpy import save_file
 
+    tokens = isinstance(model, TokenClassifier)
     config = model.config.to_hf_dict()
-    config.update(architectures=[ARCHITECTURE], id2label={str(i): name for i, name in enumerate(labels)},
-                  label2id={name: i for i, name in enumerate(labels)}, problem_type=problem_type,
+    config.update(architectures=[TOKEN_ARCHITECTURE if tokens else ARCHITECTURE],
+                  id2label={str(i): name for i, name in enumerate(labels)},
+                  label2id={name: i for i, name in enumerate(labels)},
                   classifier_pooling=model.pooling, classifier_dropout=model.dropout)
+    if not tokens:  # transformers' configs refuse problem types other than the sequence ones
+        config["problem_type"] = problem_type
     weights = {k: np.ascontiguousarray(v) for k, v in state_dict_from_model(model).items()}
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:

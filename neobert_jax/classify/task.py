@@ -1,7 +1,8 @@
 """The classification run: `train_classifier(config)` from setup to `output_dir/hf`, on the runner
 every task shares (neobert_jax.runtime.runner). The eval set runs before the first step, every
 `train.eval_every` steps and after the last; the end prints before and after side by side and
-writes the last evaluation's predictions to output_dir/eval_predictions.jsonl.
+writes the last evaluation's predictions to output_dir/eval_predictions.jsonl. Sequence and token
+classification differ only in the model, the loss and the evaluation (tag_eval.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import jax.numpy as jnp
 
 from neobert_jax.classify.config import BEST_METRIC, validate
 from neobert_jax.classify.evaluation import metrics, write_predictions
-from neobert_jax.classify.head import problem_loss, save_classifier_dir
+from neobert_jax.classify.head import IGNORE, TOKEN_CLASSIFICATION, problem_loss, save_classifier_dir, token_nll_sum
 from neobert_jax.classify.setup import ClassifySetup, setup_classify
+from neobert_jax.classify.tag_eval import tag_metrics, write_tag_predictions
 from neobert_jax.runtime import optim, sharding
 from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning_closing_lines
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
@@ -46,34 +48,41 @@ def train_classifier(config) -> ClassifyResult:
 
 def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, classifier_dropout: float):
     """(state, placed batch) -> (state, metrics), the state donated; with accum > 1 the batch runs as
-    micro-batches whose gradients are averaged (the loss is a mean over equal-sized parts)."""
+    micro-batches whose losses (and gradients) are summed, each divided so that the sum is the whole
+    batch's loss: a micro-batch mean over `accum` (equal-sized parts), and for token classification a
+    sum over the global batch's labelled tokens (as the MLM step divides), so the loss is the mean
+    over the batch's labelled tokens however the batch is split."""
     parts, mesh, state_sh = setup.parts, setup.mesh, setup.shardings
     c = parts.config
     uses_dropout = max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout, classifier_dropout) > 0
+    tokens = problem_type == TOKEN_CLASSIFICATION
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng, denom):
         logits = parts.merge(params)(batch["input_ids"], batch["attention_mask"], dropout_rng=rng)
-        return problem_loss(problem_type, logits, batch["labels"])
+        if tokens:
+            return token_nll_sum(logits, batch["labels"]) / denom
+        return problem_loss(problem_type, logits, batch["labels"]) / denom
 
     def train_step(state, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
         rng = step_rng if uses_dropout else None
+        denom = (jnp.maximum(jnp.sum(batch["labels"] != IGNORE), 1).astype(jnp.float32) if tokens
+                 else jnp.float32(accum))
         if accum == 1:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng, denom)
         else:
             micro = jax.tree.map(lambda x: sharding.split_micro(x, accum, mesh), batch)
 
             def accumulate(carry, xs):
                 micro_batch, index = xs
                 micro_rng = None if rng is None else jax.random.fold_in(rng, index)
-                loss, grads = jax.value_and_grad(loss_fn)(state.params, micro_batch, micro_rng)
+                loss, grads = jax.value_and_grad(loss_fn)(state.params, micro_batch, micro_rng, denom)
                 total = jax.tree.map(jnp.add, carry, (loss, grads))
                 return (total[0], jax.lax.with_sharding_constraint(total[1], state_sh.params)), None
 
             zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
             (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
                                             (micro, jnp.arange(accum)))
-            loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
         new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, setup.tx)
         return new_state, {"loss": loss, "grad_norm": grad_norm,
                            "learning_rate": setup.schedule(state.step - state.nonfinite_total),
@@ -86,20 +95,21 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
 
 
 class ClassifyTask:
-    """Labelled texts in, the eval set's metrics as the eval (before the first step too), an HF
-    ModernBertForSequenceClassification dir out."""
+    """Labelled texts (or tagged sentences) in, the eval set's metrics as the eval (before the first
+    step too), an HF ModernBertForSequenceClassification (ModernBertForTokenClassification) dir out."""
 
-    export_name = "HF sequence-classification model"
     eval_before_training = True
 
     def __init__(self, config, setup: ClassifySetup, log):
         self.config, self.setup = config, setup
         self.problem_type = config.classifier.problem_type
+        self.tokens = self.problem_type == TOKEN_CLASSIFICATION
+        self.export_name = f"HF {'token' if self.tokens else 'sequence'}-classification model"
         self._step = make_classify_step(setup, self.problem_type, config.train.grad_accum_steps,
                                         config.classifier.dropout)
         self.has_eval = setup.evaluator is not None
         self.loss_label = f"{self.problem_type} loss"
-        self.batch_description = f"{setup.resolved.batch_size} examples"
+        self.batch_description = f"{setup.resolved.batch_size} {'sentences' if self.tokens else 'examples'}"
         self.steps_per_epoch = setup.batches.steps_per_epoch
         self.steps_per_call = setup.resolved.steps_per_call
         self.last_logits = None
@@ -124,8 +134,12 @@ class ClassifyTask:
 
     def evaluate(self, params) -> tuple[dict, dict]:
         """`eval_<metric>` scalars; the eval loss ranks checkpoints for train.keep_best_checkpoint."""
-        self.last_logits = self.setup.evaluator.logits(params)
-        results = metrics(self.problem_type, self.last_logits, self.setup.evaluator.data.targets)
+        evaluator = self.setup.evaluator
+        self.last_logits = evaluator.logits(params)
+        if self.tokens:
+            results = tag_metrics(self.last_logits, evaluator.data, self.setup.eval_gold, self.setup.labels)
+        else:
+            results = metrics(self.problem_type, self.last_logits, evaluator.data.targets)
         scalars = {EVAL_PREFIX + k: v for k, v in results.items()}
         return scalars, {BEST_METRIC: scalars[BEST_METRIC]}
 
@@ -140,8 +154,12 @@ class ClassifyTask:
         if jax.process_index() == 0:
             save_classifier_dir(self.setup.parts.merge(host_params), out_dir, labels=self.setup.labels,
                                 problem_type=self.problem_type, tokenizer_dir=self.setup.tokenizer_dir, overwrite=True)
-            if self.last_logits is not None:
-                write_predictions(os.path.join(root, PREDICTIONS_FILE), self.problem_type, self.last_logits,
+            predictions = os.path.join(root, PREDICTIONS_FILE)
+            if self.last_logits is not None and self.tokens:
+                write_tag_predictions(predictions, self.last_logits, self.setup.evaluator.data, self.setup.eval_words,
+                                      self.setup.eval_gold, self.setup.labels)
+            elif self.last_logits is not None:
+                write_predictions(predictions, self.problem_type, self.last_logits,
                                   self.setup.eval_gold, self.setup.labels)
         return out_dir
 
