@@ -179,3 +179,24 @@ def test_resume_reports_start_up_between_log_points(reference, tmp_path, capsys)
     assert "resumed from" in out and "start-up: " in out, out[-2000:]
     assert float(out.split("training after the first step ")[1].split()[0]) > 0.0
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 4, 8]
+
+
+def test_wandb_logs_the_run_offline_and_a_rerun_continues_it(tmp_path, monkeypatch, write_corpus, tiny_config):
+    """logging.wandb=True in W&B's offline mode: the scalars under TensorBoard's names and the run
+    config land in W&B's run file, and a resumed run continues the same W&B run."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_config(tmp_path / "run", write_corpus(tmp_path / "c.txt"), **{
+        "logging.wandb": True, "logging.wandb_mode": "offline", "train.max_steps": 4, "data.eval_samples": 8})
+    train(cfg)
+    run_id = (tmp_path / "run" / "wandb_id").read_text()
+    (folder,) = [p for p in os.listdir(tmp_path / "run" / "wandb") if p.startswith("offline-run-")]
+    assert folder.endswith(run_id)
+    data = open(tmp_path / "run" / "wandb" / folder / f"run-{run_id}.wandb", "rb").read()
+    for name in (b"train/loss", b"train/learning_rate", b"eval/loss", b"auto_batch_steps", b"resolved"):
+        assert name in data, name
+    cfg.train.max_steps = 6
+    train(cfg)  # resumed: the same W&B run
+    assert (tmp_path / "run" / "wandb_id").read_text() == run_id
+    folders = [p for p in os.listdir(tmp_path / "run" / "wandb") if p.startswith("offline-run-")]
+    assert len(folders) == 2 and all(p.endswith(run_id) for p in folders)

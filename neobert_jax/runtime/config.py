@@ -18,7 +18,8 @@ import ml_collections
 
 from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
 
-OPTIMIZERS = ("adamw", "muon")  # train.optimizer: neobert_jax.runtime.optim.make_optimizer
+OPTIMIZERS = ("adamw", "muon")
+WANDB_MODES = ("online", "offline")  # logging.wandb_mode  # train.optimizer: neobert_jax.runtime.optim.make_optimizer
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
@@ -55,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.layer_norm_backward = "auto"
     c.model.logsumexp = "auto"
     c.model.remat = "none"  # none | full | dots: per-layer activation checkpointing
+
+    # Weights & Biases beside metrics.jsonl and TensorBoard (optional: pip install wandb)
+    c.logging = ml_collections.ConfigDict({"wandb": False, "wandb_project": "neobert_jax", "wandb_name": "",
+                                           "wandb_mode": "online"})  # wandb_mode: online | offline
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 0  # optimizer steps; 0 = derived from epochs
@@ -130,6 +135,10 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
          f"must be a positive number, got {t.learning_rate}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     need(t.optimizer in OPTIMIZERS, "train.optimizer", f"{t.optimizer!r} is not one of {OPTIMIZERS}")
+    lg = config.logging
+    need(lg.wandb_mode in WANDB_MODES, "logging.wandb_mode", f"{lg.wandb_mode!r} is not one of {WANDB_MODES}")
+    need(not lg.wandb or importlib.util.find_spec("wandb") is not None, "logging.wandb",
+         "needs the wandb package: pip install wandb (or leave logging.wandb False)")
     need(t.seq_len > 0, "train.seq_len", "must be positive")
     need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     need(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", "must be in [0, 1)")

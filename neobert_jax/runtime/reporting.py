@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -123,8 +124,34 @@ def _read_records(path: str, up_to_step: int) -> tuple[list[dict], str | None]:
     return records, None
 
 
+WANDB_ID_FILE = "wandb_id"
+
+
+class WandbTracker:
+    """Weights & Biases beside metrics.jsonl and TensorBoard (`logging.wandb=True`): the same scalars
+    under TensorBoard's names, the run config, one W&B run per output_dir (its id is kept in
+    output_dir/wandb_id, so a resumed run continues the same W&B run)."""
+
+    def __init__(self, output_dir: str, settings, run_config: dict):
+        import wandb
+
+        id_path = os.path.join(output_dir, WANDB_ID_FILE)
+        run_id = open(id_path).read().strip() if os.path.isfile(id_path) else None
+        self.run = wandb.init(project=settings.wandb_project, name=settings.wandb_name or None, id=run_id,
+                              resume="allow", mode=settings.wandb_mode, dir=output_dir, config=run_config)
+        with open(id_path, "w") as f:
+            f.write(self.run.id)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class RunReporter:
-    def __init__(self, output_dir: str, total_steps: int, start_step: int, enabled: bool):
+    def __init__(self, output_dir: str, total_steps: int, start_step: int, enabled: bool,
+                 trackers: Callable[[], list] = list):
         self.enabled = enabled
         self.records: list[dict] = []
         self.started = process_start_time()
@@ -137,6 +164,7 @@ class RunReporter:
         with open(self.metrics_path, "w") as f:  # rewritten without the steps this run redoes
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         self.tensorboard = _summary_writer_class()(logdir=os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
+        self.trackers = trackers()  # process 0 only
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
         if lost:
             self.message(lost)
@@ -158,10 +186,13 @@ class RunReporter:
         self.records.append(record)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in finite.items():
-            group = "eval" if key.startswith("eval_") else "train"
-            self.tensorboard.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, step)
+        named = {f"{'eval' if key.startswith('eval_') else 'train'}/{key.removeprefix('eval_')}": value
+                 for key, value in finite.items()}
+        for name, value in named.items():
+            self.tensorboard.add_scalar(name, value, step)
         self.tensorboard.flush()
+        for tracker in self.trackers:
+            tracker.log(step, named)
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -210,3 +241,5 @@ class RunReporter:
         if self.enabled:
             self.bar.close()
             self.tensorboard.close()
+            for tracker in self.trackers:
+                tracker.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -31,7 +32,7 @@ import jax
 from neobert_jax.runtime import optim
 from neobert_jax.runtime.model_card import write_model_card
 from neobert_jax.runtime.model_init import matmul_precision
-from neobert_jax.runtime.reporting import RunReporter
+from neobert_jax.runtime.reporting import RunReporter, WandbTracker
 from neobert_jax.runtime.run_dir import RunDirLock
 from neobert_jax.runtime.setup import TaskSetup
 from neobert_jax.runtime.signals import StopRequest, write_stderr
@@ -141,8 +142,12 @@ def run_task(config, setup, task_cls, stop: StopRequest, setup_started: float):
     """Runs `task_cls(config, setup, log)` to its end (or its stop) and closes the run's files; `log`
     writes a line beside the progress bar."""
     reporting = time.time()
-    reporter = RunReporter(os.path.abspath(config.output_dir), setup.total_steps, setup.start_step,
-                           enabled=jax.process_index() == 0)
+    output_dir = os.path.abspath(config.output_dir)
+    def trackers():  # W&B is told the config the run used: run_config.json's record
+        return [WandbTracker(output_dir, config.logging, json.loads(setup.resolved.run_config(config)))]
+
+    reporter = RunReporter(output_dir, setup.total_steps, setup.start_step, enabled=jax.process_index() == 0,
+                           trackers=trackers if config.logging.wandb else list)
     setup.phases["reporting"] = time.time() - reporting
     reporter.marks.update(setup_started=setup_started, setup_done=time.time())
     try:
