@@ -9,7 +9,6 @@ which is also how a run continues at a longer `train.seq_len`.
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 from flax import nnx
@@ -39,24 +38,6 @@ def matmul_precision(precision: str) -> str:
     if precision == "fp32":
         return "TF32_TF32_F32_X3" if jax.default_backend() == "gpu" else "float32"
     return {"tf32": "tensorfloat32", "bf16": "default"}[precision]
-
-
-def apply_xla_flags(precision: str, environ=None) -> None:
-    """Adds the XLA flags measured fastest for `precision` to XLA_FLAGS unless the user set them.
-
-    bf16, on an H200 with the student (docs/performance.md has the figures): cuBLAS for every
-    matmul instead of XLA's Triton GEMM fusions, and no dot merging: merging the q/k/v projections
-    forces a concatenation of their gradients before the weight-gradient matmul. The Triton flag
-    slows the 3-pass-TF32 fp32 path, so fp32 keeps XLA's defaults. Must run before JAX initializes its backend; other backends ignore it.
-    """
-    environ = os.environ if environ is None else environ
-    if precision != "bf16":
-        return
-    flags = environ.get("XLA_FLAGS", "")
-    for name, value in (("xla_gpu_enable_triton_gemm", "false"), ("xla_gpu_dot_merger_threshold_mb", "0")):
-        if name not in flags:
-            flags = f"{flags} --{name}={value}".strip()
-    environ["XLA_FLAGS"] = flags
 
 
 def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
