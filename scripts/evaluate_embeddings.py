@@ -39,8 +39,8 @@ def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_
     tokenizer_dir = locate(model_dir).tokenizer
     if tokenizer_dir is None:
         raise DataError(f"{model_dir}: no tokenizer files beside the model")
-    parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={}, log=lambda _: None)
     mesh = sharding.make_mesh(base_config().mesh)
+    parts, params = load_model_parts(model_dir, seed=0, runtime={"mesh": mesh}, config_changes={}, log=lambda _: None)
     params = jax.device_put(params, sharding.param_shardings(parts.abstract_params, parts.axes, mesh))
     embedder = Embedder(parts, TextTokenizer(load_tokenizer(tokenizer_dir), seq_len), pooling_mode=pooling,
                         mesh=mesh, batch_size=batch_size)

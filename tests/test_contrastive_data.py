@@ -186,7 +186,7 @@ def test_one_row_shape_pads_every_step_to_the_runs_largest_and_keeps_the_texts(k
     one = make(dataclasses.replace(ladder_layout, floor=floor))
     laddered = make(ladder_layout)
     for _ in range(steps):
-        (batch, stats), (reference, _) = next(one), next(laddered)
+        (batch, _), (reference, _) = next(one), next(laddered)
         assert [g["input_ids"].shape for g in batch["groups"]] == [tuple(f) for f in floor]
         for group, ref in zip(batch["groups"], reference["groups"]):  # the same rows, then padding
             rows, length = ref["input_ids"].shape

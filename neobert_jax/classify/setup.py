@@ -73,7 +73,7 @@ def setup_classify(config, log) -> ClassifySetup:
     phases.done("data")
 
     model, fresh = load_classifier(config.init_from, outputs, pooling=k.pooling, dropout=k.dropout, seed=config.seed,
-                                   runtime=runtime_policy(config), config_changes=dropout_overrides(config))
+                                   runtime=runtime_policy(config, mesh), config_changes=dropout_overrides(config))
     if [name for name in fresh if name.startswith("model.")]:
         log(f"warning: {config.init_from} lacks encoder weights {fresh}; they start from random init")
     elif fresh:

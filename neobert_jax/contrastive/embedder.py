@@ -35,7 +35,7 @@ class Embedder:
                                                     positions_BT=group["positions"])
             return l2_normalize(pool_rows(hidden_RTD, group["segment_ids"], group["positions"], 1, pooling_mode)[:, 0])
 
-        self._embed = jax.jit(sharding.traced_under(mesh, embed),
+        self._embed = jax.jit(embed,
                               in_shardings=(params_sh, {k: rows_sh for k in ROW_KEYS}),
                               out_shardings=sharding.replicated(mesh))
 

@@ -62,20 +62,22 @@ def _with_config_keys(model: ModernBertForMaskedLM, config, log) -> ModernBertFo
     return replaced
 
 
-def runtime_policy(config) -> dict:
+def runtime_policy(config, mesh) -> dict:
     """The ModernBertConfig runtime fields of a run, decided once: precision, attention backend,
     remat and the kernels' backends, whose "auto" is resolved here for this platform (the model's
-    config carries the choice to the run's record, neobert_jax.runtime.resolved)."""
+    config carries the choice to the run's record, neobert_jax.runtime.resolved), and the run's
+    `mesh`, over whose batch shards the kernels run."""
     m, platform = config.model, jax.default_backend()
     return dict(dtype=compute_dtype(config.train.precision), attn_implementation=m.attn_implementation,
                 remat=m.remat, layer_norm_backward=kernel_backend(m.layer_norm_backward, platform),
                 logsumexp=kernel_backend(m.logsumexp, platform),
-                tf32x3=matmul_precision(config.train.precision) == "TF32_TF32_F32_X3")
+                tf32x3=matmul_precision(config.train.precision) == "TF32_TF32_F32_X3", mesh=mesh)
 
 
-def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print):
-    """-> (model, newly initialized tensor names). Errors name the mismatching config key."""
-    runtime = runtime_policy(config)
+def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print, *, mesh=None):
+    """-> (model, newly initialized tensor names) for a run on `mesh`. Errors name the mismatching
+    config key."""
+    runtime = runtime_policy(config, mesh)
     if config.init_from:
         model, newly_initialized = load_pretrained(config.init_from, seed=config.seed, **runtime)
         loaded = model.config

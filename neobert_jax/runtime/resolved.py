@@ -17,7 +17,7 @@ import os
 import jax
 
 from neobert_jax.config import FULL, ModernBertConfig
-from neobert_jax.model.attention import choose_backend
+from neobert_jax.model.attention import choose_backend, runs_per_device
 from neobert_jax.runtime.model_init import matmul_precision
 
 
@@ -85,12 +85,12 @@ def xla_flags(precision: str, given: str) -> str:
 
 def attention_backends(model_config: ModernBertConfig) -> dict[str, str]:
     """The backend of each layer kind the model has: "auto" is `choose_backend` of what the trace
-    sees (the steps trace under the mesh, so per device), anything else runs as named."""
+    sees (per device where the model has the run's mesh), anything else runs as named."""
     kinds = {"global" if kind == FULL else "local" for kind in model_config.layer_types}
     name = model_config.attn_implementation
     return {kind: name if name != "auto" else choose_backend(
         jax.default_backend(), model_config.dtype == "float32", kind == "local",
-        tf32x3=model_config.tf32x3, per_device=True) for kind in sorted(kinds)}
+        tf32x3=model_config.tf32x3, per_device=runs_per_device(model_config.mesh)) for kind in sorted(kinds)}
 
 
 def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
