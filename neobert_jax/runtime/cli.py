@@ -28,18 +28,24 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def set_xla_flags(precision: str, environ=None) -> None:
+def set_xla_flags(precision: str, environ=None) -> bool:
     """XLA_FLAGS for train.precision (`neobert_jax.runtime.resolved.xla_flags`, the value the run's record
-    holds), set once at process start: XLA reads them when JAX starts its backend, so later they would
-    do nothing. The one place that writes XLA_FLAGS."""
+    holds), set once at process start: XLA reads them when JAX starts its backend. The one place that
+    writes XLA_FLAGS. -> whether they hold: a caller whose JAX backend has started already (a command
+    run in-process, as tests do) keeps the flags it started with, which its record then shows."""
     from jax._src import xla_bridge
 
-    if xla_bridge.backends_are_initialized():
-        raise RuntimeError("XLA flags are set at process start, before JAX starts its backend; it has started")
     environ = os.environ if environ is None else environ
-    flags = xla_flags(precision, environ.get("XLA_FLAGS", ""))
-    if flags:
-        environ["XLA_FLAGS"] = flags
+    given = environ.get("XLA_FLAGS", "")
+    flags = xla_flags(precision, given)
+    if flags == given:
+        return True
+    if xla_bridge.backends_are_initialized():
+        logging.warning("train.precision=%s's XLA flags not applied: JAX's backend started before the command "
+                        "line could set them (XLA_FLAGS stays %r)", precision, given)
+        return False
+    environ["XLA_FLAGS"] = flags
+    return True
 
 
 def use_compilation_cache(config) -> None:
