@@ -15,7 +15,7 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 # Fields that only steer how this project computes (not part of the checkpoint).
-RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp", "tf32x3")
+RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp", "tf32x3", "mesh")
 # The hand-written kernels' backends: "pallas" (GPU), "xla", "interpret" (the Pallas kernel run on
 # the CPU, for tests); "auto" is the Pallas kernel on GPU and XLA elsewhere (`kernel_backend`).
 KERNEL_BACKENDS = ("auto", "pallas", "xla", "interpret")
@@ -71,6 +71,10 @@ class ModernBertConfig:
     # float32 dots of the hand-written kernels as three TF32 passes: the fp32 policy on GPU, where
     # the run's XLA dots use TF32_TF32_F32_X3 (neobert_jax.runtime.model_init.matmul_precision)
     tf32x3: bool = False
+    # The run's device mesh (jax.sharding.Mesh): the hand-written kernels run on each device's rows of its
+    # batch axes (neobert_jax.model.shards); None: on the inputs as they come. A run's setup sets it
+    # (neobert_jax.runtime.model_init.runtime_policy), so the step's kernels get it from the model.
+    mesh: Any = None
 
     def __post_init__(self):
         if self.layer_types is None:
@@ -92,13 +96,11 @@ class ModernBertConfig:
             )
         if self.hidden_activation != "gelu" or self.classifier_activation != "gelu":
             raise ValueError("only the exact (erf) 'gelu' activation of ModernBERT is supported")
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        for name in ("layer_norm_backward", "logsumexp"):
-            if getattr(self, name) not in KERNEL_BACKENDS:
-                raise ValueError(f"{name} must be one of {KERNEL_BACKENDS}, got {getattr(self, name)!r}")
+        # The runtime fields come from a validated run config (neobert_jax.runtime.config) or from code.
+        assert self.remat in ("none", "full", "dots"), self.remat
+        assert self.dtype in ("float32", "bfloat16"), self.dtype
+        assert self.layer_norm_backward in KERNEL_BACKENDS and self.logsumexp in KERNEL_BACKENDS, (
+            self.layer_norm_backward, self.logsumexp)
 
     @property
     def head_dim(self) -> int:

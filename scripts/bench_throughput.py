@@ -275,9 +275,9 @@ def run_torch(args, precision: str, data: str) -> dict:
 def worker(args) -> None:
     framework, precision, implementation, data, *algorithm = ROWS[args.worker]
     if framework == "jax":
-        from neobert_jax.runtime.model_init import apply_xla_flags
+        from neobert_jax.runtime.cli import set_xla_flags
 
-        apply_xla_flags(precision)  # what scripts/pretrain.py does, before JAX starts its backend
+        set_xla_flags(precision)  # what scripts/pretrain.py does, before JAX starts its backend
     if framework == "jax":
         result = run_jax(args, precision, implementation, data, *algorithm)
     else:

@@ -14,37 +14,18 @@ import argparse
 import json
 import sys
 
-import jax
-
 from neobert_jax.contrastive.config import as_list
 from neobert_jax.contrastive.evaluation import evaluate, load_eval_sets
 from neobert_jax.runtime.reporting import format_comparison
-from neobert_jax.data import DataError, load_tokenizer
+from neobert_jax.data import DataError
 
 BACKENDS = ("jax", "sentence-transformers")
 
 
 def jax_encoder(model_dir: str, pooling: str | None, seq_len: int | None, batch_size: int):
-    from neobert_jax.contrastive.embedder import Embedder
-    from neobert_jax.contrastive.setup import load_model_parts
-    from neobert_jax.contrastive.tokenized import TextTokenizer
-    from neobert_jax.hf.paths import locate
-    from neobert_jax.hf.sentence_transformers import read_sentence_transformers_pooling
-    from neobert_jax.runtime import sharding
-    from neobert_jax.runtime.config import base_config
+    from neobert_jax.contrastive.embedder import load_encoder
 
-    st = read_sentence_transformers_pooling(model_dir) or {}
-    pooling = pooling or st.get("pooling") or "mean"
-    seq_len = seq_len or st.get("max_seq_length") or 512
-    tokenizer_dir = locate(model_dir).tokenizer
-    if tokenizer_dir is None:
-        raise DataError(f"{model_dir}: no tokenizer files beside the model")
-    parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={}, log=lambda _: None)
-    mesh = sharding.make_mesh(base_config().mesh)
-    params = jax.device_put(params, sharding.param_shardings(parts.abstract_params, parts.axes, mesh))
-    embedder = Embedder(parts, TextTokenizer(load_tokenizer(tokenizer_dir), seq_len), pooling_mode=pooling,
-                        mesh=mesh, batch_size=batch_size)
-    return lambda texts: embedder.encode(params, texts), f"jax, {pooling} pooling, {seq_len} tokens"
+    return load_encoder(model_dir, pooling=pooling, seq_len=seq_len, batch_size=batch_size)
 
 
 def st_encoder(model_dir: str, seq_len: int | None, batch_size: int):

@@ -21,7 +21,7 @@ def run(sizes, seq=SEQ, **model_overrides):
     cfg.data, cfg.fsdp, cfg.tensor = sizes
     n = int(np.prod(sizes))
     mesh = sharding.make_mesh(cfg, devices=jax.devices()[:n])
-    model = tiny_model(**model_overrides)
+    model = tiny_model(**model_overrides, mesh=mesh)
     train_step, st, _, shardings = compiled_step(model, train_cfg(grad_accum_steps=2, batch_size=ROWS), mesh)
     embedding_spec = tuple(shardings.params["model"]["embeddings"]["tok_embeddings"].spec)
     losses = []

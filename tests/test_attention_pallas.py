@@ -174,3 +174,33 @@ def test_splash_backend_runs_the_model():
     (v_ref, g_ref), (v, g) = value_and_grads("xla"), value_and_grads("splash")
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
+
+
+def test_kernels_get_the_mesh_from_the_model_not_from_the_context():
+    """The run's mesh reaches the kernels as an argument: setup -> runtime_policy -> ModernBertConfig.mesh ->
+    the modules -> attention(mesh=) / per_batch_shard(fn, mesh); no module reads an ambient mesh."""
+    import pathlib
+    import re
+
+    from neobert_jax.mlm.config import default_config
+    from neobert_jax.model.shards import batch_axes, per_batch_shard
+    from neobert_jax.runtime import sharding
+    from neobert_jax.runtime.model_init import runtime_policy
+
+    def fn(x):
+        return (x,)
+
+    mesh = sharding.make_mesh(default_config().mesh, devices=jax.devices()[:1])
+    assert batch_axes(None) == () and batch_axes(mesh) == ()  # one batch shard: the kernel runs as is
+    assert per_batch_shard(fn, None, ("rows",), ("rows",)) is fn
+    runtime = runtime_policy(default_config(), mesh)
+    assert runtime["mesh"] is mesh
+    model = ModernBertForMaskedLM(ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                                   num_hidden_layers=1, num_attention_heads=2, **runtime),
+                                  rngs=nnx.Rngs(0))
+    assert model.model.layers[0].attn.mesh is mesh and model.model.final_norm.mesh is mesh
+    assert "mesh" not in model.config.to_hf_dict()
+    package = pathlib.Path(__file__).resolve().parents[1] / "neobert_jax"
+    ambient = [str(p.relative_to(package)) for p in package.rglob("*.py")
+               if re.search(r"get_abstract_mesh|use_abstract_mesh|set_mesh|use_mesh", p.read_text())]
+    assert ambient == []

@@ -1,6 +1,10 @@
 """init_from: a GUIDE-style bare ModernBertModel dir (head newly initialized and listed), a run
 dir (parameters of its latest checkpoint), and clear errors when the config disagrees."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -72,15 +76,34 @@ def test_fresh_model_vocab_is_rounded_to_64(hf_special_ids):
 
 
 def test_xla_flags_follow_precision_and_never_override_the_user():
-    from neobert_jax.runtime.model_init import apply_xla_flags
+    from neobert_jax.runtime.resolved import xla_flags
 
-    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
-    apply_xla_flags("bf16", env)
-    assert env["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"
-                                " --xla_gpu_dot_merger_threshold_mb=0")
-    user = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
-    apply_xla_flags("bf16", user)
-    assert user["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true --xla_gpu_dot_merger_threshold_mb=0"
-    fp32 = {}
-    apply_xla_flags("fp32", fp32)
-    assert fp32 == {}
+    assert xla_flags("bf16", "--xla_dump_to=/tmp/x") == ("--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"
+                                                         " --xla_gpu_dot_merger_threshold_mb=0")
+    assert xla_flags("bf16", "--xla_gpu_enable_triton_gemm=true") == ("--xla_gpu_enable_triton_gemm=true"
+                                                                      " --xla_gpu_dot_merger_threshold_mb=0")
+    assert xla_flags("fp32", "") == "" and xla_flags("tf32", "--a=1") == "--a=1"
+
+
+def test_the_command_line_alone_sets_xla_flags_before_the_backend_starts():
+    """set_xla_flags writes the record's value; once JAX's backend runs it leaves them (they would do
+    nothing) and says so, and no other module writes XLA_FLAGS."""
+    import pathlib
+    import re
+
+    from neobert_jax.runtime.cli import set_xla_flags
+    from neobert_jax.runtime.resolved import xla_flags
+
+    jax.devices()  # the backend has started in this test process
+    late = {}
+    assert not set_xla_flags("bf16", late) and late == {}
+    assert set_xla_flags("fp32", late) and late == {}  # nothing to add
+    root = pathlib.Path(__file__).resolve().parents[1]
+    writers = [str(p.relative_to(root)) for folder in ("neobert_jax", "scripts") for p in (root / folder).rglob("*.py")
+               if re.search(r"""environ\[["']XLA_FLAGS["']\]\s*=|putenv\(["']XLA_FLAGS""", p.read_text())]
+    assert writers == ["neobert_jax/runtime/cli.py"]
+    fresh = subprocess.run(  # a process whose backend has not started: the record's value is set
+        [sys.executable, "-c", "import os; from neobert_jax.runtime.cli import set_xla_flags; "
+         "set_xla_flags('bf16'); print(os.environ['XLA_FLAGS'])"],
+        env={**os.environ, "XLA_FLAGS": "--xla_dump_to=/tmp/x"}, capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == xla_flags("bf16", "--xla_dump_to=/tmp/x")

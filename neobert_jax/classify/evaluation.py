@@ -77,7 +77,7 @@ class Evaluator:
         def logits(params, batch):
             return parts.merge(params)(batch["input_ids"], batch["attention_mask"])
 
-        self._logits = jax.jit(sharding.traced_under(mesh, logits),
+        self._logits = jax.jit(logits,
                                in_shardings=(params_sh, {"input_ids": rows_sh, "attention_mask": rows_sh}),
                                out_shardings=sharding.replicated(mesh))
 

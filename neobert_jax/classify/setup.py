@@ -99,7 +99,7 @@ def setup_classify(config, log) -> ClassifySetup:
     phases.done("data")
 
     model, fresh = load_classifier(config.init_from, outputs, pooling=k.pooling, dropout=k.dropout, seed=config.seed,
-                                   runtime=runtime_policy(config), config_changes=dropout_overrides(config),
+                                   runtime=runtime_policy(config, mesh), config_changes=dropout_overrides(config),
                                    tokens=tokens)
     kind = "token" if tokens else "sequence"
     if [name for name in fresh if name.startswith("model.")]:

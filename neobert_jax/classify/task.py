@@ -90,7 +90,7 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
                            "nonfinite_total": new_state.nonfinite_total}
 
     rows = sharding.batch_sharding(mesh)
-    return jax.jit(sharding.traced_under(mesh, train_step), in_shardings=(state_sh, {k: rows for k in BATCH_KEYS}),
+    return jax.jit(train_step, in_shardings=(state_sh, {k: rows for k in BATCH_KEYS}),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
 
 

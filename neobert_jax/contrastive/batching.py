@@ -26,7 +26,7 @@ from neobert_jax.contrastive.tokenized import TokenizedColumns
 from neobert_jax.data.errors import DataError
 
 SPECIALS = 2  # [CLS] and [SEP]
-MAX_PLANNED_STEPS = 4096  # largest_shapes: steps planned (each well under a millisecond)
+MAX_PLANNED_STEPS = 4096  # largest_shapes: steps planned (row lengths only, no tokens are read)
 
 
 def ladder(n: int) -> int:

@@ -35,7 +35,7 @@ class Embedder:
                                                     positions_BT=group["positions"])
             return l2_normalize(pool_rows(hidden_RTD, group["segment_ids"], group["positions"], 1, pooling_mode)[:, 0])
 
-        self._embed = jax.jit(sharding.traced_under(mesh, embed),
+        self._embed = jax.jit(embed,
                               in_shardings=(params_sh, {k: rows_sh for k in ROW_KEYS}),
                               out_shardings=sharding.replicated(mesh))
 
@@ -71,8 +71,8 @@ def load_encoder(model_dir: str, *, pooling: str | None, seq_len: int | None, ba
     tokenizer_dir = locate(model_dir).tokenizer
     if tokenizer_dir is None:
         raise DataError(f"{model_dir}: no tokenizer files beside the model")
-    parts, params = load_model_parts(model_dir, seed=0, runtime={}, config_changes={}, log=lambda _: None)
     mesh = sharding.make_mesh(mesh_config or base_config().mesh)
+    parts, params = load_model_parts(model_dir, seed=0, runtime={"mesh": mesh}, config_changes={}, log=lambda _: None)
     params = jax.device_put(params, sharding.param_shardings(parts.abstract_params, parts.axes, mesh))
     embedder = Embedder(parts, TextTokenizer(load_tokenizer(tokenizer_dir), seq_len), pooling_mode=pooling,
                         mesh=mesh, batch_size=batch_size)

@@ -101,7 +101,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     begun = begin_setup(config)
     output_dir, mesh, phases, t = begun.output_dir, begun.mesh, begun.phases, config.train
     log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
-    parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime_policy(config),
+    parts, params = load_model_parts(config.init_from, seed=config.seed, runtime=runtime_policy(config, mesh),
                                      config_changes=dropout_overrides(config), log=log)
     phases.done("model")
     tokenizer = load_tokenizer(_tokenizer_source(config))

@@ -101,7 +101,7 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
         return new_state, metrics
 
     return jax.jit(
-        sharding.traced_under(mesh, train_step),
+        train_step,
         in_shardings=(state_sh, batch_shardings(mesh, len(slots), has_targets)),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=0,

@@ -222,8 +222,8 @@ def check_vocab_size(vocab_size) -> None:
 def _bounded(documents, limit: int = TRAINING_CHUNK_CHARS):
     """Documents cut into pieces of at most `limit` characters, at a space where there is one.
 
-    BPE training time grows with the square of a word's length: one 20 MB line without spaces
-    took minutes. Pieces of ordinary text keep their words whole.
+    BPE training time grows with the square of a word's length, so one long line without spaces
+    would stall it. Pieces of ordinary text keep their words whole.
     """
     for text in documents:
         while len(text) > limit:

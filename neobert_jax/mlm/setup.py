@@ -138,7 +138,7 @@ def setup_run(config, log) -> RunSetup:
 
     if config.init_from:
         log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
-    model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log)
+    model, _ = build_model(config, len(tokenizer), _special_token_ids(tokenizer), log=log, mesh=mesh)
     check_model_fits(config, model.config, tokenizer)
     resolved = resolve(config, model.config, batch_size=batch_size, total_steps=total_steps,
                        steps_per_call=multistep.resolve_steps_per_call(t.steps_per_call, jax.default_backend()),

@@ -85,9 +85,9 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
 
     replicated = sharding.replicated(mesh)
     if steps_per_call == 1:
-        return jax.jit(sharding.traced_under(mesh, train_step), in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+        return jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sh, replicated), donate_argnums=0)
-    return jax.jit(sharding.traced_under(mesh, multistep.fold_steps(train_step, steps_per_call)),
+    return jax.jit(multistep.fold_steps(train_step, steps_per_call),
                    in_shardings=(state_sh, multistep.stacked_batch_sharding(mesh), replicated),
                    out_shardings=(state_sh, replicated), donate_argnums=0)
 
@@ -100,7 +100,7 @@ def make_eval_step(parts: ModelParts, train_cfg, params_sh, mesh: Mesh) -> Calla
         return nll_sum_and_count(parts.merge(params), batch, masked_only)
 
     return jax.jit(
-        sharding.traced_under(mesh, eval_step),
+        eval_step,
         in_shardings=(params_sh, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )

@@ -55,7 +55,9 @@ class MlmTask:
         t, self.resolved = config.train, setup.resolved
         self.steps_per_call = self.resolved.steps_per_call
         # what the compiled steps are made of besides their arguments (neobert_jax.runtime.executables)
-        made_of = dict(model=dataclasses.asdict(setup.parts.config), train=t.to_dict(), mesh=config.mesh.to_dict(),
+        # (the model's fields but its mesh, which config.mesh and the devices stand for)
+        model = {k: v for k, v in dataclasses.asdict(setup.parts.config.replace(mesh=None)).items() if k != "mesh"}
+        made_of = dict(model=model, train=t.to_dict(), mesh=config.mesh.to_dict(),
                        resolved=dataclasses.asdict(self.resolved))
         cache = functools.partial(executables.cached, settings=made_of, cache_dir=config.compilation_cache_dir,
                                   log=log)

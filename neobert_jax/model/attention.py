@@ -18,8 +18,8 @@ from neobert_jax.model.shards import per_batch_shard
 _MASKED = -1e30  # finite, so a fully masked row gives uniform weights rather than NaN
 
 
-def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
-                 dropout_rng=None):
+def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
+                  dropout_rate=0.0, dropout_rng=None):
     """Reference: explicit (B, N, T, T) logits, softmax in float32."""
     logits_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BTNH, preferred_element_type=jnp.float32) * scale
     seg_q_BT1 = segment_ids_BT[:, :, None]
@@ -37,30 +37,30 @@ def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32
     return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
 
 
-def _per_device(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
-    """A kernel backend on each device's rows when the batch is split (model/shards.py says why)."""
-    run = per_batch_shard(lambda *args: (kernel(*args),), ("rows",) * 4, ("rows",))
+def _per_device(kernel, mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
+    """A kernel backend on each device's rows when `mesh` splits the batch (model/shards.py says why)."""
+    run = per_batch_shard(lambda *args: (kernel(*args),), mesh, ("rows",) * 4, ("rows",))
     return run(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)[0]
 
 
-def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, **options):
+def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, mesh, **options):
     """A Pallas kernel per device, interpreted on CPU so that it is testable anywhere."""
     interpret = jax.default_backend() == "cpu"
     return _per_device(lambda *args: kernel(*args, window=window, scale=scale, interpret=interpret, **options),
-                       q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+                       mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
 
 
-def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
-                 dropout_rng=None):
+def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
+                   dropout_rate=0.0, dropout_rng=None):
     """Our flash kernel (attention_pallas); tf32x3: its float32 dots as three TF32 passes."""
     from neobert_jax.model.attention_pallas import pallas_attention
 
     return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
-                          tf32x3=tf32x3)
+                          mesh=mesh, tf32x3=tf32x3)
 
 
-def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
-                 dropout_rng=None):
+def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
+                  dropout_rate=0.0, dropout_rng=None):
     """cuDNN fused attention for global layers of unpacked rows (one document, padding at the end).
 
     cuDNN takes sequence lengths but neither segment ids nor a two-sided window, so local layers,
@@ -68,7 +68,8 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32
     branch: a packed batch can never get silently wrong results).
     """
     if window is not None:
-        return pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3)
+        return pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3,
+                              mesh=mesh)
 
     def fused(q, k, v, seg):
         lengths_B = jnp.sum(seg != 0, axis=1).astype(jnp.int32)
@@ -76,21 +77,22 @@ def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32
                                            key_value_seq_lengths=lengths_B, implementation="cudnn")
         return jnp.where((seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
 
-    def flash(q, k, v, seg):
+    def flash(q, k, v, seg):  # already on this device's rows: no mesh
         return pallas_backend(q, k, v, seg, window=None, scale=scale, tf32x3=tf32x3)
 
     def branch(q, k, v, seg):
         return jax.lax.cond(jnp.all(seg <= 1), fused, flash, q, k, v, seg)
 
-    return _per_device(branch, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+    return _per_device(branch, mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
 
 
-def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
-                 dropout_rng=None):
+def splash_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
+                   dropout_rate=0.0, dropout_rng=None):
     """JAX's TPU splash-attention kernel (attention_splash)."""
     from neobert_jax.model.attention_splash import splash_attention
 
-    return _pallas_kernel(splash_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale)
+    return _pallas_kernel(splash_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
+                          mesh=mesh)
 
 
 def choose_backend(platform: str, float32: bool, local: bool, *, tf32x3: bool, per_device: bool) -> str:
@@ -99,8 +101,8 @@ def choose_backend(platform: str, float32: bool, local: bool, *, tf32x3: bool, p
     GPU: the Pallas kernel for 16-bit inputs. For float32 it pays only on local layers and only
     with 3-pass TF32 dots (`tf32x3`, the fp32 training policy on GPU); XLA is faster on float32
     global layers. TPU: the splash kernel when it can run per device (`per_device`: one device, or
-    a trace under a mesh, where model/shards.py wraps it in a shard_map); Mosaic kernels cannot be
-    partitioned automatically, so a multi-device trace without a mesh keeps XLA. Elsewhere: XLA.
+    a model given the run's mesh, over which model/shards.py wraps it in a shard_map); Mosaic kernels
+    cannot be partitioned automatically, so a multi-device model without a mesh keeps XLA. Elsewhere: XLA.
     """
     if platform == "tpu":
         return "splash" if per_device else "xla"
@@ -109,13 +111,18 @@ def choose_backend(platform: str, float32: bool, local: bool, *, tf32x3: bool, p
     return "xla"
 
 
-def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, dropout_rate=0.0,
-                 dropout_rng=None):
-    """`choose_backend` from the trace's platform, dtype, window and mesh, and the model's tf32x3."""
+def runs_per_device(mesh) -> bool:
+    """Whether a kernel sees one device's inputs: one device, or a mesh to shard_map over."""
+    return mesh is not None or jax.device_count() == 1
+
+
+def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
+                 dropout_rate=0.0, dropout_rng=None):
+    """`choose_backend` from the trace's platform, dtype and window, and the model's tf32x3 and mesh."""
     name = choose_backend(jax.default_backend(), q_BTNH.dtype == jnp.float32, window is not None,
-                          tf32x3=tf32x3,
-                          per_device=jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty)
-    return _BACKENDS[name](q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3)
+                          tf32x3=tf32x3, per_device=runs_per_device(mesh))
+    return _BACKENDS[name](q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3,
+                           mesh=mesh)
 
 
 _BACKENDS: dict[str, Callable] = {  # neobert_jax.config.ATTENTION_BACKENDS names these for validation
@@ -129,11 +136,12 @@ def backends() -> list[str]:
 
 
 def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, implementation: str = "xla",
-              tf32x3: bool = False, dropout_rate: float = 0.0, dropout_rng=None):
+              tf32x3: bool = False, mesh=None, dropout_rate: float = 0.0, dropout_rng=None):
     """Scaled dot-product attention over (batch, seq, heads, head_dim) inputs.
 
     window: half-width of a two-sided local window (inclusive), or None for full attention.
     tf32x3: the kernels' float32 dots as three TF32 passes (the model config's, from the run's precision).
+    mesh: the run's device mesh (the model config's); the kernels run on each device's rows of it.
     Attention-probability dropout is only applied by backends that support it; the others
     fall back to `xla` when dropout is active so that training semantics never change silently.
     """
@@ -143,6 +151,6 @@ def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, imp
     if dropout_rate > 0.0 and dropout_rng is not None:
         implementation = "xla"
     return _BACKENDS[implementation](
-        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3,
+        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3, mesh=mesh,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng,
     )

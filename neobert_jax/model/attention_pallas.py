@@ -82,7 +82,7 @@ def _tile_ranges(segment_ids_BT, block_q, block_k, window):
 
 def _dot(a, b, cfg, *, trans_a=False, trans_b=False):
     """float32-accumulating tile product. float32 tiles use exact fp32 dots, or three TF32 passes
-    (as accurate, several times faster) when cfg.tf32x3; bfloat16 tiles ignore both."""
+    when cfg.tf32x3 (as accurate and faster: docs/performance.md); bfloat16 tiles ignore both."""
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
     precision = lax.Precision.HIGHEST
     if cfg.tf32x3 and a.dtype == jnp.float32 and not cfg.interpret:  # the CPU interpreter lacks the algorithm
@@ -255,8 +255,8 @@ def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | No
     """Fused attention, differentiable in q, k and v; same function as the XLA reference.
 
     q/k/v: (B, T, N, H) float32 or bfloat16, H a power of two (32/64/128); T a multiple of both
-    block sizes (powers of two >= 16). Default tiles, the fastest on an H200 at T=512, H=64
-    (scripts/bench_attention.py): 64x64 for 16-bit inputs, 32x32 for float32 (register pressure). segment_ids_BT: ints >= 0, 0 = padding
+    block sizes (powers of two >= 16). Default tiles: 64x64 for 16-bit inputs, 32x32 for float32, whose
+    tiles hold twice the registers (docs/performance.md has the sweep). segment_ids_BT: ints >= 0, 0 = padding
     (those queries return zeros). window: attend only where |i - j| <= window. interpret=True runs
     the kernels on CPU (tests). tf32x3: float32 dots as three TF32 passes (the model's fp32 policy
     on GPU, passed down from its config). Returns (B, T, N, H) in q's dtype.

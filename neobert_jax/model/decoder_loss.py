@@ -17,29 +17,29 @@ from neobert_jax.config import kernel_backend
 from neobert_jax.model.shards import per_batch_shard
 
 
-def _logsumexp(logits_NV, backend: str):
+def _logsumexp(logits_NV, backend: str, mesh):
     mode = kernel_backend(backend, jax.default_backend())
     if mode == "xla":
         return jax.nn.logsumexp(logits_NV.astype(jnp.float32), axis=-1)
     from neobert_jax.model.logsumexp_pallas import logsumexp_rows
 
-    run = per_batch_shard(lambda x: (logsumexp_rows(x, interpret=mode == "interpret"),), ("rows",), ("rows",))
+    run = per_batch_shard(lambda x: (logsumexp_rows(x, interpret=mode == "interpret"),), mesh, ("rows",), ("rows",))
     return run(logits_NV)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def decoder_nll(x_ND, embedding_VD, bias_V, labels_N, logsumexp: str = "auto"):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def decoder_nll(x_ND, embedding_VD, bias_V, labels_N, logsumexp: str = "auto", mesh=None):
     """-log softmax(x @ embeddingᵀ + bias)[label] per row in float32; rows with label < 0 give 0.
 
     x, embedding and bias share the compute dtype; the log-sum-exp is taken in float32, by the
-    backend `logsumexp` names (ModernBertConfig.logsumexp).
+    backend `logsumexp` names (ModernBertConfig.logsumexp), per device of `mesh` (model/shards.py).
     """
-    return _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp)[0]
+    return _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp, mesh)[0]
 
 
-def _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp):
+def _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp, mesh):
     logits_NV = jnp.dot(x_ND, embedding_VD.T) + bias_V
-    lse_N = _logsumexp(logits_NV, logsumexp)
+    lse_N = _logsumexp(logits_NV, logsumexp, mesh)
     valid_N = labels_N >= 0
     safe_N = jnp.where(valid_N, labels_N, 0)
     label_logit_N = jnp.take_along_axis(logits_NV, safe_N[:, None], axis=-1)[:, 0].astype(jnp.float32)
@@ -47,7 +47,7 @@ def _forward(x_ND, embedding_VD, bias_V, labels_N, logsumexp):
     return nll_N, (x_ND, embedding_VD, logits_NV, lse_N, safe_N, valid_N)
 
 
-def _backward(logsumexp, residuals, g_N):
+def _backward(logsumexp, mesh, residuals, g_N):
     x_ND, embedding_VD, logits_NV, lse_N, safe_N, valid_N = residuals
     scale_N = jnp.where(valid_N, g_N, 0.0)
     probs_NV = jnp.exp(logits_NV.astype(jnp.float32) - lse_N[:, None])

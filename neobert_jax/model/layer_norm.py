@@ -27,9 +27,9 @@ def _statistics(x, scale, bias, eps, out_dtype):
     return y.astype(out_dtype), mean, rstd
 
 
-def _input_grads(x, mean, rstd, scale, with_bias, dy, dres, backward: str):
+def _input_grads(x, mean, rstd, scale, with_bias, dy, dres, backward: str, mesh):
     """(dx [+ dres], d_scale, d_bias) through the kernel or XLA, as `backward`
-    (ModernBertConfig.layer_norm_backward) says."""
+    (ModernBertConfig.layer_norm_backward) says; the kernel per device of `mesh` (model/shards.py)."""
     mode = kernel_backend(backward, jax.default_backend())
     if mode != "xla":
         from neobert_jax.model.layer_norm_pallas import layer_norm_backward
@@ -42,7 +42,7 @@ def _input_grads(x, mean, rstd, scale, with_bias, dy, dres, backward: str):
             return (dx.reshape(x.shape), d_scale) + ((d_bias,) if with_bias else ())
 
         extra = () if dres is None else (dres,)
-        run = per_batch_shard(kernel, ("rows",) * 4 + ("whole",) + ("rows",) * len(extra),
+        run = per_batch_shard(kernel, mesh, ("rows",) * 4 + ("whole",) + ("rows",) * len(extra),
                               ("rows", "sum") + (("sum",) if with_bias else ()))
         dx, d_scale, *d_bias = run(x, dy, mean, rstd, scale, *extra)
         return dx, d_scale, (d_bias[0] if with_bias else None)
@@ -57,43 +57,44 @@ def _input_grads(x, mean, rstd, scale, with_bias, dy, dres, backward: str):
     return dx.astype(x.dtype), jnp.sum(dy32 * xhat, axis=rows), d_bias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def layer_norm(x, scale, bias, eps: float, out_dtype, backward: str = "auto"):
-    """torch.nn.LayerNorm (biased variance) in float32; `bias` may be None."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def layer_norm(x, scale, bias, eps: float, out_dtype, backward: str = "auto", mesh=None):
+    """torch.nn.LayerNorm (biased variance) in float32; `bias` may be None. backward, mesh: the
+    backward pass's (ModernBertConfig.layer_norm_backward, ModernBertConfig.mesh)."""
     return _statistics(x, scale, bias, eps, out_dtype)[0]
 
 
-def _norm_forward(x, scale, bias, eps, out_dtype, backward):
+def _norm_forward(x, scale, bias, eps, out_dtype, backward, mesh):
     y, mean, rstd = _statistics(x, scale, bias, eps, out_dtype)
     return y, (x, scale, bias, mean, rstd)
 
 
-def _norm_backward(eps, out_dtype, backward, residuals, dy):
+def _norm_backward(eps, out_dtype, backward, mesh, residuals, dy):
     x, scale, bias, mean, rstd = residuals
-    return _input_grads(x, mean, rstd, scale, bias is not None, dy, None, backward)
+    return _input_grads(x, mean, rstd, scale, bias is not None, dy, None, backward, mesh)
 
 
 layer_norm.defvjp(_norm_forward, _norm_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def add_layer_norm(h, delta, scale, bias, eps: float, out_dtype, backward: str = "auto"):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def add_layer_norm(h, delta, scale, bias, eps: float, out_dtype, backward: str = "auto", mesh=None):
     """(h + delta, layer_norm(h + delta)): a pre-norm residual step whose backward is one pass."""
     s = h + delta
     return s, _statistics(s, scale, bias, eps, out_dtype)[0]
 
 
-def _add_forward(h, delta, scale, bias, eps, out_dtype, backward):
+def _add_forward(h, delta, scale, bias, eps, out_dtype, backward, mesh):
     s = h + delta
     y, mean, rstd = _statistics(s, scale, bias, eps, out_dtype)
     # two empty scalars carry h's and delta's dtypes, which their cotangents must have
     return (s, y), (s, scale, bias, mean, rstd, jnp.zeros((), h.dtype), jnp.zeros((), delta.dtype))
 
 
-def _add_backward(eps, out_dtype, backward, residuals, cotangents):
+def _add_backward(eps, out_dtype, backward, mesh, residuals, cotangents):
     s, scale, bias, mean, rstd, h_like, delta_like = residuals
     ds, dy = cotangents
-    dx, d_scale, d_bias = _input_grads(s, mean, rstd, scale, bias is not None, dy, ds, backward)
+    dx, d_scale, d_bias = _input_grads(s, mean, rstd, scale, bias is not None, dy, ds, backward, mesh)
     return dx.astype(h_like.dtype), dx.astype(delta_like.dtype), d_scale, d_bias
 
 

@@ -76,16 +76,16 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32), logical_axes=("norm",)) if config.norm_bias else None
         self.eps = config.norm_eps
         self.dtype = jnp.dtype(config.dtype)
-        self.backward = config.layer_norm_backward
+        self.backward, self.mesh = config.layer_norm_backward, config.mesh
 
     def __call__(self, x):
         bias = self.bias[...] if self.bias is not None else None
-        return layer_norm(x, self.scale[...], bias, self.eps, self.dtype, self.backward)
+        return layer_norm(x, self.scale[...], bias, self.eps, self.dtype, self.backward, self.mesh)
 
     def add(self, h, delta):
         """(h + delta, norm(h + delta)): the residual add that precedes this norm, fused with it."""
         bias = self.bias[...] if self.bias is not None else None
-        return add_layer_norm(h, delta, self.scale[...], bias, self.eps, self.dtype, self.backward)
+        return add_layer_norm(h, delta, self.scale[...], bias, self.eps, self.dtype, self.backward, self.mesh)
 
 
 class Embeddings(nnx.Module):
@@ -136,6 +136,7 @@ class Attention(nnx.Module):
         self.dropout = config.attention_dropout
         self.implementation = config.attn_implementation
         self.tf32x3 = config.tf32x3
+        self.mesh = config.mesh
 
     def __call__(self, x_BTD, segment_ids_BT, positions_BT, dropout_rng):
         B, T, _ = x_BTD.shape
@@ -143,7 +144,8 @@ class Attention(nnx.Module):
         cos, sin = rope_cos_sin(positions_BT, self.head_dim, self.theta)
         q_BTNH, k_BTNH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTNH, cos, sin)
         o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=self.window,
-                           implementation=self.implementation, tf32x3=self.tf32x3, dropout_rate=self.dropout,
+                           implementation=self.implementation, tf32x3=self.tf32x3, mesh=self.mesh,
+                           dropout_rate=self.dropout,
                            dropout_rng=_fold(dropout_rng, 0))
         return _dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
 
@@ -332,7 +334,7 @@ class ModernBertForMaskedLM(nnx.Module):
         embedding_VD, bias_V = self._decoder()
         labels = jnp.asarray(labels, jnp.int32)
         nll = decoder_nll(x.reshape(-1, x.shape[-1]), embedding_VD, bias_V, labels.reshape(-1),
-                          self.config.logsumexp)
+                          self.config.logsumexp, self.config.mesh)
         return nll.reshape(labels.shape)
 
 

@@ -20,12 +20,32 @@ from neobert_jax.data import DataError
 from neobert_jax.runtime import distributed, early_signals
 from neobert_jax.runtime.config import check_override_keys, load_config_file, split_config_arg
 from neobert_jax.runtime.runner import NonFiniteLossError
-from neobert_jax.runtime.model_init import apply_xla_flags
+from neobert_jax.runtime.resolved import xla_flags
 
 
 def one_line(error: BaseException) -> str:
     """The message of `error` on one line (library errors often wrap theirs)."""
     return " ".join(str(error).split())
+
+
+def set_xla_flags(precision: str, environ=None) -> bool:
+    """XLA_FLAGS for train.precision (`neobert_jax.runtime.resolved.xla_flags`, the value the run's record
+    holds), set once at process start: XLA reads them when JAX starts its backend. The one place that
+    writes XLA_FLAGS. -> whether they hold: a caller whose JAX backend has started already (a command
+    run in-process, as tests do) keeps the flags it started with, which its record then shows."""
+    from jax._src import xla_bridge
+
+    environ = os.environ if environ is None else environ
+    given = environ.get("XLA_FLAGS", "")
+    flags = xla_flags(precision, given)
+    if flags == given:
+        return True
+    if xla_bridge.backends_are_initialized():
+        logging.warning("train.precision=%s's XLA flags not applied: JAX's backend started before the command "
+                        "line could set them (XLA_FLAGS stays %r)", precision, given)
+        return False
+    environ["XLA_FLAGS"] = flags
+    return True
 
 
 def use_compilation_cache(config) -> None:
@@ -113,7 +133,7 @@ def run(train_fn: Callable, example_config: str, doc: str = "") -> None:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         if len(argv) > 1:
             sys.exit(f"error: unexpected arguments {argv[1:]}; settings go in --config.key=value")
-        apply_xla_flags(config.value.train.precision)  # before JAX starts its backend
+        set_xla_flags(config.value.train.precision)  # first: before anything starts JAX's backend
         use_compilation_cache(config.value)
         try:
             distributed.initialize(coordinator.value, num_processes.value, process_id.value)

@@ -157,6 +157,8 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         need(size == -1 or size > 0, f"mesh.{axis}", f"must be -1 or positive, got {size}")
+    need([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1, "mesh",
+         "at most one of data/fsdp/tensor may be -1")
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

@@ -9,7 +9,6 @@ which is also how a run continues at a longer `train.seq_len`.
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 from flax import nnx
@@ -41,24 +40,6 @@ def matmul_precision(precision: str) -> str:
     return {"tf32": "tensorfloat32", "bf16": "default"}[precision]
 
 
-def apply_xla_flags(precision: str, environ=None) -> None:
-    """Adds the XLA flags measured fastest for `precision` to XLA_FLAGS unless the user set them.
-
-    bf16, on an H200 with the student (docs/performance.md has the figures): cuBLAS for every
-    matmul instead of XLA's Triton GEMM fusions, and no dot merging: merging the q/k/v projections
-    forces a concatenation of their gradients before the weight-gradient matmul. The Triton flag
-    slows the 3-pass-TF32 fp32 path, so fp32 keeps XLA's defaults. Must run before JAX initializes its backend; other backends ignore it.
-    """
-    environ = os.environ if environ is None else environ
-    if precision != "bf16":
-        return
-    flags = environ.get("XLA_FLAGS", "")
-    for name, value in (("xla_gpu_enable_triton_gemm", "false"), ("xla_gpu_dot_merger_threshold_mb", "0")):
-        if name not in flags:
-            flags = f"{flags} --{name}={value}".strip()
-    environ["XLA_FLAGS"] = flags
-
-
 def padded_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
     return int(math.ceil(tokenizer_size / multiple) * multiple)
 
@@ -81,20 +62,22 @@ def _with_config_keys(model: ModernBertForMaskedLM, config, log) -> ModernBertFo
     return replaced
 
 
-def runtime_policy(config) -> dict:
+def runtime_policy(config, mesh) -> dict:
     """The ModernBertConfig runtime fields of a run, decided once: precision, attention backend,
     remat and the kernels' backends, whose "auto" is resolved here for this platform (the model's
-    config carries the choice to the run's record, neobert_jax.runtime.resolved)."""
+    config carries the choice to the run's record, neobert_jax.runtime.resolved), and the run's
+    `mesh`, over whose batch shards the kernels run."""
     m, platform = config.model, jax.default_backend()
     return dict(dtype=compute_dtype(config.train.precision), attn_implementation=m.attn_implementation,
                 remat=m.remat, layer_norm_backward=kernel_backend(m.layer_norm_backward, platform),
                 logsumexp=kernel_backend(m.logsumexp, platform),
-                tf32x3=matmul_precision(config.train.precision) == "TF32_TF32_F32_X3")
+                tf32x3=matmul_precision(config.train.precision) == "TF32_TF32_F32_X3", mesh=mesh)
 
 
-def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print):
-    """-> (model, newly initialized tensor names). Errors name the mismatching config key."""
-    runtime = runtime_policy(config)
+def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print, *, mesh=None):
+    """-> (model, newly initialized tensor names) for a run on `mesh`. Errors name the mismatching
+    config key."""
+    runtime = runtime_policy(config, mesh)
     if config.init_from:
         model, newly_initialized = load_pretrained(config.init_from, seed=config.seed, **runtime)
         loaded = model.config

@@ -46,7 +46,7 @@ def make_schedule(train_cfg, total_steps: int) -> optax.Schedule:
             [optax.constant_schedule(peak), optax.linear_schedule(peak, 0.0, decay)], [stable]
         )
     else:
-        raise ValueError(f"config.train.schedule: unknown schedule {name!r}")
+        raise AssertionError(f"train.schedule {name!r}: validate_training lets only SCHEDULES through")
     return optax.join_schedules([warmup_fn, main], [warmup])
 
 

@@ -17,7 +17,7 @@ import os
 import jax
 
 from neobert_jax.config import FULL, ModernBertConfig
-from neobert_jax.model.attention import choose_backend
+from neobert_jax.model.attention import choose_backend, runs_per_device
 from neobert_jax.runtime.model_init import matmul_precision
 
 
@@ -29,7 +29,9 @@ class Resolved:
     steps_per_call: int
     total_steps: int  # train.max_steps, or train.epochs x the data's steps per epoch
     matmul_precision: str  # jax's default matmul precision for train.precision on this platform
-    xla_flags: str  # XLA_FLAGS at setup (the command line adds train.precision's)
+    # XLA_FLAGS the backend started with: `xla_flags(train.precision, the environment's)`, which the command
+    # line sets once at process start (the one setting needed before JAX starts its backend)
+    xla_flags: str
     attention: dict  # layer kind ("global", "local") -> the attention backend it runs
     layer_norm_backward: str  # the LayerNorm backward kernel, model.layer_norm_backward's "auto" resolved
     logsumexp: str  # the MLM head's kernel, model.logsumexp's "auto" resolved
@@ -62,14 +64,33 @@ class Resolved:
         return json.dumps({**used, "resolved": dataclasses.asdict(self), "given": given}, indent=2)
 
 
+# XLA flags each train.precision adds (a flag the user set wins). bf16 on GPU: cuBLAS for every matmul
+# instead of XLA's Triton GEMM fusions, and no dot merging, which would concatenate the q/k/v projections'
+# gradients before their weight-gradient matmul; the Triton flag slows fp32's 3-pass-TF32 path, so fp32 keeps
+# XLA's defaults (docs/performance.md). Other backends ignore them.
+PRECISION_XLA_FLAGS = {"bf16": (("xla_gpu_enable_triton_gemm", "false"), ("xla_gpu_dot_merger_threshold_mb", "0"))}
+
+
+def xla_flags(precision: str, given: str) -> str:
+    """The XLA_FLAGS of a run at `precision` whose environment gives `given`: `given` plus the precision's
+    flags it does not name. A plain function of the config and the environment, because it must be
+    settled before JAX starts its backend, long before the rest of the record can be (which needs the
+    platform, the tokenizer and the data); the command line applies it (neobert_jax.runtime.cli)."""
+    flags = given
+    for name, value in PRECISION_XLA_FLAGS.get(precision, ()):
+        if name not in flags:
+            flags = f"{flags} --{name}={value}".strip()
+    return flags
+
+
 def attention_backends(model_config: ModernBertConfig) -> dict[str, str]:
     """The backend of each layer kind the model has: "auto" is `choose_backend` of what the trace
-    sees (the steps trace under the mesh, so per device), anything else runs as named."""
+    sees (per device where the model has the run's mesh), anything else runs as named."""
     kinds = {"global" if kind == FULL else "local" for kind in model_config.layer_types}
     name = model_config.attn_implementation
     return {kind: name if name != "auto" else choose_backend(
         jax.default_backend(), model_config.dtype == "float32", kind == "local",
-        tf32x3=model_config.tf32x3, per_device=True) for kind in sorted(kinds)}
+        tf32x3=model_config.tf32x3, per_device=runs_per_device(model_config.mesh)) for kind in sorted(kinds)}
 
 
 def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
@@ -77,7 +98,7 @@ def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_st
     """The record of a run whose model (with its runtime fields) is `model_config`."""
     precision = matmul_precision(config.train.precision)
     return Resolved(batch_size=batch_size, steps_per_call=steps_per_call, total_steps=total_steps,
-                    matmul_precision=precision, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                    matmul_precision=precision, xla_flags=os.environ.get("XLA_FLAGS", ""),  # as in effect
                     attention=attention_backends(model_config),
                     layer_norm_backward=model_config.layer_norm_backward, logsumexp=model_config.logsumexp,
                     model=dict(model or {}), row_shapes=row_shapes, labels=None if labels is None else list(labels))

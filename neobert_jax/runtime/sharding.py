@@ -8,7 +8,6 @@ split along `embed`), or tensor-parallel (mesh.tensor), in any combination.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -32,11 +31,11 @@ LOGICAL_RULES = {
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-    """Mesh over all devices with sizes from the config; one size may be -1 (the rest)."""
+    """Mesh over all devices with sizes from the config; one size may be -1 (the rest). The sizes
+    themselves are checked by validate (neobert_jax.runtime.config); here only what needs the devices."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = [mesh_cfg[axis] for axis in MESH_AXES]
-    if sizes.count(-1) > 1:
-        raise ValueError("config.mesh: at most one of data/fsdp/tensor may be -1")
+    assert sizes.count(-1) <= 1, "validate_training checks config.mesh"
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
@@ -85,17 +84,6 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param
         transform_non_params=lambda _: replicated(mesh),
         is_leaf=lambda x: isinstance(x, masked),
     )
-
-
-def traced_under(mesh: Mesh, fn):
-    """fn, traced with `mesh` as the context mesh: the model's kernels then run per device on
-    their share of the batch (model/shards.py) instead of on a gathered copy."""
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return fn(*args, **kwargs)
-
-    return wrapped
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
