@@ -94,7 +94,8 @@ class Table:
         for i, value in enumerate(self.column(name)):
             row = value if isinstance(value, (list, tuple)) else [value]
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in row) or not row:
-                shown = type(value).__name__ if row is value or not row else "a list with non-numbers"
+                shown = (type(value).__name__ if not isinstance(value, (list, tuple))
+                         else "a list with non-numbers" if value else "an empty list")
                 raise DataError(f"{self.location(i)}: column {name!r} holds {shown}, expected a number "
                                 "or a list of numbers")
             if not np.all(np.isfinite(row)):
