@@ -83,7 +83,7 @@ def test_bad_scores_are_one_line_naming_file_row_and_column(tmp_path, contrastiv
     elif case == "wrong count":
         for r in records:
             r["score"] = [0.5, 0.5]
-        message = "t.jsonl: 'score' give 2 score(s) per example; loss cosent with 2 text columns takes 1"
+        message = "t.jsonl: 'score': 2 score(s) per example, but loss cosent with 2 text columns takes 1"
     elif case == "no column":
         records = [{k: v for k, v in r.items() if k != "score"} for r in records]
         message = "loss cosent needs two text columns (sentence1, sentence2) and a score column, found no 'score'"

@@ -261,7 +261,7 @@ def read_scores(table: Table, names: list[str], loss: str, text_columns: int) ->
             raise DataError(f"{table.location(int(bad[0, 0]))}: column {names[bad[0, 1]]!r} holds a non-finite number")
     accepted = expected_scores(loss, text_columns)
     if scores.shape[1] not in accepted:
-        raise DataError(f"{table.path}: {', '.join(map(repr, names))} give {scores.shape[1]} score(s) per example; "
+        raise DataError(f"{table.path}: {', '.join(map(repr, names))}: {scores.shape[1]} score(s) per example, but "
                         f"loss {loss} with {text_columns} text columns takes "
                         f"{' or '.join(map(str, accepted))}")
     return scores
