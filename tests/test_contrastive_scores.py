@@ -206,3 +206,6 @@ def test_a_folder_of_beir_tasks_gives_a_row_each_and_the_mean(tmp_path, tiny_mod
     evaluate_embeddings.main([tiny_model_dir, "--retrieval", str(tmp_path / "nano"), "--seq-len", "32",
                               "--json", str(tmp_path / "plain.json")])
     assert json.load(open(tmp_path / "plain.json"))["mean_mrr@10"] == pytest.approx(1.0)
+    if importlib.util.find_spec("mteb") is None:  # the optional dependency: one line saying so
+        with pytest.raises(SystemExit, match="--mteb needs the mteb package"):
+            evaluate_embeddings.main([tiny_model_dir, "--mteb", "STS12"])
