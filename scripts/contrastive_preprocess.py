@@ -1,11 +1,13 @@
 """Tokenizes a contrastive training set once, into a folder `data.preprocessed_dir` reads directly.
 
     python scripts/contrastive_preprocess.py --train-files 'pairs/*.jsonl' --model runs/student/hf \
-        --output data/pairs-tokenized [--loss mnrl] [--columns anchor,positive] [--seq-len 256]
+        --output data/pairs-tokenized [--loss mnrl] [--columns anchor,positive] [--seq-len 256] \
+        [--query-prompt 'query: ' --document-prompt 'passage: ']
 
 The tokenizer is the one stored with --model (the model you will fine-tune); the run checks it is
 the same. Texts are cut to --seq-len tokens; a run may use a smaller train.seq_len, not a larger.
-The folder is written under a temporary name and renamed when complete.
+Prompts are prepended before tokenizing, so the run must set the same data.query_prompt and
+data.document_prompt (it checks). The folder is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 
 from neobert_jax.config import ModernBertConfig
-from neobert_jax.contrastive.columns import read_training_columns
+from neobert_jax.contrastive.columns import read_training_columns, with_prompts
 from neobert_jax.contrastive.config import LOSSES, as_list
 from neobert_jax.contrastive.tokenized import TextTokenizer, save_preprocessed, tokenize_columns
 from neobert_jax.data import DataError, load_tokenizer, sources
@@ -34,11 +36,13 @@ def preprocess(args: argparse.Namespace) -> tuple[dict, float]:
     dim = ModernBertConfig.from_json_file(os.path.join(args.model, "config.json")).hidden_size
     files = sources.resolve_files(args.train_files, what="--train-files")
     columns = read_training_columns(files, loss=args.loss, columns=as_list(args.columns),
-                                    label_column=args.label_column, vector_dim=dim)
-    data = tokenize_columns(columns, TextTokenizer(tokenizer, args.seq_len))
+                                    label_column=args.label_column, vector_dim=dim,
+                                    score_columns=as_list(args.score_columns))
+    prompts = (args.query_prompt, args.document_prompt)
+    data = tokenize_columns(with_prompts(columns, *prompts), TextTokenizer(tokenizer, args.seq_len))
     meta = save_preprocessed(args.output, data, tokenizer, loss=args.loss, seq_len=args.seq_len,
                              label_column=args.label_column, sources=sources.describe_files(files),
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, prompts=prompts)
     return meta, time.perf_counter() - start
 
 
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", default="mnrl", choices=LOSSES)
     parser.add_argument("--columns", default="", help="text columns in order; default: the files' own order")
     parser.add_argument("--label-column", default="label", help="mse: the teacher-vector column")
+    parser.add_argument("--score-columns", default="", help="cosent/margin_mse/distill_kl: the score column(s); "
+                        "default: score, else label")
+    parser.add_argument("--query-prompt", default="", help="prepended to the first text column")
+    parser.add_argument("--document-prompt", default="", help="prepended to the other text columns")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per text, [CLS] and [SEP] included")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)

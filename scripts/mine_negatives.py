@@ -7,7 +7,8 @@ contrastive trainer reads (docs/contrastive.md, "Hard negatives").
 MODEL: a sentence-transformers folder, an HF ModernBERT dir or a project checkpoint (the embedder
 the negatives are hard for; the starting model of the next run, or a finished one). The corpus the
 negatives come from is every distinct positive of --pairs, plus --corpus (a .txt file, one text per
-line, or .jsonl/.parquet with --corpus-column). Guards against false negatives (the anchor's own
+line, or .jsonl/.parquet with --corpus-column). Anchors and corpus texts get the model's query and
+document prompts (config_sentence_transformers.json) or --query-prompt/--document-prompt. Guards against false negatives (the anchor's own
 positives are never negatives; --skip-top, --max-score-ratio, --margin) are described in
 neobert_jax/contrastive/mining.py. --format triplet writes one (anchor, positive, negative) row per
 negative; n-tuple writes (anchor, positive, negative_1..N) and only for pairs with N negatives. Pairs
@@ -24,6 +25,7 @@ import sys
 from neobert_jax.contrastive.columns import open_table
 from neobert_jax.contrastive.mining import SAMPLING, MiningSettings, mine
 from neobert_jax.data import DataError
+from neobert_jax.hf.sentence_transformers import read_sentence_transformers_prompts
 
 FORMATS = ("triplet", "n-tuple")
 
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pooling", choices=("mean", "cls"), help="default: the folder's, else mean")
     p.add_argument("--seq-len", type=int, help="tokens per text; default: the folder's max_seq_length, else 512")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--query-prompt", help="put before anchors; default: the folder's 'query' prompt")
+    p.add_argument("--document-prompt", help="put before corpus texts; default: the folder's 'document' prompt")
     args = p.parse_args(argv)
     settings = MiningSettings(args.num_negatives, args.depth, args.skip_top, args.max_score_ratio, args.margin,
                               args.sampling, args.seed)
@@ -96,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
         encode, how = load_encoder(args.model, pooling=args.pooling, seq_len=args.seq_len,
                                    batch_size=args.batch_size)
-        mined = mine(anchors, positives, corpus, encode, settings)
+        own = read_sentence_transformers_prompts(args.model)
+        prompts = (own[0] if args.query_prompt is None else args.query_prompt,
+                   own[1] if args.document_prompt is None else args.document_prompt)
+        mined = mine(anchors, positives, corpus, encode, settings, prompts)
     except (DataError, OSError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

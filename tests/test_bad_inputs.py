@@ -20,7 +20,7 @@ from absl import flags
 
 from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
 from neobert_jax.classify.config import POOLINGS, PROBLEM_TYPES
-from neobert_jax.contrastive.config import LAYOUTS, LOSSES, POOLING_MODES, ROW_SHAPES
+from neobert_jax.contrastive.config import LAYOUTS, LOSSES, POOLING_MODES, ROW_SHAPES, SIMILARITIES
 from neobert_jax.data.packing import PACKING_METHODS
 from neobert_jax.mlm.task import train
 from neobert_jax.runtime.config import PRECISIONS, REMAT_POLICIES, SCHEDULES
@@ -354,6 +354,7 @@ ENUMERATED = [  # (cli, key, allowed values): every key that takes one of a list
     ("pretrain", "data.packing", PACKING_METHODS), ("contrastive", "model.attn_implementation", ATTENTION_BACKENDS),
     ("contrastive", "data.layout", LAYOUTS), ("contrastive", "data.row_shapes", ROW_SHAPES),
     ("contrastive", "loss.name", LOSSES), ("contrastive", "pooling.mode", POOLING_MODES),
+    ("contrastive", "loss.similarity", SIMILARITIES),
     ("finetune", "classifier.problem_type", PROBLEM_TYPES), ("finetune", "classifier.pooling", POOLINGS),
 ]
 

@@ -79,3 +79,27 @@ def test_reads_the_pooling_of_folders_saved_by_sentence_transformers(model, tmp_
     read = read_sentence_transformers_pooling(str(tmp_path / "resaved"))
     assert (read["pooling"], read["normalize"]) == ("cls", True)
     assert read_sentence_transformers_pooling(model_dir) is None
+
+
+def test_prompts_round_trip_through_the_export(model, tmp_path, contrastive_texts):
+    """encode(prompt_name="query") / encode_document of the folder equal our embeddings of the
+    prompted texts: the prompt's tokens are pooled (include_prompt), as in training."""
+    from sentence_transformers import SentenceTransformer
+
+    from neobert_jax.hf.sentence_transformers import read_sentence_transformers_prompts
+
+    model_dir, parts, params, text_tokenizer = model
+    st_dir = str(tmp_path / "st")
+    save_sentence_transformers_dir(parts.merge(params), st_dir, tokenizer_dir=model_dir, max_seq_length=SEQ_LEN,
+                                   prompts=("query: ", "passage: "))
+    assert read_sentence_transformers_prompts(st_dir) == ("query: ", "passage: ")
+    st = SentenceTransformer(st_dir, device="cpu")
+    embedder = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=sharding.make_mesh(base_config().mesh),
+                        batch_size=4)
+    for name, prompt in (("query", "query: "), ("document", "passage: ")):
+        theirs = st.encode(contrastive_texts, prompt_name=name, batch_size=4)
+        ours = embedder.encode(params, [prompt + t for t in contrastive_texts])
+        assert np.abs(ours - theirs).max() < 1e-4
+        assert np.abs(ours - embedder.encode(params, contrastive_texts)).max() > 1e-3  # the prompt changes them
+    np.testing.assert_allclose(st.encode_document(contrastive_texts[:2]),
+                               st.encode(contrastive_texts[:2], prompt_name="document"), atol=1e-6)

@@ -121,3 +121,88 @@ def test_retrieval_metrics_on_a_hand_made_ranking():
     deep = retrieval_metrics(top_k(queries, corpus, k=100), relevance)  # 12 documents: all of them ranked
     assert {k: deep[k] for k in metrics if k != "recall@100"} == {k: v for k, v in metrics.items() if k != "recall@100"}
     assert metrics["recall@100"] == pytest.approx((0.5 + 1.0) / 2) and deep["recall@100"] == 1.0
+
+
+# --- score losses (sentence-transformers' CoSENTLoss, MarginMSELoss, DistillKLDivLoss)
+
+def np_cos(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def np_cosent(emb_CBD, labels, scale):
+    """log(1 + sum over pairs with label_i > label_j of exp(scale * (cos_j - cos_i)))."""
+    cos = [np_cos(a, b) for a, b in zip(emb_CBD[0].astype(np.float64), emb_CBD[1].astype(np.float64))]
+    terms = [np.exp(scale * (cos[j] - cos[i])) for i in range(len(cos)) for j in range(len(cos))
+             if labels[i] > labels[j]]
+    return np.log(1 + sum(terms))
+
+
+def np_scores(emb_CBD, similarity):
+    """(B, C - 1): similarity of each query with each of its candidates."""
+    e = emb_CBD.astype(np.float64)
+    sim = np_cos if similarity == "cosine" else (lambda a, b: float(a @ b))
+    return np.array([[sim(e[0, b], e[c, b]) for c in range(1, len(e))] for b in range(e.shape[1])])
+
+
+def np_softmax(x):
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    return x / x.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("scale", [20.0, 2.0])
+def test_cosent_matches_numpy(emb_CBD, scale):
+    labels = np.array([0.5, 3.0, 3.0, 1.0, 4.5, 0.0], np.float32)  # ties give no pair
+    objective = losses.make_objective(loss_cfg("cosent", scale=scale), columns=2, normalize=True, dims=[], weights=[])
+    ours = float(objective(jnp.asarray(emb_CBD[:2].reshape(-1, 8)), jnp.asarray(labels[:, None])))
+    assert abs(ours - np_cosent(emb_CBD[:2], labels, scale)) < 1e-4 * max(1.0, ours)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_margin_mse_matches_numpy(emb_CBD, similarity):
+    cfg = loss_cfg("margin_mse")
+    cfg.similarity = similarity
+    objective = losses.make_objective(cfg, columns=3, normalize=False, dims=[], weights=[])
+    scores = np_scores(emb_CBD, similarity)  # (B, 2): positive, negative
+    margins = np.random.default_rng(4).normal(size=(6, 1)).astype(np.float32)
+    reference = np.mean((scores[:, :1] - scores[:, 1:] - margins) ** 2)
+    ours = float(objective(jnp.asarray(emb_CBD.reshape(-1, 8)), jnp.asarray(margins)))
+    assert abs(ours - reference) < 1e-4 * max(1.0, reference)
+    teacher = np.random.default_rng(5).normal(size=(6, 2)).astype(np.float32)  # scores of pos, neg: margin taken
+    reference = np.mean((scores[:, :1] - scores[:, 1:] - (teacher[:, :1] - teacher[:, 1:])) ** 2)
+    assert abs(float(objective(jnp.asarray(emb_CBD.reshape(-1, 8)), jnp.asarray(teacher))) - reference) < 1e-4 * max(1.0, reference)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_distill_kl_matches_numpy(emb_CBD, temperature):
+    cfg = loss_cfg("distill_kl")
+    cfg.temperature = temperature
+    objective = losses.make_objective(cfg, columns=3, normalize=True, dims=[], weights=[])
+    teacher = np.random.default_rng(6).normal(size=(6, 2)).astype(np.float32) * 3
+    student = np_scores(np_normalize(emb_CBD), "dot")
+    p, q = np_softmax(teacher / temperature), np_softmax(student / temperature)
+    reference = np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)) * temperature ** 2
+    ours = float(objective(jnp.asarray(emb_CBD.reshape(-1, 8)), jnp.asarray(teacher)))
+    assert abs(ours - reference) < 1e-5
+
+
+def test_score_losses_equal_sentence_transformers():
+    """The same embeddings and labels through sentence-transformers' own loss functions."""
+    import torch
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    rng = np.random.default_rng(7)
+    emb = rng.normal(size=(4, 5, 8)).astype(np.float32)
+    unit = np_normalize(emb)  # the output of a model with a Normalize module
+    labels = rng.normal(size=5).astype(np.float32)
+    scores = rng.normal(size=(5, 3)).astype(np.float32)
+    cases = [("cosent", st_losses.CoSENTLoss(None), 2, labels[:, None], labels),
+             ("margin_mse", st_losses.MarginMSELoss(None), 4, scores, scores),
+             ("distill_kl", st_losses.DistillKLDivLoss(None, temperature=2.0), 4, scores, scores)]
+    for name, st_loss, columns, ours_labels, st_labels in cases:
+        cfg = loss_cfg(name)
+        cfg.temperature = 2.0
+        objective = losses.make_objective(cfg, columns=columns, normalize=True, dims=[], weights=[])
+        ours = float(objective(jnp.asarray(emb[:columns].reshape(-1, 8)), jnp.asarray(ours_labels)))
+        theirs = float(st_loss.compute_loss_from_embeddings([torch.tensor(e) for e in unit[:columns]],
+                                                            torch.tensor(st_labels)))
+        assert abs(ours - theirs) < 1e-4 * max(1.0, abs(theirs)), name

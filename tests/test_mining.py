@@ -40,6 +40,15 @@ def test_guards_on_placed_embeddings():
     assert shallow.negatives == [[]]  # the two ranks looked at ("a", "p2") are both too close
     drawn = mine(["q"] * 50, ["p"] * 50, corpus, encode, MiningSettings(num_negatives=1, sampling="random"))
     assert {n[0] for n in drawn.negatives} == {2, 3, 4}  # any candidate, not only the best
+    seen = []
+
+    def prompted_encode(texts):
+        seen.extend(texts)
+        return encode([t[2:] for t in texts])
+
+    prompted = mine(["q"], ["p"], ["p", "a", "b"], prompted_encode, MiningSettings(max_score_ratio=2.0),
+                    prompts=("Q:", "D:"))
+    assert prompted.negatives == [[1]] and sorted(seen) == ["D:a", "D:b", "D:p", "Q:q"]
     with pytest.raises(ValueError, match="depth"):
         mine(["q"], ["p"], corpus, encode, MiningSettings(skip_top=5, depth=5))
 

@@ -2,7 +2,9 @@
 
 Training files hold one example per record: text columns in order (anchor, positive, negatives...)
 for the ranking losses, one text column for SimCSE, one text column plus a vector column
-(`label`) for MSE distillation. Columns are taken in the file's own order unless named. `.txt`
+(`label`) for MSE distillation, text columns plus a score column (`score` or `label`: a number or
+a list of numbers per example) for CoSENT, MarginMSE and listwise KL distillation, as
+sentence-transformers' trainer takes them. Columns are taken in the file's own order unless named. `.txt`
 files are single-text columns (one text per line). Every problem is a DataError naming the file,
 the line or row, and the column.
 """
@@ -24,14 +26,21 @@ _COLUMNS_WANTED = {
     "mnrl": "(anchor, positive[, negative, ...]) text columns",
     "simcse": "one text column",
     "mse": "one text column and a vector column (data.label_column)",
+    "cosent": "two text columns (sentence1, sentence2) and a score column",
+    "margin_mse": "(query, positive, negative[, negative, ...]) text columns and a margin/score column",
+    "distill_kl": "(query, candidate, candidate[, ...]) text columns and a teacher-score column",
 }
+SCORE_LOSSES = ("cosent", "margin_mse", "distill_kl")
+DEFAULT_SCORE_COLUMNS = ("score", "label")  # the first present, when data.score_columns is ""
 
 
 @dataclasses.dataclass
 class ColumnData:
     names: list[str]  # the text columns, in order (names of the first file)
     texts: list[list[str]]  # [column][example]
-    vectors: np.ndarray | None  # (examples, D) float32 teacher vectors (mse), else None
+    # (examples, D) float32 teacher vectors (mse) or (examples, K) scores (cosent, margin_mse,
+    # distill_kl): the step's per-example `targets`; None for the other losses
+    vectors: np.ndarray | None
 
 
 class Table:
@@ -78,6 +87,24 @@ class Table:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise DataError(f"{self.location(i)}: column {name!r} holds {type(value).__name__}, expected a number")
         return np.asarray(values, dtype=np.float64)
+
+    def scores(self, name: str) -> np.ndarray:
+        """(rows, K) float32 from a column of numbers (K = 1) or of lists of K numbers, all finite."""
+        out = []
+        for i, value in enumerate(self.column(name)):
+            row = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in row) or not row:
+                shown = (type(value).__name__ if not isinstance(value, (list, tuple))
+                         else "a list with non-numbers" if value else "an empty list")
+                raise DataError(f"{self.location(i)}: column {name!r} holds {shown}, expected a number "
+                                "or a list of numbers")
+            if not np.all(np.isfinite(row)):
+                raise DataError(f"{self.location(i)}: column {name!r} holds a non-finite number")
+            if out and len(row) != len(out[0]):
+                raise DataError(f"{self.location(i)}: column {name!r} has {len(row)} numbers, but the first "
+                                f"row has {len(out[0])}")
+            out.append(row)
+        return np.asarray(out, np.float32).reshape(len(self), -1)
 
     def vectors(self, name: str, dim: int) -> np.ndarray:
         """(rows, dim) float32; every row must be a list of `dim` numbers."""
@@ -168,8 +195,31 @@ def _jsonl_table(path: str) -> Table:
     return Table(path, names, records=records, line_numbers=lines)
 
 
+def score_columns_for(path: str, available: Sequence[str], loss: str, score_columns: Sequence[str]) -> list[str]:
+    """The number columns of a score loss ([] for the others), checked to exist."""
+    if loss not in SCORE_LOSSES:
+        return []
+    for name in score_columns:
+        if name not in available:
+            raise DataError(f"{path}: no column {name!r} (columns: {', '.join(available)}); see data.score_columns")
+    if score_columns:
+        return list(score_columns)
+    found = [name for name in DEFAULT_SCORE_COLUMNS if name in available][:1]
+    if not found:
+        raise DataError(f"{path}: loss {loss} needs {_COLUMNS_WANTED[loss]}, found no 'score' or 'label' column "
+                        f"(columns: {', '.join(available)}); name it with data.score_columns")
+    return found
+
+
+def expected_scores(loss: str, text_columns: int) -> tuple[int, ...]:
+    """Scores per example each score loss accepts: margin_mse takes margins (one per negative) or
+    the teacher's scores of the positive and every negative, as sentence-transformers does."""
+    return {"cosent": (1,), "margin_mse": (text_columns - 2, text_columns - 1),
+            "distill_kl": (text_columns - 1,)}[loss]
+
+
 def text_columns_for(path: str, available: Sequence[str], loss: str, columns: Sequence[str],
-                     label_column: str) -> list[str]:
+                     label_column: str, score_columns: Sequence[str] = ()) -> list[str]:
     """The text columns `loss` reads from a file with `available` columns, checked."""
     wanted = _COLUMNS_WANTED[loss]
     if loss == "mse" and label_column not in available:
@@ -181,7 +231,14 @@ def text_columns_for(path: str, available: Sequence[str], loss: str, columns: Se
                 raise DataError(f"{path}: no column {name!r} (columns: {', '.join(available)}); see data.columns")
         chosen = list(columns)
     else:
-        chosen = [name for name in available if not (loss == "mse" and name == label_column)]
+        chosen = [name for name in available if not (loss == "mse" and name == label_column)
+                  and name not in score_columns]
+    minimum = {"mnrl": 2, "cosent": 2, "margin_mse": 3, "distill_kl": 3}.get(loss, 1)
+    if loss == "cosent" and len(chosen) > 2:
+        raise DataError(f"{path}: loss cosent takes {wanted}, found {len(chosen)}: "
+                        f"{', '.join(map(repr, chosen))}; pick two with data.columns")
+    if loss in SCORE_LOSSES and len(chosen) < minimum:
+        raise DataError(f"{path}: loss {loss} needs {wanted}, found {', '.join(map(repr, chosen)) or 'none'}")
     if loss == "mnrl" and len(chosen) < 2:
         hint = "; a .txt file holds single texts: use loss simcse" if path.endswith(".txt") else ""
         raise DataError(f"{path}: loss mnrl needs {wanted}, found {', '.join(map(repr, chosen)) or 'none'}{hint}")
@@ -193,8 +250,34 @@ def text_columns_for(path: str, available: Sequence[str], loss: str, columns: Se
     return chosen
 
 
+def read_scores(table: Table, names: list[str], loss: str, text_columns: int) -> np.ndarray:
+    """(rows, K) float32 scores of a score loss: one column (numbers or lists) or several number columns."""
+    if len(names) == 1:
+        scores = table.scores(names[0])
+    else:  # each column one number per example
+        scores = np.stack([table.numbers(name) for name in names], axis=1).astype(np.float32)
+        bad = np.argwhere(~np.isfinite(scores))
+        if len(bad):
+            raise DataError(f"{table.location(int(bad[0, 0]))}: column {names[bad[0, 1]]!r} holds a non-finite number")
+    accepted = expected_scores(loss, text_columns)
+    if scores.shape[1] not in accepted:
+        raise DataError(f"{table.path}: {', '.join(map(repr, names))}: {scores.shape[1]} score(s) per example, but "
+                        f"loss {loss} with {text_columns} text columns takes "
+                        f"{' or '.join(map(str, accepted))}")
+    return scores
+
+
+def with_prompts(data: ColumnData, query_prompt: str, document_prompt: str) -> ColumnData:
+    """The first text column prefixed with the query prompt, the others with the document prompt,
+    as sentence-transformers prepends a prompt string before tokenizing."""
+    if not query_prompt and not document_prompt:
+        return data
+    texts = [[(query_prompt if k == 0 else document_prompt) + t for t in column] for k, column in enumerate(data.texts)]
+    return dataclasses.replace(data, texts=texts)
+
+
 def read_training_columns(files: Sequence[str], *, loss: str, columns: Sequence[str], label_column: str,
-                          vector_dim: int) -> ColumnData:
+                          vector_dim: int, score_columns: Sequence[str] = ()) -> ColumnData:
     """All examples of `files`, checked against what `loss` needs (`vector_dim`: the model's width)."""
     if not files:
         raise DataError("data.train_files: no files given")
@@ -203,7 +286,8 @@ def read_training_columns(files: Sequence[str], *, loss: str, columns: Sequence[
         table = open_table(path)
         if len(table) == 0:
             raise DataError(f"{path}: no records")
-        chosen = text_columns_for(path, table.names, loss, columns, label_column)
+        scored = score_columns_for(path, table.names, loss, score_columns)
+        chosen = text_columns_for(path, table.names, loss, columns, label_column, scored)
         if names is None:
             names, texts, first = chosen, [[] for _ in chosen], path
         elif len(chosen) != len(names):
@@ -213,4 +297,9 @@ def read_training_columns(files: Sequence[str], *, loss: str, columns: Sequence[
             column.extend(table.texts(name))
         if loss == "mse":
             vectors.append(table.vectors(label_column, vector_dim))
+        elif scored:
+            vectors.append(read_scores(table, scored, loss, len(chosen)))
+            if vectors[0].shape[1] != vectors[-1].shape[1]:
+                raise DataError(f"{path}: {vectors[-1].shape[1]} scores per example but {first} has "
+                                f"{vectors[0].shape[1]}")
     return ColumnData(names, texts, np.concatenate(vectors) if vectors else None)

@@ -14,7 +14,9 @@ import ml_collections
 
 from neobert_jax.runtime.config import DROPOUTS, base_config, validate_training
 
-LOSSES = ("mnrl", "simcse", "mse")
+LOSSES = ("mnrl", "simcse", "mse", "cosent", "margin_mse", "distill_kl")
+SCORE_LOSSES = ("cosent", "margin_mse", "distill_kl")  # losses with a per-example score column
+SIMILARITIES = ("dot", "cosine")
 LAYOUTS = ("pack", "bucket")
 ROW_SHAPES = ("auto", "one", "ladder")
 POOLING_MODES = ("mean", "cls")
@@ -34,6 +36,14 @@ def contrastive_config() -> ml_collections.ConfigDict:
         "preprocessed_dir": "",  # scripts/contrastive_preprocess.py output; used instead of train_files
         "columns": files(),  # text columns in order ("anchor,positive,negative"); "" = the files' own order
         "label_column": "label",  # mse: the teacher vector of each text
+        # cosent / margin_mse / distill_kl: the number column(s); "" = "score", else "label" (the
+        # names sentence-transformers' trainer takes as labels). One column may hold a list of numbers.
+        "score_columns": files(),
+        # prepended to the first text column (anchor / query / sentence1) and to the others
+        # (positive, negatives) in training, to queries and documents in evaluation, and written as
+        # the export's prompts "query" and "document" (SentenceTransformer.encode(prompt_name=...)).
+        "query_prompt": "",
+        "document_prompt": "",
         "layout": "pack",  # pack: several texts per row (segment ids); bucket: one text per row, padded
         "max_texts_per_row": 32,  # pack: segments per row (bounds the pooling work)
         # one: every step padded to the run's largest (one compilation); ladder: each step rounded up
@@ -43,8 +53,13 @@ def contrastive_config() -> ml_collections.ConfigDict:
     })
 
     c.loss = ml_collections.ConfigDict({
-        "name": "mnrl",  # mnrl (InfoNCE, in-batch + hard negatives) | simcse (one text column) | mse (teacher vectors)
-        "scale": 20.0,  # mnrl/simcse: cosine similarities are multiplied by this (1 / temperature)
+        # mnrl (InfoNCE, in-batch + hard negatives) | simcse (one text column) | mse (teacher vectors) |
+        # cosent (pairs + a score) | margin_mse (query, pos, negs + teacher margins) | distill_kl (query,
+        # candidates + teacher scores): sentence-transformers' losses of the same names
+        "name": "mnrl",
+        "scale": 20.0,  # mnrl/simcse/cosent: cosine similarities are multiplied by this (1 / temperature)
+        "similarity": "dot",  # margin_mse/distill_kl: dot (of the output, unit when pooling.normalize) | cosine
+        "temperature": 1.0,  # distill_kl: student and teacher scores are divided by it; the loss times its square
         "symmetric": False,  # mnrl/simcse: also rank the anchors for each positive, average both directions
         "matryoshka_dims": files(),  # e.g. "384,256,128,64": the loss is summed over these prefixes
         "matryoshka_weights": files(),  # one per dim; "" = all 1
@@ -104,6 +119,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.row_shapes in ROW_SHAPES, "data.row_shapes", f"{config.data.row_shapes!r} is not one of {ROW_SHAPES}")
     need(config.loss.name in LOSSES, "loss.name", f"{config.loss.name!r} is not one of {LOSSES}")
     need(config.loss.scale > 0, "loss.scale", "must be positive")
+    need(config.loss.similarity in SIMILARITIES, "loss.similarity",
+         f"{config.loss.similarity!r} is not one of {SIMILARITIES}")
+    need(config.loss.temperature > 0, "loss.temperature", "must be positive")
     need(config.pooling.mode in POOLING_MODES, "pooling.mode", f"{config.pooling.mode!r} is not one of {POOLING_MODES}")
     need(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
     has_eval = bool(as_list(config.eval.sts_files) or as_list(config.eval.retrieval_dirs))
@@ -116,6 +134,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.loss.name == "simcse":
         need(any(config.model[k] > 0 for k in DROPOUTS), "loss.name",
              "simcse uses dropout as its only noise: set model.attention_dropout (or another *_dropout) > 0, e.g. 0.1")
+
+
+def prompts(data_cfg) -> tuple[str, str]:
+    """(query prompt, document prompt) of the data section."""
+    return str(data_cfg.query_prompt), str(data_cfg.document_prompt)
 
 
 def dropout_overrides(config) -> dict[str, float]:

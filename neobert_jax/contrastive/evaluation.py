@@ -6,7 +6,10 @@ during a run and any exported model through sentence-transformers (scripts/bench
 STS files: .jsonl / .parquet / datasets folders with `sentence1`, `sentence2`, `score` (STS-B's
 columns). Retrieval folders, BEIR's layout: `corpus.jsonl` (`_id`, `text`, optional `title`),
 `queries.jsonl` (`_id`, `text`), `qrels.tsv` or `qrels/test.tsv` (query-id, corpus-id, score with a
-header line; score > 0 = relevant, graded). Only queries with a relevant document are scored.
+header line; score > 0 = relevant, graded). Only queries with a relevant document are scored. A
+folder without corpus.jsonl whose subfolders are BEIR folders (NanoBEIR's shape) stands for them all.
+Prompts: queries and sentence1 get the query prompt, documents and sentence2 the document prompt,
+as the training's first and other text columns do.
 """
 
 from __future__ import annotations
@@ -102,9 +105,24 @@ def load_retrieval(directory: str) -> RetrievalSet:
                         [relevance[q] for q in judged])
 
 
+def expand_retrieval_dirs(directories) -> list[str]:
+    """Each folder itself when it holds corpus.jsonl, else its subfolders that do (sorted)."""
+    out = []
+    for directory in as_list(directories):
+        if os.path.isfile(os.path.join(directory, "corpus.jsonl")) or not os.path.isdir(directory):
+            out.append(directory)  # load_retrieval names what is missing
+            continue
+        tasks = sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                       if os.path.isfile(os.path.join(directory, name, "corpus.jsonl")))
+        if not tasks:
+            raise DataError(f"{directory}: no corpus.jsonl, nor subfolders with one (BEIR layout)")
+        out.extend(tasks)
+    return out
+
+
 def load_eval_sets(sts_files, retrieval_dirs) -> tuple[list[StsSet], list[RetrievalSet]]:
     sts_files = sources.resolve_files(sts_files, what="eval.sts_files")
-    return [load_sts(p) for p in sts_files], [load_retrieval(d) for d in as_list(retrieval_dirs)]
+    return [load_sts(p) for p in sts_files], [load_retrieval(d) for d in expand_retrieval_dirs(retrieval_dirs)]
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -153,14 +171,32 @@ def retrieval_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) 
 
 
 def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
-             retrieval_sets: list[RetrievalSet]) -> dict[str, float]:
+             retrieval_sets: list[RetrievalSet], query_prompt: str = "", document_prompt: str = "") -> dict[str, float]:
     """{"<set>_spearman" | "<set>_ndcg@10" | ...: value}; `encode` gives unit vectors."""
     results = {}
+
+    def encode_with(prompt, texts):
+        return encode([prompt + t for t in texts] if prompt else texts)
+
     for s in sts_sets:
-        a, b = encode(s.sentence1), encode(s.sentence2)
+        a, b = encode_with(query_prompt, s.sentence1), encode_with(document_prompt, s.sentence2)
         results[f"{s.name}_spearman"] = spearman(np.sum(a * b, axis=1), s.scores)
     for r in retrieval_sets:
-        ranked = top_k(encode(r.queries), encode(r.corpus), k=RECALL_DEPTH)
+        ranked = top_k(encode_with(query_prompt, r.queries), encode_with(document_prompt, r.corpus), k=RECALL_DEPTH)
         metrics = retrieval_metrics(ranked, r.relevance)
         results.update({f"{r.name}_{metric}": value for metric, value in metrics.items()})
     return results
+
+
+RETRIEVAL_METRICS = (f"ndcg@{K}", f"recall@{K}", f"mrr@{K}", f"recall@{RECALL_DEPTH}")
+
+
+def retrieval_table(results: dict[str, float], names: list[str]) -> tuple[str, dict[str, float]]:
+    """One row per retrieval set and their mean -> (the table, {"mean_<metric>": value})."""
+    means = {f"mean_{m}": float(np.mean([results[f"{n}_{m}"] for n in names])) for m in RETRIEVAL_METRICS}
+    width = max(len(n) for n in [*names, "mean"])
+    lines = [f"{'task':<{width}}  " + "  ".join(f"{m:>10}" for m in RETRIEVAL_METRICS)]
+    for name, values in [*((n, [results[f"{n}_{m}"] for m in RETRIEVAL_METRICS]) for n in names),
+                         ("mean", list(means.values()))]:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>10.4f}" for v in values))
+    return "\n".join(lines), means

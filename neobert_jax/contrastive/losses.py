@@ -44,14 +44,52 @@ def mse_loss(emb_BD, target_BD):
     return jnp.mean(jnp.square(emb_BD - target_BD))
 
 
+def pairwise_scores(a_BD, b_BD, similarity: str):
+    """(B,) similarity of row b of `a` with row b of `b`: dot (sentence-transformers' default for
+    MarginMSE and DistillKLDiv, on the model's output) or cosine."""
+    if similarity == "cosine":
+        a_BD, b_BD = l2_normalize(a_BD), l2_normalize(b_BD)
+    return jnp.einsum("bd,bd->b", a_BD, b_BD, precision=_HIGHEST)
+
+
+def cosent_loss(emb_CBD, labels_B, scale: float):
+    """CoSENT: log(1 + sum over pairs (i, j) with label_i > label_j of exp(scale * (cos_j - cos_i)))."""
+    scores_B = scale * pairwise_scores(emb_CBD[0], emb_CBD[1], "cosine")
+    diff_BB = scores_B[None, :] - scores_B[:, None]  # [i, j] = s_j - s_i
+    diff_BB = jnp.where(labels_B[:, None] > labels_B[None, :], diff_BB, -jnp.inf)
+    return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1), diff_BB.reshape(-1)]))
+
+
+def margin_mse_loss(emb_CBD, labels_BK, similarity: str):
+    """MarginMSE: MSE between sim(q, pos) - sim(q, neg_k) and the teacher's margins, given as K =
+    negatives margins or as K = negatives + 1 teacher scores (positive first)."""
+    negatives = emb_CBD.shape[0] - 2
+    if labels_BK.shape[1] == negatives + 1:
+        labels_BK = labels_BK[:, :1] - labels_BK[:, 1:]
+    positive_B = pairwise_scores(emb_CBD[0], emb_CBD[1], similarity)
+    margins_BK = jnp.stack([positive_B - pairwise_scores(emb_CBD[0], e, similarity) for e in emb_CBD[2:]], axis=1)
+    return jnp.mean(jnp.square(margins_BK - labels_BK))
+
+
+def distill_kl_loss(emb_CBD, teacher_BK, similarity: str, temperature: float):
+    """KL(teacher || student) of the softmax over each query's K candidates, both scores divided by
+    the temperature, the batch mean times temperature² (torch KLDivLoss "batchmean")."""
+    student_BK = jnp.stack([pairwise_scores(emb_CBD[0], e, similarity) for e in emb_CBD[1:]], axis=1)
+    log_student = jax.nn.log_softmax(student_BK / temperature, axis=1)
+    log_teacher = jax.nn.log_softmax(teacher_BK / temperature, axis=1)
+    kl_B = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=1)
+    return jnp.mean(kl_B) * temperature ** 2
+
+
 def make_objective(loss_cfg, *, columns: int, normalize: bool, dims: list[int], weights: list[float]):
-    """(emb_ND in step-text order, targets_BD or None) -> scalar loss.
+    """(emb_ND in step-text order, targets_BD (vectors or scores) or None) -> scalar loss.
 
     Embeddings are L2-normalized first when the exported model normalizes (so MSE compares what
     users will get). Matryoshka: the loss is the weighted sum over the leading `dims` of each
     embedding; ranking losses renormalize each prefix through the cosine, MSE cuts the targets too.
     """
     name, scale, symmetric = loss_cfg.name, float(loss_cfg.scale), bool(loss_cfg.symmetric)
+    similarity, temperature = loss_cfg.get("similarity", "dot"), float(loss_cfg.get("temperature", 1.0))
 
     def objective(emb_ND, targets_BD=None):
         emb_CBD = emb_ND.reshape(columns, emb_ND.shape[0] // columns, emb_ND.shape[-1])
@@ -61,6 +99,12 @@ def make_objective(loss_cfg, *, columns: int, normalize: bool, dims: list[int], 
         for dim, weight in zip(dims or [emb_ND.shape[-1]], weights or [1.0]):
             if name == "mse":
                 total += weight * mse_loss(emb_CBD[0, :, :dim], targets_BD[:, :dim])
+            elif name == "cosent":
+                total += weight * cosent_loss(emb_CBD[..., :dim], targets_BD[:, 0], scale)
+            elif name == "margin_mse":
+                total += weight * margin_mse_loss(emb_CBD[..., :dim], targets_BD, similarity)
+            elif name == "distill_kl":
+                total += weight * distill_kl_loss(emb_CBD[..., :dim], targets_BD, similarity, temperature)
             else:
                 total += weight * ranking_loss(emb_CBD[..., :dim], scale, symmetric)
         return total

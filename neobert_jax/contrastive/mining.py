@@ -56,9 +56,12 @@ class Mined:
 
 
 def mine(anchors: Sequence[str], positives: Sequence[str], corpus: Sequence[str],
-         encode: Callable[[list[str]], np.ndarray], settings: MiningSettings) -> Mined:
-    """Negatives from `corpus` (unique texts) for each pair; `encode` gives unit vectors."""
+         encode: Callable[[list[str]], np.ndarray], settings: MiningSettings,
+         prompts: tuple[str, str] = ("", "")) -> Mined:
+    """Negatives from `corpus` (unique texts) for each pair; `encode` gives unit vectors; `prompts`:
+    (query prompt, document prompt) put before anchors and before corpus texts, as the model was trained."""
     settings.check()
+    query_prompt, document_prompt = prompts
     index = {text: i for i, text in enumerate(corpus)}
     excluded: dict[str, set[int]] = {}
     for anchor, positive in zip(anchors, positives):
@@ -67,10 +70,10 @@ def mine(anchors: Sequence[str], positives: Sequence[str], corpus: Sequence[str]
             taboo.add(index[positive])
     unique_anchors = list(excluded)
     anchor_row = {text: i for i, text in enumerate(unique_anchors)}
-    anchor_QD = encode(unique_anchors)
-    corpus_CD = encode(list(corpus))
+    anchor_QD = encode([query_prompt + text for text in unique_anchors])
+    corpus_CD = encode([document_prompt + text for text in corpus])
     missing = [p for p in dict.fromkeys(positives) if p not in index]
-    extra_PD = encode(missing) if missing else None
+    extra_PD = encode([document_prompt + text for text in missing]) if missing else None
     extra_row = {text: i for i, text in enumerate(missing)}
     widest = max(len(t) for t in excluded.values())
     ranked_QK = top_k(anchor_QD, corpus_CD, settings.depth + widest)

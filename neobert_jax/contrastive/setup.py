@@ -15,8 +15,8 @@ import optax
 from flax import nnx
 
 from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
-from neobert_jax.contrastive.columns import read_training_columns
-from neobert_jax.contrastive.config import BEST_METRIC, as_list, dropout_overrides, matryoshka
+from neobert_jax.contrastive.columns import read_training_columns, with_prompts
+from neobert_jax.contrastive.config import BEST_METRIC, as_list, dropout_overrides, matryoshka, prompts
 from neobert_jax.contrastive.evaluation import RetrievalSet, StsSet, load_eval_sets
 from neobert_jax.contrastive.losses import make_objective
 from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, tokenize_columns
@@ -77,12 +77,12 @@ def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
     d, loss = config.data, config.loss.name
     if d.preprocessed_dir:
         data = load_preprocessed(d.preprocessed_dir, tokenizer, loss=loss, seq_len=config.train.seq_len,
-                                 vector_dim=dim)
+                                 vector_dim=dim, prompts=prompts(d))
     else:
         files = sources.resolve_files(d.train_files, what="data.train_files")
         columns = read_training_columns(files, loss=loss, columns=as_list(d.columns), label_column=d.label_column,
-                                        vector_dim=dim)
-        data = tokenize_columns(columns, text_tokenizer)
+                                        vector_dim=dim, score_columns=as_list(d.score_columns))
+        data = tokenize_columns(with_prompts(columns, *prompts(d)), text_tokenizer)
     tokens = sum(len(ids) for ids in data.ids)
     log(f"data: {data.num_examples} examples, text columns {data.names}, {tokens} body tokens "
         f"({tokens / max(1, data.num_examples * len(data.names)):.1f} per text)")

@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from neobert_jax.contrastive.config import BEST_METRIC, validate
+from neobert_jax.contrastive.config import BEST_METRIC, prompts, validate
 from neobert_jax.contrastive.embedder import Embedder
 from neobert_jax.contrastive.evaluation import evaluate
 from neobert_jax.contrastive.setup import ContrastiveSetup, setup_contrastive
@@ -91,7 +91,8 @@ class ContrastiveTask:
         """The evaluation sets' metrics, keyed `eval_<set>_<metric>` for metrics.jsonl / TensorBoard,
         and their mean, which ranks checkpoints for train.keep_best_checkpoint."""
         s = self.setup
-        results = evaluate(lambda texts: self.embedder.encode(params, texts), s.sts_sets, s.retrieval_sets)
+        results = evaluate(lambda texts: self.embedder.encode(params, texts), s.sts_sets, s.retrieval_sets,
+                           *prompts(self.config.data))
         return {EVAL_PREFIX + k: v for k, v in results.items()}, {BEST_METRIC: float(np.mean(list(results.values())))}
 
     def final_scores(self, params) -> dict:
@@ -105,7 +106,7 @@ class ContrastiveTask:
             save_sentence_transformers_dir(
                 self.setup.parts.merge(host_params), out_dir, tokenizer_dir=self.setup.tokenizer_dir,
                 pooling=self.config.pooling.mode, normalize=self.config.pooling.normalize,
-                max_seq_length=self.config.train.seq_len, overwrite=True)
+                max_seq_length=self.config.train.seq_len, prompts=prompts(self.config.data), overwrite=True)
         return out_dir
 
     def closing_lines(self, train_loss, recent_steps: int, first_eval, last_eval) -> list[str]:

@@ -28,7 +28,7 @@ class TokenizedColumns:
     names: list[str]
     ids: list[np.ndarray]  # per column: body ids of every text, concatenated
     offsets: list[np.ndarray]  # per column: (examples + 1,) int64 starts
-    vectors: np.ndarray | None  # (examples, D) float32 for mse
+    vectors: np.ndarray | None  # (examples, D) float32 teacher vectors (mse) or (examples, K) scores
 
     @property
     def num_examples(self) -> int:
@@ -73,10 +73,11 @@ def tokenize_columns(data: ColumnData, text_tokenizer: TextTokenizer) -> Tokeniz
 
 
 def save_preprocessed(out_dir: str, data: TokenizedColumns, tokenizer, *, loss: str, seq_len: int,
-                      label_column: str, sources: list, overwrite: bool = False) -> dict:
+                      label_column: str, sources: list, overwrite: bool = False,
+                      prompts: tuple[str, str] = ("", "")) -> dict:
     meta = {
         "format": FORMAT, "loss": loss, "columns": data.names, "label_column": label_column if loss == "mse" else None,
-        "seq_len": seq_len, "examples": data.num_examples, "tokenizer": vocab_fingerprint(tokenizer),
+        "prompts": list(prompts), "seq_len": seq_len, "examples": data.num_examples, "tokenizer": vocab_fingerprint(tokenizer),
         "tokens": int(sum(len(ids) for ids in data.ids)), "sources": sources,
     }
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
@@ -91,7 +92,8 @@ def save_preprocessed(out_dir: str, data: TokenizedColumns, tokenizer, *, loss: 
     return meta
 
 
-def load_preprocessed(directory: str, tokenizer, *, loss: str, seq_len: int, vector_dim: int) -> TokenizedColumns:
+def load_preprocessed(directory: str, tokenizer, *, loss: str, seq_len: int, vector_dim: int,
+                      prompts: tuple[str, str] = ("", "")) -> TokenizedColumns:
     """Memory-maps a preprocessed folder after checking it fits this run (tokenizer, loss, lengths)."""
     try:
         with open(os.path.join(directory, META_FILE)) as f:
@@ -109,13 +111,17 @@ def load_preprocessed(directory: str, tokenizer, *, loss: str, seq_len: int, vec
     if seq_len > meta["seq_len"]:
         raise DataError(f"{directory} holds texts cut to {meta['seq_len']} tokens; train.seq_len={seq_len} would not "
                         "see more of them: lower train.seq_len or preprocess again with a larger --seq-len")
+    if tuple(meta.get("prompts", ("", ""))) != tuple(prompts):
+        raise DataError(f"{directory} was tokenized with prompts (query, document) {tuple(meta.get('prompts', ('', '')))}"
+                        f", this run's data.query_prompt/document_prompt are {tuple(prompts)}; preprocess again "
+                        "with --query-prompt/--document-prompt")
     columns = range(len(meta["columns"]))
     ids = [np.load(os.path.join(directory, f"column-{i}.ids.npy"), mmap_mode="r") for i in columns]
     offsets = [np.load(os.path.join(directory, f"column-{i}.offsets.npy")) for i in columns]
     vectors = None
-    if loss == "mse":
+    if os.path.isfile(os.path.join(directory, "vectors.npy")):  # mse's vectors, the score losses' scores
         vectors = np.load(os.path.join(directory, "vectors.npy"), mmap_mode="r")
-        if vectors.shape[1] != vector_dim:
+        if loss == "mse" and vectors.shape[1] != vector_dim:
             raise DataError(f"{directory}: column {meta['label_column']!r} holds {vectors.shape[1]}-number vectors, "
                             f"but the model's embeddings have {vector_dim}")
     return TokenizedColumns(meta["columns"], ids, offsets, vectors)

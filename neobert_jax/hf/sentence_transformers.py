@@ -3,7 +3,9 @@
 The folder is the bare encoder (`ModernBertModel`, as sentence-transformers saves it) with its
 tokenizer at the top level, then `1_Pooling` and, when embeddings are unit vectors,
 `2_Normalize`. The module files use the long-standing format (`sentence_transformers.models.*`,
-`pooling_mode_*_tokens`), which sentence-transformers 2.x to 6.x all load.
+`pooling_mode_*_tokens`), which sentence-transformers 2.x to 6.x all load. The training prompts
+become the folder's prompts "query" and "document" (the names `encode_query` / `encode_document`
+use); the pooling includes the prompt's tokens (`include_prompt`), as the training's pooling did.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ POOLING_DIR = "1_Pooling"
 NORMALIZE_DIR = "2_Normalize"
 POOLING_MODES = ("mean", "cls")
 _POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
+PROMPT_NAMES = ("query", "document")
+_DOCUMENT_ALIASES = ("document", "passage", "corpus")  # what sentence-transformers' encode_document looks for
 _ALL_POOLING_KEYS = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                      "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
 
@@ -32,8 +36,9 @@ def _write_json(path: str, content) -> None:
 
 def save_sentence_transformers_dir(model, out_dir: str, *, tokenizer_dir: str | None, pooling: str = "mean",
                                    normalize: bool = True, max_seq_length: int = 512,
-                                   overwrite: bool = False) -> None:
-    """`SentenceTransformer(out_dir).encode(texts)` then gives this model's pooled embeddings."""
+                                   prompts: tuple[str, str] = ("", ""), overwrite: bool = False) -> None:
+    """`SentenceTransformer(out_dir).encode(texts)` then gives this model's pooled embeddings, and
+    `encode(texts, prompt_name="query")` those of query_prompt + text (`prompts`: query, document)."""
     from safetensors.numpy import save_file
 
     if pooling not in POOLING_MODES:
@@ -58,7 +63,8 @@ def save_sentence_transformers_dir(model, out_dir: str, *, tokenizer_dir: str | 
         _write_json(os.path.join(tmp, "sentence_bert_config.json"), {"max_seq_length": max_seq_length,
                                                                      "do_lower_case": False})
         _write_json(os.path.join(tmp, "config_sentence_transformers.json"),
-                    {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+                    {"prompts": {name: p for name, p in zip(PROMPT_NAMES, prompts) if p},
+                     "default_prompt_name": None, "similarity_fn_name": "cosine"})
         os.makedirs(os.path.join(tmp, POOLING_DIR))
         _write_json(os.path.join(tmp, POOLING_DIR, "config.json"), pooling_config)
         if normalize:
@@ -92,3 +98,14 @@ def read_sentence_transformers_pooling(model_dir: str) -> dict | None:
         with open(bert_config) as f:
             max_seq_length = json.load(f).get("max_seq_length")
     return {"pooling": mode, "normalize": kinds[2:] == ["Normalize"], "max_seq_length": max_seq_length}
+
+
+def read_sentence_transformers_prompts(model_dir: str) -> tuple[str, str]:
+    """(query prompt, document prompt) of a sentence-transformers folder; "" where it has none."""
+    path = os.path.join(model_dir, "config_sentence_transformers.json")
+    if not os.path.isfile(path):
+        return "", ""
+    with open(path) as f:
+        found = json.load(f).get("prompts") or {}
+    document = next((found[name] for name in _DOCUMENT_ALIASES if name in found), "")
+    return found.get("query", ""), document
