@@ -175,7 +175,11 @@ def main(argv=None) -> int:
     if args.make_builtin:
         from neobert_jax.data.builtin_glue import write_builtin_tasks
 
-        counts = write_builtin_tasks(args.make_builtin, overwrite=args.overwrite)
+        try:
+            counts = write_builtin_tasks(args.make_builtin, overwrite=args.overwrite)
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         for task, sides in counts.items():
             print(f"{os.path.join(args.make_builtin, task)}: {sides['train']} train, {sides['dev']} dev")
         return 0

@@ -104,6 +104,9 @@ def test_builtin_tasks_share_no_package_and_run(glue_dir, tmp_path, capsys):
         assert json.load(open(tmp_path / "builtin" / task / "task.json"))["train"] == "train.jsonl"
     family = [json.loads(line) for line in open(tmp_path / "builtin" / "stdlib-family" / "dev.jsonl")]
     assert {r["label"] for r in family} == set(builtin_glue.FAMILIES)
+    assert builtin_glue.write_builtin_tasks(str(tmp_path / "again")) == counts  # sorted and seeded
+    assert open(tmp_path / "again" / "stdlib-pair" / "dev.jsonl").read() == \
+        open(tmp_path / "builtin" / "stdlib-pair" / "dev.jsonl").read()
     tagged = json.loads(open(tmp_path / "builtin" / "py-identifiers" / "train.jsonl").readline())
     assert len(tagged["tokens"]) == len(tagged["tags"]) and set(tagged["tags"]) <= {"O", "B-MOD", "B-CLASS", "B-FUNC"}
 
