@@ -210,8 +210,9 @@ def main(argv=None) -> int:
         for seed in seeds:
             row = run_one(task, seed, args, overrides)
             rows.append(row)
-            print(f"glue: {task.name} seed {seed}: {row['status']}" + (f" ({row['error']})" if "error" in row else ""),
-                  file=sys.stderr, flush=True)
+            said = row["error"] if row["status"] == "skipped" else row["status"] + (f" ({row['error']})"
+                                                                                  if "error" in row else "")
+            print(f"glue: {task.name} seed {seed}: {said}", file=sys.stderr, flush=True)
             if row["status"] == "stopped":
                 break
         if rows and rows[-1]["status"] == "stopped":
