@@ -37,7 +37,7 @@ def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _summary(node) -> str | None:
+def summary(node) -> str | None:
     """The docstring's first paragraph on one line, if it is a sentence or more."""
     doc = ast.get_docstring(node)
     if not doc:
@@ -65,25 +65,31 @@ def _pairs_of_file(path: pathlib.Path, module: str):
     functions = (ast.FunctionDef, ast.AsyncFunctionDef)
     for node in tree.body:
         if isinstance(node, functions) and not node.name.startswith("_"):
-            if doc := _summary(node):
+            if doc := summary(node):
                 yield f"{module}.{node.name}({_signature(node, False)})", doc
         elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
             for child in node.body:
-                if isinstance(child, functions) and not child.name.startswith("_") and (doc := _summary(child)):
+                if isinstance(child, functions) and not child.name.startswith("_") and (doc := summary(child)):
                     yield f"{module}.{node.name}.{child.name}({_signature(child, True)})", doc
 
 
-def stdlib_pairs() -> list[tuple[str, str, str]]:
-    """(top-level package, query, docstring) of every public documented function, in path order."""
+def stdlib_files():
+    """(module name, path) of the interpreter's public stdlib .py files, in sorted path order
+    (tests, IDLE and site-packages left out)."""
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    found = []
     for folder, subfolders, files in os.walk(root):  # top-down, in sorted order
         subfolders[:] = sorted(name for name in subfolders if name not in _SKIPPED_DIRS)
         for name in sorted(files):
             if name.endswith(".py") and not name.startswith("_"):
                 path = pathlib.Path(folder, name)
-                module = _module_name(path, root)
-                found += [(module.split(".")[0], q, d) for q, d in _pairs_of_file(path, module)]
+                yield _module_name(path, root), path
+
+
+def stdlib_pairs() -> list[tuple[str, str, str]]:
+    """(top-level package, query, docstring) of every public documented function, in path order."""
+    found = []
+    for module, path in stdlib_files():
+        found += [(module.split(".")[0], q, d) for q, d in _pairs_of_file(path, module)]
     doc_counts = collections.Counter(doc for _, _, doc in found)
     seen_queries, pairs = set(), []
     for package, query, doc in found:
