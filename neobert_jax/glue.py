@@ -23,7 +23,6 @@ from neobert_jax.data import glue_tasks
 
 RESULTS_FILE = "glue_results.json"
 RUN_RECORD = "glue_run.json"
-TOKEN_CLASSIFICATION = "token_classification"
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "classify.py")
 
 
@@ -74,9 +73,6 @@ def _supported(problem_type: str) -> str | None:
 
     if problem_type in PROBLEM_TYPES:
         return None
-    if problem_type == TOKEN_CLASSIFICATION:
-        return ("skipped: token_classification needs a classify task that supports it (classifier.problem_type "
-                f"is one of {', '.join(PROBLEM_TYPES)} here)")
     return f"skipped: problem_type {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}"
 
 

@@ -167,13 +167,16 @@ def identifier_examples(docs, dev: set[str]) -> dict[str, list[dict]]:
 
 TASKS = {
     "stdlib-family": {"problem_type": "single_label_classification", "metrics": ["accuracy", "macro_f1"],
-                      "config": {"data.text_column": "text", "data.label_column": "label"}},
+                      # every label named: a subsampled train split may miss one that dev has
+                      "config": {"data.text_column": "text", "data.label_column": "label",
+                                 "data.labels": ",".join(sorted(FAMILIES))}},
     "stdlib-pair": {"problem_type": "single_label_classification", "metrics": ["f1", "accuracy"],
                     "positive_label": "1",
                     "config": {"data.text_column": "text", "data.text_pair_column": "text_pair",
                                "data.label_column": "label", "data.labels": "0,1"}},
     "py-identifiers": {"problem_type": "token_classification", "metrics": ["f1"],
-                       "config": {"data.text_column": "tokens", "data.label_column": "tags"}},
+                       "config": {"data.text_column": "tokens", "data.label_column": "tags",
+                                  "data.labels": "O,B-CLASS,B-FUNC,B-MOD"}},
 }
 
 

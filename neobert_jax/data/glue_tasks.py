@@ -22,6 +22,7 @@ from neobert_jax.data.errors import DataError
 
 TASK_FILE = "task.json"
 SINGLE = "single_label_classification"
+TOKEN = "token_classification"
 # name -> (dev file, header?, (text, pair, label) columns, problem type, labels, metrics)
 GLUE = {
     "CoLA": ("dev.tsv", False, (3, None, 1), SINGLE, "0,1", ["mcc"]),
@@ -156,9 +157,11 @@ def official_metrics(task: Task, predictions_file: str, after: dict) -> dict[str
     from scipy import stats
     from sklearn import metrics as sk
 
-    with open(predictions_file) as f:
-        saved = [json.loads(line) for line in f]
-    gold, predicted = [r["label"] for r in saved], [r["prediction"] for r in saved]
+    gold = predicted = []
+    if task.problem_type != TOKEN:  # tagging's metrics are the run's own (seqeval), in `after`
+        with open(predictions_file) as f:
+            saved = [json.loads(line) for line in f]
+        gold, predicted = [r["label"] for r in saved], [r["prediction"] for r in saved]
     wanted = task.metrics or (["pearson", "spearman"] if task.problem_type == "regression"
                               else ["accuracy", "macro_f1"] if task.problem_type == SINGLE else sorted(after))
     out = {}
