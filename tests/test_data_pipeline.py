@@ -249,9 +249,9 @@ def test_the_start_line_counts_every_skip():
     from neobert_jax.data.pipeline import DataStats
 
     stats = DataStats(files=2, documents_read=110, empty_skipped=3, bad_records_skipped=1, invalid_utf8_replaced=2,
-                      eval_held_out=10, documents=96, documents_split=4, documents_without_tokens=0, chunks=100,
-                      rows=40, tokens=5000, packing_efficiency=0.9766, rows_per_epoch=40, rows_unused_per_epoch=0,
-                      steps_per_epoch=5)
+                      eval_held_out=10, documents_too_short=7, documents=96, documents_split=4,
+                      documents_without_tokens=0, chunks=100, rows=40, tokens=5000, packing_efficiency=0.9766,
+                      rows_per_epoch=40, rows_unused_per_epoch=0, steps_per_epoch=5)
     assert stats.describe() == ("96 documents from 2 file(s), 10 more held out for evaluation; skipped: 3 empty, "
-                                "1 bad records; 2 with invalid UTF-8 replaced; 4 longer than a row, cut -> 40 packed "
+                                "1 bad records, 7 shorter than data.min_document_tokens; 2 with invalid UTF-8 replaced; 4 longer than a row, cut -> 40 packed "
                                 "rows, 5,000 tokens, 97.7% of the rows filled; 5 steps per epoch")

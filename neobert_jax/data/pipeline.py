@@ -44,6 +44,9 @@ def default_data_config() -> ml_collections.ConfigDict:
             "preprocessed_dir": "",  # scripts/preprocess.py output; used instead of train_files
             "tokenizer": "",  # HF tokenizer folder; "" = train one on train_files (output_dir/tokenizer)
             "tokenizer_vocab_size": DEFAULT_VOCAB_SIZE,  # for a trained tokenizer
+            # documents with fewer tokens are skipped (and counted), so that a long-context phase's
+            # rows hold long text rather than many short documents side by side
+            "min_document_tokens": 0,
             "packing": "best_fit",  # "first_fit" | "best_fit" | "none" (one document per padded row)
             "mlm_probability": 0.30,
             "mask_all": False,  # True: every picked token becomes [MASK]; False: 80/10/10
@@ -64,6 +67,7 @@ class DataStats:
     bad_records_skipped: int
     invalid_utf8_replaced: int
     eval_held_out: int  # documents removed from train for the eval split
+    documents_too_short: int  # fewer tokens than data.min_document_tokens, skipped
     documents: int  # non-empty documents in this split
     documents_split: int  # longer than a row, cut into row-sized chunks
     documents_without_tokens: int
@@ -85,7 +89,8 @@ class DataStats:
         """One readable line for a run's start, every skip counted."""
         skipped = ", ".join(f"{n:,} {what}" for n, what in (
             (self.empty_skipped, "empty"), (self.bad_records_skipped, "bad records"),
-            (self.documents_without_tokens, "without tokens")) if n) or "none"
+            (self.documents_without_tokens, "without tokens"),
+            (self.documents_too_short, "shorter than data.min_document_tokens")) if n) or "none"
         return (f"{self.documents:,} documents from {self.files} file(s), {self.eval_held_out:,} more held out for "
                 f"evaluation; skipped: {skipped}"
                 + (f"; {self.invalid_utf8_replaced:,} with invalid UTF-8 replaced" if self.invalid_utf8_replaced else "")
@@ -136,7 +141,7 @@ def build_mlm_iterator(
     """
     cfg = data_config
     _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, process_count)
-    store, plan, held_out = _plan_split(cfg, tokenizer, split, seq_len, seed)
+    store, plan, held_out, too_short = _plan_split(cfg, tokenizer, split, seq_len, seed)
     shuffle = split == "train" and cfg.shuffle
     steps_per_epoch = _steps_per_epoch(plan, split, batch_size * process_count)
     masker = Masker.for_tokenizer(tokenizer, special_ids(tokenizer), seq_len, cfg.mlm_probability, cfg.mask_all)
@@ -169,6 +174,7 @@ def build_mlm_iterator(
         bad_records_skipped=read.bad_records_skipped,
         invalid_utf8_replaced=read.invalid_utf8_replaced,
         eval_held_out=held_out,
+        documents_too_short=too_short,
         documents=plan.documents,
         documents_split=plan.documents_split,
         documents_without_tokens=plan.documents_empty,
@@ -201,11 +207,18 @@ def eval_documents(data_config: ml_collections.ConfigDict, tokenizer, count: int
     return [store.gather(np.full(n, d), np.arange(n)) for d, n in chosen]
 
 
-def _plan_split(cfg, tokenizer, split: str, seq_len: int, seed: int) -> tuple[TokenStore, PackPlan, int]:
+def _plan_split(cfg, tokenizer, split: str, seq_len: int, seed: int) -> tuple[TokenStore, PackPlan, int, int]:
+    """-> (store, plan, documents held out for eval, documents shorter than data.min_document_tokens)."""
     store, doc_ids, held_out = _split_documents(cfg, tokenizer, split)
+    long_enough = store.doc_lengths[doc_ids] >= cfg.min_document_tokens
+    too_short = int((~long_enough).sum())
+    doc_ids = doc_ids[long_enough]
+    if too_short and not len(doc_ids):
+        raise DataError(f"{split} split: all {too_short:,} documents are shorter than data.min_document_tokens="
+                        f"{cfg.min_document_tokens}")
     if split == "train" and cfg.shuffle:
         doc_ids = np.random.default_rng(seed).permutation(doc_ids)
-    return store, plan_rows(doc_ids, store.doc_lengths[doc_ids], seq_len, cfg.packing), held_out
+    return store, plan_rows(doc_ids, store.doc_lengths[doc_ids], seq_len, cfg.packing), held_out, too_short
 
 
 def _steps_per_epoch(plan: PackPlan, split: str, global_batch_size: int) -> int:
@@ -233,6 +246,8 @@ def _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, p
         problems.append(f"data.packing must be one of {PACKING_METHODS}, got {cfg.packing!r}")
     if not 0.0 < cfg.mlm_probability <= 1.0:
         problems.append(f"data.mlm_probability must be in (0, 1], got {cfg.mlm_probability}")
+    if cfg.min_document_tokens < 0:
+        problems.append(f"data.min_document_tokens must be >= 0, got {cfg.min_document_tokens}")
     if cfg.preprocessed_dir and cfg.train_files:
         problems.append("set data.train_files or data.preprocessed_dir, not both")
     if seq_len < 3 or batch_size < 1 or not 0 <= process_index < process_count:

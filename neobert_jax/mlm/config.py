@@ -14,7 +14,8 @@ from neobert_jax.data.tokenizer import SPECIAL_TOKENS
 from neobert_jax.runtime.config import base_config, validate_training
 
 # Model keys no parameter depends on: None takes init_from's value, or ModernBertConfig's without it.
-INHERITED_MODEL_KEYS = ("max_position_embeddings", "local_attention", "global_attn_every_n_layers")
+INHERITED_MODEL_KEYS = ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
+                        "global_rope_theta")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -35,6 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.max_position_embeddings = inherited()  # else 8192
     m.local_attention = inherited()  # else 128
     m.global_attn_every_n_layers = inherited()  # else 3
+    # the global layers' RoPE base; raised with the context (ModernBERT: 160000 for 8192 positions)
+    m.global_rope_theta = ml_collections.FieldReference(None, field_type=float)  # else 160000
 
     t = c.train
     # train.batch_size = 0 is automatic: the largest batch that still gives the run
@@ -77,6 +80,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(not (config.data.preprocessed_dir and config.data.train_files), "data.preprocessed_dir",
          "set data.train_files or data.preprocessed_dir, not both")
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
+    need(config.data.min_document_tokens >= 0, "data.min_document_tokens", "must be >= 0 (0 = keep every document)")
     need(t.pseudo_perplexity_documents >= 0, "train.pseudo_perplexity_documents", "must be >= 0 (0 = off)")
     need(bool(config.data.eval_files) or config.data.eval_samples > 0 or not t.pseudo_perplexity_documents,
          "train.pseudo_perplexity_documents", "needs eval data: set data.eval_files or data.eval_samples")

@@ -19,7 +19,7 @@ from neobert_jax.model import ModernBertForMaskedLM
 
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 MODEL_KEYS = ARCHITECTURE_KEYS + ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
-                                  "embedding_dropout", "attention_dropout", "mlp_dropout")
+                                  "global_rope_theta", "embedding_dropout", "attention_dropout", "mlp_dropout")
 
 
 def compute_dtype(precision: str) -> str:
