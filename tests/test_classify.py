@@ -227,3 +227,13 @@ def test_a_resume_whose_labels_changed_is_refused(task, tmp_path):
     cfg.data.labels = "neg,pos,aaa"  # the names in the checkpoints' order, plus one: still another head
     with pytest.raises(ValueError, match="were trained with"):
         train_classifier(cfg)
+
+
+def test_a_classification_run_dir_continues_like_its_export(task, tmp_path):
+    """init_from a classification run dir (its latest checkpoint) keeps the head and classifier as
+    its HF export does."""
+    root, hf_dir = task
+    files = {"data.train_files": str(root / "train.csv"), "data.eval_files": str(root / "dev.csv")}
+    first = train_classifier(config_for(tmp_path / "first", hf_dir, **files, **{"train.max_steps": 6}))
+    from_run = train_classifier(config_for(tmp_path / "second", tmp_path / "first", **files, **{"train.max_steps": 1}))
+    assert from_run.before["loss"] == pytest.approx(first.after["loss"], rel=1e-5)

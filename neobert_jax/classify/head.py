@@ -20,6 +20,8 @@ from flax import nnx
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.fileio import atomic_dir
 from neobert_jax.hf import load_pretrained, locate, read_hf_config, read_hf_state_dict
+from neobert_jax.hf.checkpoint import restore_params
+from neobert_jax.runtime.run_dir import RUN_CONFIG
 from neobert_jax.hf.io import copy_tokenizer_files
 from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
 from neobert_jax.model.modernbert import Linear, ModernBertModel, PredictionHead, _dropout, _fold, _init_stds
@@ -79,11 +81,34 @@ def problem_loss(problem_type: str, logits_BL, labels):
     return jnp.square(logits_BL[:, 0] - labels).mean()
 
 
+def _classification_run(path: str) -> dict | None:
+    """The run_config.json of the classification run a project checkpoint belongs to, else None."""
+    files = locate(path)
+    root = os.path.abspath(path)
+    run_dir = os.path.dirname(os.path.dirname(root)) if files.kind == "checkpoint step dir" else root
+    try:
+        with open(os.path.join(run_dir, RUN_CONFIG)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if "classifier" not in record or not (record.get("resolved") or {}).get("labels"):
+        return None
+    return record
+
+
 def read_classifier_labels(path: str) -> dict | None:
     """{"labels", "problem_type", "pooling", "architecture"} of an HF ModernBertForSequenceClassification
-    or ModernBertForTokenClassification dir, else None."""
+    or ModernBertForTokenClassification dir, or of a classification run's dir or checkpoint; else None."""
+    if locate(path).params is not None:
+        record = _classification_run(path)
+        if record is None:
+            return None
+        k = record["classifier"]
+        tokens = k["problem_type"] == TOKEN_CLASSIFICATION
+        return {"labels": record["resolved"]["labels"], "problem_type": k["problem_type"], "pooling": k["pooling"],
+                "architecture": TOKEN_ARCHITECTURE if tokens else ARCHITECTURE, "dropout": k.get("dropout", 0.0)}
     config_path = os.path.join(path, "config.json")
-    if locate(path).params is not None or not os.path.isfile(config_path):
+    if not os.path.isfile(config_path):
         return None
     with open(config_path) as f:
         raw = json.load(f)
@@ -104,12 +129,21 @@ def load_classifier(path: str, num_outputs: int, *, pooling: str, dropout: float
     from_pretrained takes them (an MLM dir gives `head`, not `classifier`). `tokens`: a
     TokenClassifier; the classifier of the other architecture starts fresh (its outputs mean other
     things)."""
-    if locate(path).params is None:
+    init = read_classifier_labels(path)
+    files = locate(path)
+    if files.params is None:
         model_config, state_dict = read_hf_config(path, **runtime), read_hf_state_dict(path)
-    else:
+    elif init is None:  # an MLM run or model dir
         loaded, _ = load_pretrained(path, seed=seed, **runtime)
         model_config, state_dict = loaded.config, state_dict_from_model(loaded)
-    init = read_classifier_labels(path)
+    else:  # a classification run: its classifier's own parameters
+        model_config = ModernBertConfig.from_json_file(files.config, **runtime)
+        kind = TokenClassifier if init["architecture"] == TOKEN_ARCHITECTURE else SequenceClassifier
+        saved = nnx.eval_shape(lambda: kind(model_config, max(len(init["labels"]), 1), pooling=init["pooling"],
+                                            dropout=init["dropout"], rngs=nnx.Rngs(seed)))
+        graphdef, params, rest = nnx.split(saved, nnx.Param, ...)
+        nnx.replace_by_pure_dict(params, restore_params(files.params, nnx.to_pure_dict(params)))
+        state_dict = state_dict_from_model(nnx.merge(graphdef, params, rest))
     if init and init["architecture"] != (TOKEN_ARCHITECTURE if tokens else ARCHITECTURE):
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
     model_config = model_config.replace(**config_changes)
