@@ -11,19 +11,15 @@ them by its ClassLabel feature (--config.data.label_column=ner_tags); other file
 --config.data.labels=O,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,B-MISC,I-MISC
 """
 
-from neobert_jax.classify.config import classify_config
+import os
+
+from neobert_jax.runtime.config import load_config_file
 
 
 def get_config():
-    c = classify_config()
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "classify.py"))  # its recipe
     c.output_dir = "runs/tag"
     c.classifier.problem_type = "token_classification"
     c.data.text_column = "tokens"
     c.data.label_column = "tags"
-    c.train.batch_size = 32
-    c.train.seq_len = 512
-    c.train.epochs = 3
-    c.train.learning_rate = 5e-5
-    c.train.warmup_fraction = 0.1
-    c.train.eval_every = 0
     return c
