@@ -43,7 +43,9 @@ def test_mlm_run_leaves_its_config_as_given_and_records_what_it_decided(tmp_path
     assert written["model"]["logsumexp"] == resolved["logsumexp"] == kernel
     assert set(resolved["attention"]) == {"global", "local"}
     assert written["given"] == {"train.batch_size": 0, "train.steps_per_call": 0, "model.logsumexp": "auto",
-                                "model.layer_norm_backward": "auto", "model.global_attn_every_n_layers": None}
+                                "model.layer_norm_backward": "auto", "model.global_attn_every_n_layers": None,
+                                "model.global_rope_theta": None}
+    assert written["model"]["global_rope_theta"] == resolved["model"]["global_rope_theta"] == 160000.0
 
 
 def test_a_run_dir_written_before_the_record_still_resumes(tmp_path, corpus, tiny_config):
