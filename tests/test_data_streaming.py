@@ -199,12 +199,12 @@ def test_load_dataset_reads_like_files(corpus, tokenizer):
 
 def test_bad_settings_name_their_key(corpus, tokenizer, tiny_config):
     root, _ = corpus
-    with pytest.raises(DataError, match="data.text_field"):
-        next(build(stream_config(root, text_field="body"), tokenizer))
+    with pytest.raises(DataError, match="^data.text_field: .* no column 'body' .*columns: id, text"):
+        build(stream_config(root, text_field="body"), tokenizer)
     with pytest.raises(DataError, match="data.text_field"):
         build(stream_config(root, streaming=False, text_field="body"), tokenizer)
     with pytest.raises(DataError, match="data.hf_dataset.name"):
-        next(build(stream_config(root, builder="json", files=("missing",)), tokenizer))
+        build(stream_config(root, builder="json", files=("missing",)), tokenizer)
     config = tiny_config(root, "")
     config.tokenizer = root
     config.data.hf_dataset.update(name="json", streaming=True)
@@ -248,3 +248,17 @@ def test_tiny_pretraining_run_streams_resumes_and_exports(corpus, tmp_path, tiny
     a, b = losses("resumed"), losses("uninterrupted")
     assert sorted(a) == list(range(1, 7))
     np.testing.assert_allclose([a[s] for s in range(1, 7)], [b[s] for s in range(1, 7)], rtol=1e-6)
+
+
+def test_null_texts_stop_the_stream_or_are_counted(tmp_path, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one two", None, "three four", "  "] * 20))
+    cfg = default_data_config()
+    cfg.hf_dataset.update(name="json", data_files=str(path), streaming=True)
+    with pytest.raises(DataError, match=r"example 2: 'text' is NoneType.*skip_bad_records"):
+        next(build(cfg, tokenizer))
+    cfg.skip_bad_records = True
+    it = build(cfg, tokenizer)
+    while it.stats.passes == 0:
+        next(it)
+    assert (it.stats.documents, it.stats.bad_records_skipped, it.stats.empty_skipped) == (40, 20, 20)

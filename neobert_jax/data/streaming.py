@@ -238,6 +238,11 @@ def build_streaming_iterator(cfg, *, tokenizer, seq_len: int, batch_size: int, s
     from datasets.distributed import split_dataset_by_node
 
     base = _load_stream(cfg.hf_dataset)
+    first = next(iter(base.take(1)), None)  # a wrong text_field fails here, before the run writes anything
+    if first is None:
+        raise DataError(f"data.hf_dataset: {sources.hf_description(cfg.hf_dataset)} is empty")
+    sources.check_text_feature(f"data.hf_dataset {sources.hf_description(cfg.hf_dataset)}", sorted(first),
+                               cfg.text_field)
     held_out = cfg.eval_samples if not cfg.eval_files else 0
     shuffled = bool(cfg.shuffle)
     if cfg.shuffle_buffer < 1:
