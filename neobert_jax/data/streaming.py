@@ -8,8 +8,9 @@ batch contract are unchanged. What differs from files:
 
 - Process p of P reads its own part of the stream (`split_dataset_by_node`: whole shards when P divides
   the shard count, else every P-th example), so the global batch depends on the process count.
-- Packing is first fit over the rows of one batch, in stream order: a batch closes at the first chunk
-  that fits in none of its rows, and that chunk opens the next batch. Nothing is dropped or truncated.
+- Packing is first fit over the rows of one batch, in stream order (the planned best fit of files sees
+  the whole corpus, so it fills rows a little better): a document that fits in none of the rows opens
+  the next batch while a few later ones may still fill the gaps. Nothing is dropped or truncated.
 - The epoch length is unknown: the run needs train.max_steps; an exhausted stream starts another pass
   (reshuffled with `set_epoch`). Evaluation: data.eval_files, or the first data.eval_samples examples of
   the stream (before sharding and shuffling, the same on every process), which training then skips.
@@ -42,6 +43,7 @@ from neobert_jax.data.tokenizer import TextEncoder, special_ids
 
 STATE_FORMAT = "neobert_jax.stream/1"
 _READ_GROUP = 32  # documents tokenized in one call: amortizes the call, keeps the unpacked tail small
+_MISSES = 16  # documents a batch may pass over (they open the next one) before it closes
 
 
 @dataclasses.dataclass
@@ -113,26 +115,31 @@ class StreamingMlmIterator:
         return batch
 
     def _pack_batch(self) -> list[list[np.ndarray]]:
-        """First fit of the next chunks over the batch's rows, until one fits nowhere."""
+        """First fit of the next chunks over the batch's rows, in stream order. A document whose next
+        chunk fits nowhere waits for the next batch (where it comes first, so it always fits) while
+        later ones may fill the gaps; the batch closes after _MISSES such documents."""
         body = self._seq_len - SPECIALS_PER_CHUNK
         free = [self._seq_len] * self._batch_size
         rows: list[list[np.ndarray]] = [[] for _ in free]
-        while True:
-            if not self._pending:
+        index = misses = 0  # into the pending documents; those before `index` wait for the next batch
+        while misses < _MISSES and max(free) > SPECIALS_PER_CHUNK:
+            if index == len(self._pending):
                 self._read_group()
                 continue
-            document = self._pending[0]
+            document = self._pending[index]
             chunk = document[:body]
             size = len(chunk) + SPECIALS_PER_CHUNK
             row = next((r for r, room in enumerate(free) if room >= size), None)
             if row is None:
-                return rows
+                index, misses = index + 1, misses + 1
+                continue
             rows[row].append(chunk)
             free[row] -= size
             if len(document) > body:
-                self._pending[0] = document[body:]
+                self._pending[index] = document[body:]
             else:
-                self._pending.popleft()
+                del self._pending[index]
+        return rows
 
     def _assemble(self, rows: list[list[np.ndarray]]) -> dict:
         shape = (self._batch_size, self._seq_len)
