@@ -251,8 +251,10 @@ def _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, p
         problems.append(f"data.packing must be one of {PACKING_METHODS}, got {cfg.packing!r}")
     if not 0.0 < cfg.mlm_probability <= 1.0:
         problems.append(f"data.mlm_probability must be in (0, 1], got {cfg.mlm_probability}")
-    if sum(map(bool, (cfg.train_files, cfg.preprocessed_dir, cfg.hf_dataset.name))) > 1:
-        problems.append("set one of data.train_files, data.preprocessed_dir and data.hf_dataset.name")
+    if cfg.preprocessed_dir and cfg.train_files:
+        problems.append("set data.train_files or data.preprocessed_dir, not both")
+    if cfg.hf_dataset.name and (cfg.preprocessed_dir or cfg.train_files):
+        problems.append("set data.hf_dataset.name or data.train_files / data.preprocessed_dir, not both")
     if cfg.hf_dataset.streaming and not cfg.hf_dataset.name:
         problems.append("data.hf_dataset.streaming needs data.hf_dataset.name")
     if seq_len < 3 or batch_size < 1 or not 0 <= process_index < process_count:

@@ -59,7 +59,7 @@ def resolve_files(spec: str | Sequence[str] | None, what: str = "train_files") -
         elif not os.path.exists(entry):
             raise DataError(
                 f"{what}: {entry}: no such file or directory "
-                "(only local files are read: download hub datasets first, e.g. with `datasets` save_to_disk)"
+                "(local files only; for hub datasets set data.hf_dataset.name instead)"
             )
         else:
             matches = [entry]
