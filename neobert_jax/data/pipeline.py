@@ -309,6 +309,9 @@ def _split_documents(cfg, tokenizer, split: str) -> tuple[TokenStore, np.ndarray
     if split == "eval" and cfg.eval_samples <= 0:
         raise DataError("no eval split: set data.eval_files, or data.eval_samples to hold documents out of train")
     hf = cfg.hf_dataset
+    if hf.streaming and split == "train":
+        raise DataError("data.hf_dataset.streaming: a stream has no packing plan to size a batch from; "
+                        "set train.batch_size")
     if hf.streaming:  # the eval split is the stream's first eval_samples examples, all of them
         from neobert_jax.data.streaming import head_store
 
