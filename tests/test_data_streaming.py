@@ -262,3 +262,12 @@ def test_null_texts_stop_the_stream_or_are_counted(tmp_path, tokenizer):
     while it.stats.passes == 0:
         next(it)
     assert (it.stats.documents, it.stats.bad_records_skipped, it.stats.empty_skipped) == (40, 20, 20)
+
+
+def test_a_stream_without_text_is_one_error(tmp_path, tokenizer):
+    path = tmp_path / "blank.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", "  ", "\n"] * 5))
+    cfg = default_data_config()
+    cfg.hf_dataset.update(name="json", data_files=str(path), streaming=True)
+    with pytest.raises(DataError, match=r"^data.hf_dataset: .* no documents with tokens .*15 empty"):
+        next(build(cfg, tokenizer))

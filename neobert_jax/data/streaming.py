@@ -68,10 +68,8 @@ class StreamStats:
         return json.dumps(self.as_dict())
 
     def describe(self) -> str:
-        return (f"streaming data.hf_dataset {self.source}, tokenized and packed online (epoch length unknown); "
-                f"{self.eval_held_out:,} examples at its head held out for evaluation"
-                + (f"; resumed after {self.documents:,} documents, {self.empty_skipped:,} empty and "
-                   f"{self.bad_records_skipped:,} bad skipped" if self.documents else ""))
+        return (f"streaming data.hf_dataset {self.source}, tokenized and packed online (epoch length unknown)"
+                + (f"; its first {self.eval_held_out:,} examples held out for evaluation" if self.eval_held_out else ""))
 
 
 class StreamingMlmIterator:
@@ -79,8 +77,7 @@ class StreamingMlmIterator:
 
     def __init__(self, open_stream, *, encoder: TextEncoder, masker: Masker, text_field: str, skip_bad: bool,
                  seq_len: int, batch_size: int, first_slot: int, seed: int, process_index: int, process_count: int,
-                 shuffled: bool,
-                 shuffle_buffer: int, ids: tuple[int, int, int], stats: StreamStats, log=print):
+                 shuffled: bool, shuffle_buffer: int, ids: tuple[int, int, int], stats: StreamStats, log=print):
         self._open_stream = open_stream  # pass number -> IterableDataset of this process
         self._encoder, self._masker = encoder, masker
         self._text_field, self._skip_bad = text_field, skip_bad
@@ -94,7 +91,7 @@ class StreamingMlmIterator:
         self._pending: collections.deque[np.ndarray] = collections.deque()  # read, not yet packed
         self._dataset = self._texts = None
         self._stream_state = None  # the stream's state after the last example read; None = its pass's start
-        self._pass_documents = 0  # documents with tokens read in this pass
+        self._pass_documents, self._resumed_pass = 0, False  # documents with tokens read in this pass; from a state
 
     @property
     def steps_per_epoch(self) -> float:
@@ -171,7 +168,7 @@ class StreamingMlmIterator:
                     self._pending.append(document)
                     self._pass_documents += 1
         if len(texts) < _READ_GROUP:  # the stream ended
-            if self._pass_documents == 0 and self._stream_state is None:
+            if self._pass_documents == 0 and not self._resumed_pass:  # else every pass would be empty
                 raise DataError(f"data.hf_dataset: {self.stats.source} has no documents with tokens to train on "
                                 f"({self.stats.empty_skipped} empty, {self.stats.bad_records_skipped} bad records)")
             self._pass += 1
@@ -184,7 +181,7 @@ class StreamingMlmIterator:
         self._dataset = self._open_stream(self._pass)
         if state is not None:
             self._dataset.load_state_dict(state)
-        self._pass_documents = 0
+        self._pass_documents, self._resumed_pass = 0, state is not None
         self._texts = stream_texts(iter(self._dataset), self._text_field, self._skip_bad, self.stats)
 
     def get_state(self) -> dict:
