@@ -94,8 +94,8 @@ def test_resolve_globs_lists_and_commas(tmp_path):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ("missing.txt", r"missing\.txt: no such file or directory \(only local files are read"),
-        ("someorg/some-dataset", r"some-dataset: no such file or directory \(only local files"),
+        ("missing.txt", r"missing\.txt: no such file or directory \(local files only"),
+        ("someorg/some-dataset", r"some-dataset: no such file or directory \(local files only; for hub datasets set data\.hf_dataset\.name"),
         ("*.nothing", r"no file matches '.*\*\.nothing'"),
         ("table.csv", r"table\.csv: unsupported file type"),
         ("folder", r"folder is a folder but not a `datasets` save_to_disk folder"),

@@ -39,6 +39,16 @@ def default_data_config() -> ml_collections.ConfigDict:
             "train_files": files(),  # path, glob, "a,b" or list; "" = the built-in corpus (Python's docs)
             "eval_files": files(),  # same forms; "" = hold out eval_samples documents from train_files
             "eval_samples": 0,  # held-out documents (or, with eval_files, the first N eval documents)
+            # datasets.load_dataset(name, config, split=, data_files=) instead of train_files; a builder
+            # such as "json" / "text" / "parquet" with data_files reads local files the same way
+            "hf_dataset": ml_collections.ConfigDict({
+                "name": "",  # hub name or builder; "" = off
+                "config": "",  # the dataset's config (subset) name
+                "split": "train",
+                "data_files": files(),  # passed on to load_dataset when set
+                "streaming": False,  # True: read as a stream, packed online (needs train.max_steps)
+            }),
+            "shuffle_buffer": 10000,  # streaming: documents in the shuffle buffer (data.shuffle)
             "text_field": "text",  # .jsonl / .parquet / datasets column holding the text
             "skip_bad_records": False,  # count and skip bad JSONL lines / null texts instead of failing
             "preprocessed_dir": "",  # scripts/preprocess.py output; used instead of train_files
@@ -133,14 +143,22 @@ def build_mlm_iterator(
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
+    log=print,
 ) -> MlmIterator:
     """Batches of the contract in docs/contracts.md: `batch_size` rows for this process per step.
 
     train: shuffled, `num_epochs` passes (None = forever), every process the same number of steps.
     eval: one deterministic pass in corpus order; the last batch is filled with all-padding rows.
+    A streamed data.hf_dataset's train split is a streaming.StreamingMlmIterator (same batches and
+    methods, no epoch length), which reports a resume's exactness through `log`.
     """
     cfg = data_config
     _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, process_count)
+    if split == "train" and cfg.hf_dataset.streaming:
+        from neobert_jax.data.streaming import build_streaming_iterator
+
+        return build_streaming_iterator(cfg, tokenizer=tokenizer, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                                        process_index=process_index, process_count=process_count, log=log)
     store, plan, held_out, too_short = _plan_split(cfg, tokenizer, split, seq_len, seed)
     shuffle = split == "train" and cfg.shuffle
     steps_per_epoch = _steps_per_epoch(plan, split, batch_size * process_count)
@@ -250,6 +268,10 @@ def _check_settings(cfg, tokenizer, split, seq_len, batch_size, process_index, p
         problems.append(f"data.min_document_tokens must be >= 0, got {cfg.min_document_tokens}")
     if cfg.preprocessed_dir and cfg.train_files:
         problems.append("set data.train_files or data.preprocessed_dir, not both")
+    if cfg.hf_dataset.name and (cfg.preprocessed_dir or cfg.train_files):
+        problems.append("set data.hf_dataset.name or data.train_files / data.preprocessed_dir, not both")
+    if cfg.hf_dataset.streaming and not cfg.hf_dataset.name:
+        problems.append("data.hf_dataset.streaming needs data.hf_dataset.name")
     if seq_len < 3 or batch_size < 1 or not 0 <= process_index < process_count:
         problems.append(
             f"bad shape: seq_len {seq_len}, batch_size {batch_size}, process {process_index} of {process_count}"
@@ -301,11 +323,24 @@ def _split_documents(cfg, tokenizer, split: str) -> tuple[TokenStore, np.ndarray
         return store, np.arange(count), 0
     if split == "eval" and cfg.eval_samples <= 0:
         raise DataError("no eval split: set data.eval_files, or data.eval_samples to hold documents out of train")
+    hf = cfg.hf_dataset
+    if hf.streaming and split == "train":
+        raise DataError("data.hf_dataset.streaming: a stream has no packing plan to size a batch from; "
+                        "set train.batch_size")
+    if hf.streaming:  # the eval split is the stream's first eval_samples examples, all of them
+        from neobert_jax.data.streaming import head_store
+
+        store = head_store(cfg, tokenizer)
+        _require_documents(store, f"the first {cfg.eval_samples} examples of data.hf_dataset")
+        return store, np.arange(store.num_documents), store.num_documents
     if cfg.preprocessed_dir:
         store = TokenStore.open(cfg.preprocessed_dir, tokenizer)
+    elif hf.name:
+        store = _tokenized_hf(json.dumps(hf.to_dict(), default=str), cfg.text_field, cfg.skip_bad_records, tokenizer)
     else:
         store = _tokenize(sources.resolve_files(cfg.train_files, what="train_files"), cfg, tokenizer)
-    _require_documents(store, cfg.preprocessed_dir or cfg.train_files or "the built-in corpus")
+    _require_documents(store, cfg.preprocessed_dir or cfg.train_files or
+                       (f"data.hf_dataset {sources.hf_description(hf)}" if hf.name else "the built-in corpus"))
     holdout = cfg.eval_samples if not eval_files else 0
     if holdout >= store.num_documents:
         raise DataError(f"eval_samples {holdout} leaves no training documents (the corpus has {store.num_documents})")
@@ -337,4 +372,13 @@ def _tokenized_files(files: tuple[str, ...], identity: str, text_field: str, ski
     """
     read_stats = sources.ReadStats()
     texts = sources.read_documents(files, text_field=text_field, skip_bad_records=skip_bad, stats=read_stats)
+    return TokenStore.from_texts(texts, TextEncoder(tokenizer), read_stats)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenized_hf(settings: str, text_field: str, skip_bad: bool, tokenizer) -> TokenStore:
+    """A non-streamed `data.hf_dataset`, tokenized into memory like files (cached for the eval split)."""
+    read_stats = sources.ReadStats()
+    hf = ml_collections.ConfigDict(json.loads(settings))
+    texts = sources.hf_documents(hf, text_field=text_field, skip_bad_records=skip_bad, stats=read_stats)
     return TokenStore.from_texts(texts, TextEncoder(tokenizer), read_stats)

@@ -1,7 +1,8 @@
 """Reading documents (one string each) from the users' local corpora.
 
 Supported: `.txt` (one document per line), `.jsonl` and `.parquet` (a configurable text field), a
-`datasets` folder written by `save_to_disk`, and globs or lists of these. Nothing is fetched from a hub.
+`datasets` folder written by `save_to_disk`, and globs or lists of these. `data.hf_dataset` reads a
+`datasets.load_dataset` result (hub name or a local builder) through the same record checks.
 Every document that is skipped or altered is counted in `ReadStats`; a bad record stops reading with
 a message naming file and line, unless `skip_bad_records` asks to count and skip it instead.
 """
@@ -58,7 +59,7 @@ def resolve_files(spec: str | Sequence[str] | None, what: str = "train_files") -
         elif not os.path.exists(entry):
             raise DataError(
                 f"{what}: {entry}: no such file or directory "
-                "(only local files are read: download hub datasets first, e.g. with `datasets` save_to_disk)"
+                "(local files only; for hub datasets set data.hf_dataset.name instead)"
             )
         else:
             matches = [entry]
@@ -247,3 +248,51 @@ def _read_arrow_batches(path: str, batches: Iterator[list], skip_bad: bool, stat
                 stats.bad_records_skipped += 1
             else:
                 raise DataError(f"{path}:row {row}: text is null (set skip_bad_records to count and skip such rows)")
+
+
+def load_hf_dataset(hf, streaming: bool):
+    """`datasets.load_dataset` of the `data.hf_dataset` settings; a failure is one error naming the key."""
+    import datasets
+
+    files = resolve_hf_data_files(hf.data_files)
+    try:
+        return datasets.load_dataset(hf.name, hf.config or None, split=hf.split or None,
+                                     data_files=files or None, streaming=streaming)
+    except Exception as e:  # the hub, the builders and fsspec raise many types; all mean "cannot load"
+        raise DataError(f"data.hf_dataset.name: cannot load {hf.name!r} (config {hf.config!r}, split "
+                        f"{hf.split!r}): {type(e).__name__}: {e}") from None
+
+
+def resolve_hf_data_files(spec) -> list[str]:
+    """data_files as a list: a path, glob or "a,b" string, or a list (hub paths are passed on as given)."""
+    entries = [spec] if isinstance(spec, str) else list(spec or [])
+    return [part.strip() for entry in entries for part in str(entry).split(",") if part.strip()]
+
+
+def hf_description(hf) -> str:
+    """What the run reads, for log lines and cache keys."""
+    files = resolve_hf_data_files(hf.data_files)
+    return (f"{hf.name}" + (f"/{hf.config}" if hf.config else "") + f" split {hf.split!r}"
+            + (f" data_files {files}" if files else ""))
+
+
+def check_text_feature(where: str, columns, text_field: str) -> None:
+    """A missing text column is a settings problem, never a bad record: one error naming data.text_field."""
+    if columns is not None and text_field not in columns:
+        raise DataError(f"data.text_field: {where} has no column {text_field!r} (columns: {', '.join(columns)})")
+
+
+def hf_documents(hf, *, text_field: str, skip_bad_records: bool, stats: ReadStats) -> Iterator[str]:
+    """The documents of a non-streamed `data.hf_dataset`, checked and counted as files' are."""
+    import datasets
+
+    dataset = load_hf_dataset(hf, streaming=False)
+    where = f"data.hf_dataset {hf_description(hf)}"
+    if isinstance(dataset, datasets.DatasetDict):
+        raise DataError(f"data.hf_dataset.split: {where} is a DatasetDict with splits {sorted(dataset)}; name one")
+    check_text_feature(where, dataset.column_names, text_field)
+    _check_text_column(where, dataset.data.schema, text_field)
+    stats.files += 1
+    batches = (t.column(0).to_pylist() for t in
+               dataset.select_columns([text_field]).with_format("arrow").iter(batch_size=_ARROW_BATCH_ROWS))
+    yield from _read_arrow_batches(where, batches, skip_bad_records, stats)

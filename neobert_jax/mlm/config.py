@@ -79,6 +79,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.data.packing!r} is not one of {PACKING_METHODS}")
     need(not (config.data.preprocessed_dir and config.data.train_files), "data.preprocessed_dir",
          "set data.train_files or data.preprocessed_dir, not both")
+    _validate_hf_dataset(config, need)
     need(t.eval_batches > 0, "train.eval_batches", "must be positive")
     need(config.data.min_document_tokens >= 0, "data.min_document_tokens", "must be >= 0 (0 = keep every document)")
     need(t.pseudo_perplexity_documents >= 0, "train.pseudo_perplexity_documents", "must be >= 0 (0 = off)")
@@ -98,3 +99,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.vocab_size >= 0, "model.vocab_size", "must be >= 0 (0 = the tokenizer's size)")
     need(bool(config.data.eval_files) or config.data.eval_samples > 0 or not t.keep_best_checkpoint,
          "train.keep_best_checkpoint", "needs eval data: set data.eval_files or data.eval_samples")
+
+
+def _validate_hf_dataset(config, need) -> None:
+    """data.hf_dataset: one corpus source, a tokenizer given (none is trained on a dataset), and for a stream
+    the settings a run of unknown epoch length cannot derive."""
+    d, t, hf = config.data, config.train, config.data.hf_dataset
+    need(not hf.name or not (d.train_files or d.preprocessed_dir), "data.hf_dataset.name",
+         "set one of data.train_files, data.preprocessed_dir and data.hf_dataset.name")
+    need(hf.name or not (hf.streaming or hf.data_files or hf.config), "data.hf_dataset.name",
+         "data.hf_dataset.streaming, .config and .data_files need data.hf_dataset.name")
+    need(not hf.name or bool(config.tokenizer or config.init_from), "tokenizer",
+         "data.hf_dataset needs a tokenizer: set tokenizer (an HF tokenizer dir) or init_from; "
+         "none is trained on a dataset")
+    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {d.shuffle_buffer}")
+    if hf.streaming:
+        need(t.max_steps > 0, "train.max_steps",
+             "a streamed data.hf_dataset has no known epoch length: set train.max_steps (the run's length)")
+        need(t.batch_size > 0, "train.batch_size",
+             "a streamed data.hf_dataset cannot size the batch from the corpus: set train.batch_size")
+        need(d.min_document_tokens == 0, "data.min_document_tokens",
+             "is not applied to a streamed data.hf_dataset (it packs as it reads); leave it 0")

@@ -55,6 +55,9 @@ def _tokenizer(config, output_dir: str, log):
         source = locate(config.init_from).tokenizer
     if source is None and config.data.preprocessed_dir:
         source = config.data.preprocessed_dir
+    if source is None and config.data.hf_dataset.name:
+        raise ValueError(f"config.tokenizer: init_from {config.init_from} has no tokenizer and data.hf_dataset "
+                         "needs one: set tokenizer")
     if source is not None:
         tokenizer = load_tokenizer_or_bundle(source)
         log(f"tokenizer: {source} ({len(tokenizer):,} tokens)")
@@ -108,7 +111,7 @@ def _choose_batch_size(config, mesh: Mesh, tokenizer, log) -> int:
 def setup_run(config, log) -> RunSetup:
     begun = begin_setup(config)
     output_dir, mesh, phases, t = begun.output_dir, begun.mesh, begun.phases, config.train
-    if not config.data.train_files and not config.data.preprocessed_dir:
+    if not (config.data.train_files or config.data.preprocessed_dir or config.data.hf_dataset.name):
         log(f"corpus: data.train_files is empty, so the run trains on the {BUILTIN_NAME[1:-1]}, one paragraph "
             "per document (its size, and the run's steps, depend on the Python version); data.train_files for yours")
     tokenizer, note = _tokenizer(config, output_dir, log)
@@ -120,7 +123,7 @@ def setup_run(config, log) -> RunSetup:
     data_args = dict(tokenizer=tokenizer, seq_len=t.seq_len, batch_size=rows, seed=config.seed,
                      process_index=sharding.process_row_range(mesh, batch_size)[0] // rows,
                      process_count=jax.process_count())
-    train_data = build_mlm_iterator(config.data, split="train", num_epochs=None, **data_args)
+    train_data = build_mlm_iterator(config.data, split="train", num_epochs=None, log=log, **data_args)
     has_eval = bool(config.data.eval_files) or config.data.eval_samples > 0
     eval_data = build_mlm_iterator(config.data, split="eval", **data_args) if has_eval else None
     pseudo = None
@@ -133,7 +136,9 @@ def setup_run(config, log) -> RunSetup:
     log(f"data: {train_data.stats.describe()}")
     phases.done("data")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
-    log(f"{total_steps} steps ({train_data.steps_per_epoch} per epoch) of {batch_size} rows x {t.seq_len} tokens"
+    per_epoch = "a stream: epoch length unknown" if config.data.hf_dataset.streaming else \
+        f"{train_data.steps_per_epoch} per epoch"
+    log(f"{total_steps} steps ({per_epoch}) of {batch_size} rows x {t.seq_len} tokens"
         f" on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}")
 
     if config.init_from:

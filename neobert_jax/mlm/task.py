@@ -69,7 +69,11 @@ class MlmTask:
             self.eval_start = setup.eval_data.get_state()
         self.peak_flops = peak_flops_per_device(jax.devices()[0].device_kind, t.precision) * jax.device_count()
         self.batch_description = f"{self.resolved.batch_size} rows x {t.seq_len}"
-        self.steps_per_epoch = setup.train_data.steps_per_epoch
+
+    @property
+    def steps_per_epoch(self) -> float:
+        """Read when the run ends: a stream's becomes known only once it has been read through."""
+        return self.setup.train_data.steps_per_epoch
 
     def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
         s = self.setup

@@ -66,11 +66,20 @@ def _files(value) -> str:
     return ", ".join(f"`{f}`" for f in files) if files else ""
 
 
+def _hf_dataset(hf: dict) -> str:
+    if not hf.get("name"):
+        return ""
+    name = hf["name"] + (f"/{hf['config']}" if hf.get("config") else "")
+    return (f"`{name}` split `{hf.get('split')}`" + (f" ({_files(hf['data_files'])})" if hf.get("data_files") else "")
+            + (", streamed" if hf.get("streaming") else ""))
+
+
 def _training_rows(run_config: dict, summary: dict | None, model_config: dict) -> list[tuple[str, str]]:
     t, data = run_config.get("train", {}), run_config.get("data", {})
     resolved = run_config.get("resolved") or {}
     rows = [("started from", f"`{run_config['init_from']}`" if run_config.get("init_from") else "random initialization"),
             ("training data", _files(data.get("train_files")) or _files(data.get("preprocessed_dir"))
+             or _hf_dataset(data.get("hf_dataset") or {})
              or "the project's built-in corpus (Python's standard-library documentation)")]
     if data.get("eval_files"):
         rows.append(("evaluation data", _files(data["eval_files"])))
