@@ -76,6 +76,9 @@ def test_every_batch_comes_from_one_source_in_the_schedules_counts(sampling, wei
         if sampling == "round_robin":
             assert owners == ["s0", "s1", "s2"] * 2
     if sampling == "proportional" and weights is None:  # one epoch: every example of s0 once
+        guarded = batches_of(data, sources, sampling=sampling, no_duplicates=True)  # no repeated text: no change
+        for step in range(20):
+            np.testing.assert_array_equal(guarded.examples(step), batches.examples(step))
         seen = np.concatenate([batches.examples(step) for step in range(10)])
         assert sorted(e for e in seen.tolist() if e < 40) == list(range(40))
     if sampling == "round_robin":  # s0's stream goes on across epochs: its first pass, all 40, over 3 epochs
@@ -127,7 +130,7 @@ def test_no_duplicates_matches_sentence_transformers_and_counts_what_it_defers_a
         assert len(set(texts)) == len(texts) == 16, f"step {step} repeats a text"
         next(batches)
     first = batches.schedule.streams[0].plan(0)
-    assert f"{first.deferred} examples deferred to a later batch, {first.dropped} in no batch" in described
+    assert f"{first.deferred} deferred to a later batch, {first.dropped} in no batch" in described
     assert first.deferred > 0 and first.dropped == 120 - 8 * len(first.batches) > 0
     assert any(line.startswith("data source dup pass 2: no_duplicates: ") for line in lines), lines
 

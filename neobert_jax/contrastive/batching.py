@@ -196,7 +196,7 @@ class ContrastiveBatches:
         return lines
 
     def _guard_counts(self, plan) -> str:
-        return (f"no_duplicates: {plan.deferred} examples deferred to a later batch, {plan.dropped} in no batch "
+        return (f"no_duplicates: {plan.deferred} deferred to a later batch, {plan.dropped} in no batch "
                 f"of the pass ({len(plan.batches)} full batches)")
 
     def __next__(self) -> tuple[dict, dict]:
