@@ -156,7 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _given(value) -> bool:
-    return bool(value) if isinstance(value, dict) or hasattr(value, "items") else bool(as_list(value))
+    return bool(value) if hasattr(value, "items") else bool(as_list(value))  # a dict (data.sources) or files
 
 
 def data_sources(data_cfg) -> list[tuple[str, list[str]]]:

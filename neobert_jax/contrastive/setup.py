@@ -84,9 +84,10 @@ def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
                                  vector_dim=dim, prompts=prompts(d))
         names, sizes = ["train"], [data.num_examples]
     else:
-        parts, name_sources = [], not as_list(d.train_files)
+        parts = []
         for name, patterns in data_sources(d):
-            files = sources.resolve_files(patterns, what=f"data.sources ({name})" if name_sources else "data.train_files")
+            what = "data.train_files" if as_list(d.train_files) else f"data.sources ({name})"
+            files = sources.resolve_files(patterns, what=what)
             parts.append((name, read_training_columns(
                 files, loss=loss, columns=as_list(d.columns), label_column=d.label_column, vector_dim=dim,
                 score_columns=as_list(d.score_columns))))
