@@ -20,7 +20,7 @@ from absl import flags
 
 from neobert_jax.config import ATTENTION_BACKENDS, KERNEL_BACKENDS
 from neobert_jax.classify.config import POOLINGS, PROBLEM_TYPES
-from neobert_jax.contrastive.config import LAYOUTS, LOSSES, POOLING_MODES, ROW_SHAPES, SIMILARITIES
+from neobert_jax.contrastive.config import LAYOUTS, LOSSES, POOLING_MODES, ROW_SHAPES, SAMPLINGS, SIMILARITIES
 from neobert_jax.data.packing import PACKING_METHODS
 from neobert_jax.mlm.task import train
 from neobert_jax.runtime.config import PRECISIONS, REMAT_POLICIES, SCHEDULES
@@ -234,6 +234,10 @@ CASES = {
     "c-init-str-size": (C("--config.init_from=IN/hf_str"), "hidden_size"),
     "c-sts-missing": (C("--config.eval.sts_files=IN/none.jsonl"), "none.jsonl"),
     "c-unknown-key": (C("--config.loss.temperature=1"), "config.loss.temperature"),
+    "c-source-unnamed": (C("--config.data.train_files=", "--config.data.sources=IN/pairs.jsonl"), "config.data.sources"),
+    "c-source-missing": (C("--config.data.train_files=", "--config.data.sources=a=IN/pairs.jsonl,b=IN/none.jsonl"),
+                         "data.sources (b): "),
+    "c-sources-and-train-files": (C("--config.data.sources=a=IN/pairs.jsonl"), "config.data.sources: give one of"),
     "c-keep-best-no-eval-sets": (C("--config.train.keep_best_checkpoint=True", "--config.train.eval_every=1"),
                                  "train.keep_best_checkpoint"),
     # sequence classification
@@ -354,7 +358,7 @@ ENUMERATED = [  # (cli, key, allowed values): every key that takes one of a list
     ("pretrain", "data.packing", PACKING_METHODS), ("contrastive", "model.attn_implementation", ATTENTION_BACKENDS),
     ("contrastive", "data.layout", LAYOUTS), ("contrastive", "data.row_shapes", ROW_SHAPES),
     ("contrastive", "loss.name", LOSSES), ("contrastive", "pooling.mode", POOLING_MODES),
-    ("contrastive", "loss.similarity", SIMILARITIES),
+    ("contrastive", "loss.similarity", SIMILARITIES), ("contrastive", "data.source_sampling", SAMPLINGS),
     ("finetune", "classifier.problem_type", PROBLEM_TYPES), ("finetune", "classifier.pooling", POOLINGS),
 ]
 

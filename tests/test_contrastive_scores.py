@@ -140,7 +140,7 @@ def test_the_run_reads_prompts_into_its_training_tokens(tmp_path, contrastive_te
     cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
     cfg.loss.name, cfg.data.query_prompt, cfg.data.document_prompt = "cosent", "query: ", "passage: "
     cfg.data.train_files = write_jsonl(tmp_path / "c.jsonl", score_records(contrastive_texts, "cosent", n=4))
-    data = _read_data(cfg, TextTokenizer(tokenizer, 64), tokenizer, 32, lambda _: None)
+    data, _ = _read_data(cfg, TextTokenizer(tokenizer, 64), tokenizer, 32, lambda _: None)
     for column, prompt in ((0, "query:"), (1, "passage:")):
         for example in range(4):
             text = tokenizer.backend_tokenizer.decode(data.body(column, example).tolist()).replace(" ", "")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from neobert_jax.contrastive.sampling import PROPORTIONAL, Schedule, Source, text_keys
 from neobert_jax.contrastive.tokenized import TokenizedColumns
 from neobert_jax.data.errors import DataError
 
@@ -151,30 +152,65 @@ def assemble(data: TokenizedColumns, examples: np.ndarray, layout: Layout, *, cl
 
 
 class ContrastiveBatches:
-    """Endless iterator of (batch, stats): epoch e is a permutation seeded by (seed, e), cut into
-    whole batches. A batch is a pure function of (seed, step), so the state is just the step."""
+    """Endless iterator of (batch, stats): which examples form step s is `sampling.Schedule`'s
+    pure function of (seed, s), so the state is just the step. One source by default (the whole
+    table); with several, every batch comes from one of them."""
 
     def __init__(self, data: TokenizedColumns, *, batch_size: int, seed: int, shuffle: bool, layout: Layout,
-                 special_ids: dict, row_range: Callable[[int], tuple[int, int]] | None = None):
+                 special_ids: dict, row_range: Callable[[int], tuple[int, int]] | None = None,
+                 sources: list[Source] | None = None, sampling: str = PROPORTIONAL,
+                 weights: list[float] | None = None, no_duplicates: bool = False,
+                 log: Callable[[str], None] | None = None):
         self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
-        self.layout, self.special_ids, self.row_range = layout, special_ids, row_range
-        self.steps_per_epoch = data.num_examples // batch_size
-        if self.steps_per_epoch == 0:
+        self.layout, self.special_ids, self.row_range, self.log = layout, special_ids, row_range, log
+        self.sources = sources or [Source("train", 0, data.num_examples)]
+        if data.num_examples < batch_size and len(self.sources) == 1:
             raise DataError(f"the training data has {data.num_examples} examples, fewer than "
                             f"train.batch_size={batch_size}")
+        keys = None
+        if no_duplicates:  # the texts a step embeds: simcse's one column twice counts once
+            columns = sorted(set(layout.view_columns))
+            keys = text_keys([data.ids[c] for c in columns], [data.offsets[c] for c in columns])
+        self.schedule = Schedule(self.sources, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                                 sampling=sampling, weights=list(weights or []), keys=keys)
+        self.steps_per_epoch = self.schedule.steps_per_epoch
+        self.no_duplicates = no_duplicates
         self.step = 0
-        self._order = (None, None)  # (epoch, permutation)
+        self._told: set[tuple[int, int]] = set()
 
     def __iter__(self):
         return self
 
     def examples(self, step: int) -> np.ndarray:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if self._order[0] != epoch:
-            n = self.data.num_examples
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._order = (epoch, order)
-        return self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
+        return self.schedule.examples(step)
+
+    def describe(self) -> list[str]:
+        """The start lines: each source's examples and steps per epoch, and its first pass's guard counts."""
+        lines = []
+        for stream, steps in zip(self.schedule.streams, self.schedule.per_epoch):
+            s = stream.source
+            line = f"data source {s.name}: {s.examples} examples, {steps} steps per epoch"
+            if self.no_duplicates:
+                line += "; " + self._guard_counts(stream.plan(0))
+            lines.append(line)
+        return lines
+
+    def _guard_counts(self, plan) -> str:
+        return (f"no_duplicates: {plan.deferred} deferred to a later batch, {plan.dropped} in no batch "
+                f"of the pass ({len(plan.batches)} full batches)")
+
+    def __next__(self) -> tuple[dict, dict]:
+        s, t, k = self.schedule.locate(self.step)
+        stream = self.schedule.streams[s]
+        plan = stream.plan(t)
+        if self.log and self.no_duplicates and t > 0 and (s, t) not in self._told:  # pass 0: in describe()
+            self._told.add((s, t))
+            self.log(f"data source {stream.source.name} pass {t + 1}: {self._guard_counts(plan)}")
+        batch, stats = assemble(self.data, plan.batches[k], self.layout, row_range=self.row_range,
+                                **self.special_ids)
+        stats["source"] = s
+        self.step += 1
+        return batch, stats
 
     def largest_shapes(self, total_steps: int, max_planned: int = MAX_PLANNED_STEPS) -> tuple[tuple[int, int], ...]:
         """Per group, the (rows, length) of the run's largest step: a `Layout.floor` under which every
@@ -190,11 +226,6 @@ class ContrastiveBatches:
                 np.concatenate([c[examples] for c in lengths]), len(examples), self.layout)]
             largest = shapes if largest is None else [tuple(map(max, a, b)) for a, b in zip(largest, shapes)]
         return tuple(largest)
-
-    def __next__(self) -> tuple[dict, dict]:
-        out = assemble(self.data, self.examples(self.step), self.layout, row_range=self.row_range, **self.special_ids)
-        self.step += 1
-        return out
 
     def get_state(self) -> dict:
         return {"step": self.step}

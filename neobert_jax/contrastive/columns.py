@@ -303,3 +303,24 @@ def read_training_columns(files: Sequence[str], *, loss: str, columns: Sequence[
                 raise DataError(f"{path}: {vectors[-1].shape[1]} scores per example but {first} has "
                                 f"{vectors[0].shape[1]}")
     return ColumnData(names, texts, np.concatenate(vectors) if vectors else None)
+
+
+def concat_sources(parts: Sequence[tuple[str, ColumnData]], loss: str) -> tuple[ColumnData, list[int]]:
+    """Several sources' columns as one table (the first's column names) and each source's size.
+    Every source needs the same number of text columns (and scores per example): a step's shapes
+    and the loss are built once for the run."""
+    (first, data), sizes = parts[0], []
+    for name, other in parts:
+        if len(other.names) != len(data.names):
+            raise DataError(f"data source {name!r}: {len(other.names)} text columns ({', '.join(other.names)}) but "
+                            f"source {first!r} has {len(data.names)} ({', '.join(data.names)}); every source of a "
+                            f"run needs the same number for loss {loss}")
+        if other.vectors is not None and other.vectors.shape[1] != data.vectors.shape[1]:
+            raise DataError(f"data source {name!r}: {other.vectors.shape[1]} scores per example but source "
+                            f"{first!r} has {data.vectors.shape[1]}")
+        sizes.append(len(other.texts[0]))
+    if len(parts) == 1:
+        return data, sizes
+    texts = [[t for _, other in parts for t in other.texts[k]] for k in range(len(data.names))]
+    vectors = None if data.vectors is None else np.concatenate([other.vectors for _, other in parts])
+    return ColumnData(list(data.names), texts, vectors), sizes

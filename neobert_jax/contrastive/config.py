@@ -17,6 +17,8 @@ from neobert_jax.runtime.config import DROPOUTS, base_config, validate_training
 LOSSES = ("mnrl", "simcse", "mse", "cosent", "margin_mse", "distill_kl")
 SCORE_LOSSES = ("cosent", "margin_mse", "distill_kl")  # losses with a per-example score column
 SIMILARITIES = ("dot", "cosine")
+SAMPLINGS = ("proportional", "round_robin")
+IN_BATCH_LOSSES = ("mnrl", "simcse")  # whose negatives are the batch's other texts
 LAYOUTS = ("pack", "bucket")
 ROW_SHAPES = ("auto", "one", "ladder")
 POOLING_MODES = ("mean", "cls")
@@ -34,6 +36,15 @@ def contrastive_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({
         "train_files": files(),  # .jsonl / .parquet / datasets dirs (.txt lines for simcse); globs, "a,b" or list
         "preprocessed_dir": "",  # scripts/contrastive_preprocess.py output; used instead of train_files
+        # several datasets, every batch from one (sentence-transformers' MultiDatasetBatchSampler):
+        # "nli=nli/*.jsonl,qa=qa.jsonl,qa2.jsonl" (a bare path continues the source before it), a list
+        # of such items, or a dict {name: files}; instead of train_files (one source)
+        "sources": files(),
+        "source_sampling": "proportional",  # proportional (every source's batches once per epoch) | round_robin
+        "source_weights": files(),  # proportional: "nli=2,qa=1" or "2,1": each source's share of the steps
+        # defer an example whose text is already in the batch (NoDuplicatesBatchSampler): for the losses
+        # with in-batch negatives (mnrl, simcse), where a repeated text is a false negative
+        "no_duplicates": True,
         "columns": files(),  # text columns in order ("anchor,positive,negative"); "" = the files' own order
         "label_column": "label",  # mse: the teacher vector of each text
         # cosent / margin_mse / distill_kl: the number column(s); "" = "score", else "label" (the
@@ -112,8 +123,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     need(config.train.batch_size > 0, "train.batch_size", f"must be positive, got {config.train.batch_size}")
     need(bool(config.init_from), "init_from", "required: an HF model dir or a project checkpoint to fine-tune")
-    need(bool(as_list(config.data.train_files)) or bool(config.data.preprocessed_dir), "data.train_files",
-         "required (or data.preprocessed_dir)")
+    d = config.data
+    given = [key for key in ("train_files", "sources", "preprocessed_dir") if _given(d[key])]
+    need(bool(given), "data.train_files", "required (or data.sources, or data.preprocessed_dir)")
+    need(len(given) <= 1, f"data.{given[-1] if given else 'sources'}", f"give one of data.{' / data.'.join(given)}")
+    need(d.source_sampling in SAMPLINGS, "data.source_sampling", f"{d.source_sampling!r} is not one of {SAMPLINGS}")
+    names = [name for name, _ in data_sources(d)]
+    weights = source_weights(d, names)
+    need(not weights or d.source_sampling == "proportional", "data.source_weights",
+         "applies to data.source_sampling=proportional (round_robin gives every source the same steps)")
+    need(all(w > 0 for w in weights), "data.source_weights", "must be positive")
     need(config.data.layout in LAYOUTS, "data.layout", f"{config.data.layout!r} is not one of {LAYOUTS}")
     need(config.data.max_texts_per_row > 0, "data.max_texts_per_row", "must be positive")
     need(config.data.row_shapes in ROW_SHAPES, "data.row_shapes", f"{config.data.row_shapes!r} is not one of {ROW_SHAPES}")
@@ -134,6 +153,58 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.loss.name == "simcse":
         need(any(config.model[k] > 0 for k in DROPOUTS), "loss.name",
              "simcse uses dropout as its only noise: set model.attention_dropout (or another *_dropout) > 0, e.g. 0.1")
+
+
+def _given(value) -> bool:
+    return bool(value) if hasattr(value, "items") else bool(as_list(value))  # a dict (data.sources) or files
+
+
+def data_sources(data_cfg) -> list[tuple[str, list[str]]]:
+    """(name, file patterns) of each source: data.sources, or data.train_files as the one source "train"."""
+    value = data_cfg.sources
+    if hasattr(value, "items"):
+        out = [(str(name), as_list(files)) for name, files in value.items()]
+    else:
+        out = []
+        for item in as_list(value):
+            name, eq, files = item.partition("=")
+            if eq:
+                if not name.strip() or not files.strip():
+                    raise ValueError(f"config.data.sources: {item!r}: write name=files, e.g. nli=data/nli.jsonl")
+                out.append((name.strip(), [files.strip()]))
+            elif not out:
+                raise ValueError(f"config.data.sources: {item!r} has no name: write name=files, e.g. nli=data/nli.jsonl")
+            else:
+                out[-1][1].append(item)
+    if not out and not data_cfg.preprocessed_dir:
+        return [("train", as_list(data_cfg.train_files))]
+    names = [name for name, _ in out]
+    for name, files in out:
+        if names.count(name) > 1:
+            raise ValueError(f"config.data.sources: the name {name!r} is given twice")
+        if not files:
+            raise ValueError(f"config.data.sources: source {name!r} has no files")
+    return out
+
+
+def source_weights(data_cfg, names: list[str]) -> list[float]:
+    """data.source_weights in the sources' order; [] when not given."""
+    items = as_list(data_cfg.source_weights)
+    if not items:
+        return []
+    try:
+        if all("=" in item for item in items):
+            pairs = dict((k.strip(), float(v)) for k, v in (item.split("=", 1) for item in items))
+            unknown = sorted(set(pairs) - set(names))
+            if unknown or len(pairs) != len(names):
+                raise ValueError(f"names {sorted(pairs)}, but the sources are {names}")
+            return [pairs[name] for name in names]
+        weights = [float(item) for item in items]
+    except ValueError as e:
+        raise ValueError(f"config.data.source_weights: {e}") from None
+    if len(weights) != len(names):
+        raise ValueError(f"config.data.source_weights: {len(weights)} weights for {len(names)} sources {names}")
+    return weights
 
 
 def prompts(data_cfg) -> tuple[str, str]:

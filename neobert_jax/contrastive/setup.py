@@ -11,14 +11,17 @@ import dataclasses
 import os
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 
 from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
-from neobert_jax.contrastive.columns import read_training_columns, with_prompts
-from neobert_jax.contrastive.config import BEST_METRIC, as_list, dropout_overrides, matryoshka, prompts
+from neobert_jax.contrastive.columns import concat_sources, read_training_columns, with_prompts
+from neobert_jax.contrastive.config import (BEST_METRIC, IN_BATCH_LOSSES, as_list, data_sources, dropout_overrides,
+                                            matryoshka, prompts, source_weights)
 from neobert_jax.contrastive.evaluation import RetrievalSet, StsSet, load_eval_sets
 from neobert_jax.contrastive.losses import make_objective
+from neobert_jax.contrastive.sampling import Source
 from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, tokenize_columns
 from neobert_jax.data import load_tokenizer, sources
 from neobert_jax.hf import load_pretrained
@@ -74,19 +77,28 @@ def _tokenizer_source(config) -> str:
 
 
 def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
+    """-> (tokenized columns, the sources in them)."""
     d, loss = config.data, config.loss.name
     if d.preprocessed_dir:
         data = load_preprocessed(d.preprocessed_dir, tokenizer, loss=loss, seq_len=config.train.seq_len,
                                  vector_dim=dim, prompts=prompts(d))
+        names, sizes = ["train"], [data.num_examples]
     else:
-        files = sources.resolve_files(d.train_files, what="data.train_files")
-        columns = read_training_columns(files, loss=loss, columns=as_list(d.columns), label_column=d.label_column,
-                                        vector_dim=dim, score_columns=as_list(d.score_columns))
+        parts = []
+        for name, patterns in data_sources(d):
+            what = "data.train_files" if as_list(d.train_files) else f"data.sources ({name})"
+            files = sources.resolve_files(patterns, what=what)
+            parts.append((name, read_training_columns(
+                files, loss=loss, columns=as_list(d.columns), label_column=d.label_column, vector_dim=dim,
+                score_columns=as_list(d.score_columns))))
+        columns, sizes = concat_sources(parts, loss)
+        names = [name for name, _ in parts]
         data = tokenize_columns(with_prompts(columns, *prompts(d)), text_tokenizer)
     tokens = sum(len(ids) for ids in data.ids)
     log(f"data: {data.num_examples} examples, text columns {data.names}, {tokens} body tokens "
         f"({tokens / max(1, data.num_examples * len(data.names)):.1f} per text)")
-    return data
+    starts = np.cumsum([0, *sizes[:-1]])
+    return data, [Source(name, int(start), size) for name, start, size in zip(names, starts, sizes)]
 
 
 def _row_shapes(setting: str) -> str:
@@ -113,16 +125,26 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     if any(d > dim for d in dims):
         raise ValueError(f"config.loss.matryoshka_dims: {max(dims)} exceeds the model's {dim}-dim embeddings")
     text_tokenizer = TextTokenizer(tokenizer, t.seq_len)
-    data = _read_data(config, text_tokenizer, tokenizer, dim, log)
+    data, data_sources = _read_data(config, text_tokenizer, tokenizer, dim, log)
     sts_sets, retrieval_sets = load_eval_sets(config.eval.sts_files, config.eval.retrieval_dirs)
 
     view_columns = (0, 0) if config.loss.name == "simcse" else tuple(range(len(data.names)))
     layout = Layout(config.data.layout, t.seq_len, config.data.max_texts_per_row,
                     sharding.batch_rows_divisor(mesh) * t.grad_accum_steps, view_columns)
     special_ids = dict(cls_id=text_tokenizer.cls_id, sep_id=text_tokenizer.sep_id, pad_id=text_tokenizer.pad_id)
-    batches = ContrastiveBatches(data, batch_size=t.batch_size, seed=config.seed, shuffle=config.data.shuffle,
+    d = config.data
+    no_duplicates = bool(d.no_duplicates) and config.loss.name in IN_BATCH_LOSSES
+    batches = ContrastiveBatches(data, batch_size=t.batch_size, seed=config.seed, shuffle=d.shuffle,
                                  layout=layout, special_ids=special_ids,
-                                 row_range=lambda rows: sharding.process_row_range(mesh, rows))
+                                 row_range=lambda rows: sharding.process_row_range(mesh, rows),
+                                 sources=data_sources, sampling=d.source_sampling,
+                                 weights=source_weights(d, [s.name for s in data_sources]),
+                                 no_duplicates=no_duplicates, log=log)
+    if len(data_sources) > 1 or no_duplicates:
+        for line in batches.describe():
+            log(line)
+    if len(data_sources) > 1:
+        log(f"data.source_sampling={d.source_sampling}: every step's batch from one source")
     total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")

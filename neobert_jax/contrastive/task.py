@@ -23,6 +23,7 @@ from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
 ST_EXPORT_DIR = "st"
+SOURCE_STEPS = "steps_source_"  # metrics.jsonl: steps of each source (several) since the previous record
 
 
 @dataclasses.dataclass
@@ -66,10 +67,14 @@ class ContrastiveTask:
         self.batch_description = f"{setup.resolved.batch_size} examples"
         self.steps_per_epoch = setup.batches.steps_per_epoch
         self.steps_per_call = setup.resolved.steps_per_call
+        self.source_keys = [SOURCE_STEPS + s.name for s in setup.batches.sources]
 
     def next_batch(self, steps: int) -> tuple[dict, list[dict]]:
         batch, stats = next(self.setup.batches)
-        return sharding.place_groups(batch, stats["rows"], self.setup.mesh), [{k: stats[k] for k in ("texts", "tokens", "slots")}]
+        counters = {k: stats[k] for k in ("texts", "tokens", "slots")}
+        if len(self.source_keys) > 1:  # steps of each source since the previous record
+            counters.update({key: float(i == stats["source"]) for i, key in enumerate(self.source_keys)})
+        return sharding.place_groups(batch, stats["rows"], self.setup.mesh), [counters]
 
     def train_step(self, state, batch, steps: int):
         return self._step(state, batch)
@@ -82,7 +87,8 @@ class ContrastiveTask:
 
     def interval_scalars(self, mean_loss: float, counters: dict, steps: int,
                          elapsed_s: float | None) -> dict[str, float]:
-        scalars = {"padding_efficiency": counters["tokens"] / counters["slots"]}
+        scalars = {"padding_efficiency": counters["tokens"] / counters["slots"],
+                   **{k: v for k, v in counters.items() if k.startswith(SOURCE_STEPS)}}
         if elapsed_s is not None:
             scalars.update(texts_per_s=counters["texts"] / elapsed_s, tokens_per_s=counters["tokens"] / elapsed_s)
         return scalars
