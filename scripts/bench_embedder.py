@@ -169,6 +169,7 @@ def score(model_path: str, test: str, sts: str, seq_len: int, mean_pooling: bool
     from sentence_transformers import SentenceTransformer, models
 
     from neobert_jax.contrastive.evaluation import evaluate, load_retrieval, load_sts
+    from neobert_jax.hf.sentence_transformers import read_sentence_transformers_prompts
 
     if mean_pooling:  # a plain HF dir: the users' models.Transformer + mean models.Pooling
         from embedder_st_trainer import embedding_dimension
@@ -178,8 +179,9 @@ def score(model_path: str, test: str, sts: str, seq_len: int, mean_pooling: bool
             embedding_dimension(transformer), pooling_mode="mean")], device="cpu")
     else:
         model = SentenceTransformer(model_path, device="cpu")
+    prompts = ("", "") if mean_pooling else read_sentence_transformers_prompts(model_path)  # as it was trained
     found = evaluate(lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True),
-                     [load_sts(sts)] if sts else [], [load_retrieval(test)])
+                     [load_sts(sts)] if sts else [], [load_retrieval(test)], *prompts)
     return {key.split("_", 1)[1]: value for key, value in found.items()}
 
 
