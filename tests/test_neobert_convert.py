@@ -1,0 +1,67 @@
+"""NeoBERT HF dirs (config.json + weights, either FFN key layout) read into our model and written back.
+
+The checkpoints are tiny random torch NeoBERTs (test_neobert_parity's reference) saved here.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+from test_neobert_parity import numpy_state_dict, padded_batch, release_config, torch_model
+
+from neobert_jax.hf.neobert import load_neobert_dir, save_neobert_dir
+from neobert_jax.hf.weights import ConversionError
+from neobert_jax.neobert_config import NeoBertConfig
+
+
+def write_dir(path, config: dict, state_dict: dict, weights: str = "model.safetensors"):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    if weights.endswith(".safetensors"):
+        save_file(state_dict, os.path.join(path, weights), metadata={"format": "pt"})
+    else:
+        torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, os.path.join(path, weights))
+    return str(path)
+
+
+@pytest.mark.parametrize("layout,weights", [("w12", "model.safetensors"), ("w1w2", "pytorch_model.bin")])
+def test_a_dir_in_either_layout_loads_matches_torch_and_is_written_back_as_read(tmp_path, layout, weights):
+    c = release_config(tie_word_embeddings=layout == "w1w2")
+    reference = torch_model(c, packed=layout == "w12")
+    state_dict = numpy_state_dict(reference)
+    model, newly = load_neobert_dir(write_dir(tmp_path / "in", c, state_dict, weights))
+    assert newly == []
+    ids, mask = padded_batch(c["vocab_size"], 24, [24, 13])
+    with torch.no_grad():
+        want = reference(torch.tensor(ids, dtype=torch.long), torch.tensor(mask)).numpy()
+    diff = np.abs(np.asarray(model(ids, mask)) - want)[mask.astype(bool)]
+    assert diff.max() <= 1e-4, diff.max()
+
+    out = str(tmp_path / "out")
+    save_neobert_dir(model, out, layout=layout)
+    written = load_file(os.path.join(out, "model.safetensors"))
+    assert sorted(written) == sorted(state_dict)
+    assert all(np.array_equal(written[k], v) for k, v in state_dict.items())
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert (config["model_type"], config["architectures"], config["dim_head"]) == ("neobert", ["NeoBERTLMHead"], 16)
+    assert NeoBertConfig.from_hf_dict(config) == model.config
+    with pytest.raises(FileExistsError):
+        save_neobert_dir(model, out)
+
+
+def test_a_bare_encoder_gets_a_fresh_decoder_and_a_wrong_shape_names_the_tensor(tmp_path):
+    c = release_config()
+    state_dict = numpy_state_dict(torch_model(c, packed=True))
+    bare = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+    model, newly = load_neobert_dir(write_dir(tmp_path / "bare", c, bare))
+    assert sorted(newly) == ["decoder.bias", "decoder.weight"]
+    assert np.array_equal(np.asarray(model.model.encoder[...]), state_dict["model.encoder.weight"])
+
+    state_dict["model.transformer_encoder.1.wo.weight"] = np.zeros((64, 32), np.float32)
+    with pytest.raises(ConversionError, match=r"transformer_encoder\.1\.wo\.weight has shape \(64, 32\)"):
+        load_neobert_dir(write_dir(tmp_path / "bad", c, state_dict))
