@@ -23,6 +23,7 @@ from flax import nnx
 
 from neobert_jax.model.attention import attention
 from neobert_jax.model.decoder_loss import decoder_nll
+from neobert_jax.model.layer_norm import add_rms_norm, rms_norm
 from neobert_jax.model.modernbert import (
     _REMAT_POLICIES,
     Linear,
@@ -37,17 +38,20 @@ from neobert_jax.neobert_config import NeoBertConfig
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * weight in float32 (no mean, no bias), cast to the compute dtype."""
+    """x / rms(x) * weight in float32 (no mean, no bias), cast to the compute dtype; LayerNorm's backward kernel."""
 
     def __init__(self, dim: int, config: NeoBertConfig):
         self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
         self.eps = config.norm_eps
         self.dtype = jnp.dtype(config.dtype)
+        self.backward, self.mesh = config.layer_norm_backward, config.mesh
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...]).astype(self.dtype)
+        return rms_norm(x, self.scale[...], self.eps, self.dtype, self.backward, self.mesh)
+
+    def add(self, h, delta):
+        """(h + delta, norm(h + delta)): the residual add that precedes this norm, fused with it."""
+        return add_rms_norm(h, delta, self.scale[...], self.eps, self.dtype, self.backward, self.mesh)
 
 
 def swiglu(a_BTF, b_BTF):
@@ -91,10 +95,19 @@ class EncoderBlock(nnx.Module):
                            dropout_rng=_fold(dropout_rng, 0))
         return _dropout(self.wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
 
-    def __call__(self, h_BTD, segment_ids_BT, positions_BT, dropout_rng):
-        h_BTD = h_BTD + self.attention(self.attention_norm(h_BTD), segment_ids_BT, positions_BT,
-                                       _fold(dropout_rng, 0))
-        return h_BTD + _dropout(self.ffn(self.ffn_norm(h_BTD)), self.dropout, _fold(dropout_rng, 1))
+    def __call__(self, h_BTD, pending_BTD, segment_ids_BT, positions_BT, dropout_rng):
+        """Returns (residual stream, this block's FFN output not yet added to it).
+
+        Each residual add is done by the norm that follows it (RMSNorm.add), so the backward pass
+        of add + norm is one kernel; `pending_BTD` is the previous block's FFN output (None for block 0).
+        """
+        if pending_BTD is None:
+            x_BTD = self.attention_norm(h_BTD)
+        else:
+            h_BTD, x_BTD = self.attention_norm.add(h_BTD, pending_BTD)
+        h_BTD, x_BTD = self.ffn_norm.add(h_BTD, self.attention(x_BTD, segment_ids_BT, positions_BT,
+                                                               _fold(dropout_rng, 0)))
+        return h_BTD, _dropout(self.ffn(x_BTD), self.dropout, _fold(dropout_rng, 1))
 
 
 def _call_block(block: EncoderBlock, *args):
@@ -127,9 +140,11 @@ class NeoBertModel(nnx.Module):
         apply_block = _call_block
         if self.config.remat != "none":
             apply_block = nnx.remat(_call_block, policy=_REMAT_POLICIES[self.config.remat])
+        pending_BTD = None
         for i, block in enumerate(self.transformer_encoder):
-            h_BTD = apply_block(block, h_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, i + 1))
-        return self.layer_norm(h_BTD)
+            h_BTD, pending_BTD = apply_block(block, h_BTD, pending_BTD, segment_ids_BT, positions_BT,
+                                             _fold(dropout_rng, i + 1))
+        return self.layer_norm(h_BTD if pending_BTD is None else h_BTD + pending_BTD)
 
 
 class Decoder(nnx.Module):
