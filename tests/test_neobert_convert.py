@@ -1,4 +1,5 @@
-"""NeoBERT HF dirs (config.json + weights, either FFN key layout) read into our model and written back.
+"""NeoBERT HF dirs (config.json + weights, either FFN key layout) read into our model and written back,
+and our exports loaded by transformers through the remote code they carry.
 
 The checkpoints are tiny random torch NeoBERTs (test_neobert_parity's reference) saved here.
 """
@@ -65,3 +66,29 @@ def test_a_bare_encoder_gets_a_fresh_decoder_and_a_wrong_shape_names_the_tensor(
     state_dict["model.transformer_encoder.1.wo.weight"] = np.zeros((64, 32), np.float32)
     with pytest.raises(ConversionError, match=r"transformer_encoder\.1\.wo\.weight has shape \(64, 32\)"):
         load_neobert_dir(write_dir(tmp_path / "bad", c, state_dict))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_export_loads_in_transformers_through_its_remote_code(tmp_path, tied):
+    from flax import nnx
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    from neobert_jax.model.neobert import NeoBertForMaskedLM
+
+    config = NeoBertConfig(vocab_size=150, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                           intermediate_size=80, max_length=64, rope_theta=1000.0, tie_word_embeddings=tied)
+    model = NeoBertForMaskedLM(config, rngs=nnx.Rngs(3))
+    out = str(tmp_path / f"export_{tied}")
+    save_neobert_dir(model, out)
+    ids, mask = padded_batch(150, 20, [20, 9])
+    ours = np.asarray(model(ids, mask))
+    hf, info = AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=True, output_loading_info=True)
+    assert type(hf).__name__ == "NeoBERTLMHead" and not info["missing_keys"] and not info["unexpected_keys"]
+    hf.eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
+        hidden = AutoModel.from_pretrained(out, trust_remote_code=True).eval()(
+            torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    keep = mask.astype(bool)
+    assert np.abs(logits - ours)[keep].max() <= 1e-4
+    assert np.abs(hidden - np.asarray(model.encode(ids, mask)))[keep].max() <= 1e-4

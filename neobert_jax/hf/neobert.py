@@ -26,6 +26,9 @@ LAYOUTS = ("w12", "w1w2")
 # Checkpoint tensors that are not parameters: RoPE tables some exports keep as buffers.
 _IGNORABLE_SUFFIXES = ("freqs_cis", "inv_freq")
 _EMBEDDING = "model.encoder.weight"
+# The remote code an export carries, and the transformers Auto classes its config.json maps onto it.
+REMOTE_CODE = "modeling_neobert.py"
+AUTO_MAP = {"AutoConfig": "NeoBERTConfig", "AutoModel": "NeoBERT", "AutoModelForMaskedLM": "NeoBERTLMHead"}
 
 
 def _hf_name(path: tuple) -> tuple[str, bool]:
@@ -158,15 +161,20 @@ def load_neobert_dir(path: str, seed: int = 0, **runtime) -> tuple[NeoBertForMas
 
 def save_neobert_dir(model: NeoBertForMaskedLM, out_dir: str, *, layout: str = "w12",
                      tokenizer_dir: str | None = None, overwrite: bool = False) -> None:
-    """An HF dir in the release's format: config.json (its field names) + model.safetensors + tokenizer files."""
+    """An HF dir in the release's format: config.json (its field names) + model.safetensors + tokenizer files,
+    and our torch `modeling_neobert.py` as remote code (hf/neobert_modeling.py), which config.json's auto_map names."""
     import json
+    import shutil
 
     from safetensors.numpy import save_file
 
     state_dict = neobert_state_dict_from_model(model, layout)
+    config = model.config.to_hf_dict()
+    config["auto_map"] = {auto: f"{REMOTE_CODE[:-3]}.{name}" for auto, name in AUTO_MAP.items()}
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(model.config.to_hf_dict(), f, indent=2, sort_keys=True)
+            json.dump(config, f, indent=2, sort_keys=True)
+        shutil.copyfile(os.path.join(os.path.dirname(__file__), "neobert_modeling.py"), os.path.join(tmp, REMOTE_CODE))
         # "pt" metadata: transformers then reads the file as torch weights.
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
