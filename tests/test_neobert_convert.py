@@ -92,3 +92,29 @@ def test_an_export_loads_in_transformers_through_its_remote_code(tmp_path, tied)
     keep = mask.astype(bool)
     assert np.abs(logits - ours)[keep].max() <= 1e-4
     assert np.abs(hidden - np.asarray(model.encode(ids, mask)))[keep].max() <= 1e-4
+
+
+def test_a_sentence_transformers_export_encodes_as_ours(tmp_path, tiny_tokenizer_dir, contrastive_texts):
+    from flax import nnx
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
+    from neobert_jax.model.neobert import NeoBertForMaskedLM
+
+    tokenizer_dir = tiny_tokenizer_dir(str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = NeoBertConfig(vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=48, max_length=64,
+                           pad_token_id=tokenizer.pad_token_id)
+    model = NeoBertForMaskedLM(config, rngs=nnx.Rngs(4))
+    st_dir = str(tmp_path / "st")
+    save_sentence_transformers_dir(model, st_dir, tokenizer_dir=tokenizer_dir, max_seq_length=16)
+    theirs = SentenceTransformer(st_dir, device="cpu", trust_remote_code=True).encode(contrastive_texts)
+
+    batch = tokenizer(contrastive_texts, padding=True, truncation=True, max_length=16, return_tensors="np")
+    mask = batch["attention_mask"]
+    hidden = np.asarray(model.encode(batch["input_ids"].astype(np.int32), mask))
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    ours = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    assert np.abs(ours - theirs).max() < 1e-4

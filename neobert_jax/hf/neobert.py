@@ -29,6 +29,7 @@ _EMBEDDING = "model.encoder.weight"
 # The remote code an export carries, and the transformers Auto classes its config.json maps onto it.
 REMOTE_CODE = "modeling_neobert.py"
 AUTO_MAP = {"AutoConfig": "NeoBERTConfig", "AutoModel": "NeoBERT", "AutoModelForMaskedLM": "NeoBERTLMHead"}
+_MODELING_SOURCE = os.path.join(os.path.dirname(__file__), "neobert_modeling.py")
 
 
 def _hf_name(path: tuple) -> tuple[str, bool]:
@@ -169,13 +170,27 @@ def save_neobert_dir(model: NeoBertForMaskedLM, out_dir: str, *, layout: str = "
     from safetensors.numpy import save_file
 
     state_dict = neobert_state_dict_from_model(model, layout)
-    config = model.config.to_hf_dict()
-    config["auto_map"] = {auto: f"{REMOTE_CODE[:-3]}.{name}" for auto, name in AUTO_MAP.items()}
+    config = _remote_code_config(model.config, AUTO_MAP)
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        shutil.copyfile(os.path.join(os.path.dirname(__file__), "neobert_modeling.py"), os.path.join(tmp, REMOTE_CODE))
+        shutil.copyfile(_MODELING_SOURCE, os.path.join(tmp, REMOTE_CODE))
         # "pt" metadata: transformers then reads the file as torch weights.
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         copy_tokenizer_files(tokenizer_dir, tmp)
+
+
+def _remote_code_config(config: NeoBertConfig, auto_map: dict) -> dict:
+    d = config.to_hf_dict()
+    d["auto_map"] = {auto: f"{REMOTE_CODE[:-3]}.{name}" for auto, name in auto_map.items()}
+    return d
+
+
+def neobert_encoder_export(model: NeoBertForMaskedLM) -> tuple[dict, dict, dict]:
+    """The bare encoder as a sentence-transformers folder holds it (hf/sentence_transformers.py):
+    (state dict without `model.`, config.json naming the `NeoBERT` class, {REMOTE_CODE: its source})."""
+    encoder = {k[len("model."):]: v for k, v in neobert_state_dict_from_model(model).items() if k.startswith("model.")}
+    config = _remote_code_config(model.config, {k: v for k, v in AUTO_MAP.items() if k != "AutoModelForMaskedLM"})
+    config["architectures"] = ["NeoBERT"]
+    return encoder, config, {REMOTE_CODE: _MODELING_SOURCE}
