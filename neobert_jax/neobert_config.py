@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 from neobert_jax.config import KERNEL_BACKENDS, RUNTIME_FIELDS
@@ -115,3 +116,18 @@ class NeoBertConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(d, source=path, **runtime)
+
+    def save_json(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def is_neobert_config(path: str | None) -> bool:
+    """Whether the config.json at `path` is a NeoBERT's; False for anything unreadable, whose reader then says why."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("model_type") == "neobert"
+    except (OSError, TypeError, ValueError, AttributeError):
+        return False

@@ -118,3 +118,32 @@ def test_a_sentence_transformers_export_encodes_as_ours(tmp_path, tiny_tokenizer
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     ours = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_the_project_loaders_read_neobert_dirs_and_checkpoints(tmp_path):
+    import warnings
+
+    from flax import nnx
+
+    import neobert_jax
+    from neobert_jax.hf import load_pretrained, save_checkpoint_dir
+    from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
+    from neobert_jax.model.neobert import NeoBertForMaskedLM
+
+    config = NeoBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=48, max_length=64)
+    model = NeoBertForMaskedLM(config, rngs=nnx.Rngs(6))
+    ids, mask = padded_batch(100, 12, [12, 5])
+    want = np.asarray(model(ids, mask))
+    save_neobert_dir(model, str(tmp_path / "hf"))
+    save_checkpoint_dir(model, str(tmp_path / "orbax"))
+    for path in ("hf", "orbax"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loaded = neobert_jax.from_pretrained(str(tmp_path / path), dtype="float32")
+        assert isinstance(loaded.module, NeoBertForMaskedLM) and loaded.newly_initialized == []
+        np.testing.assert_allclose(np.asarray(loaded(ids, mask)), want, atol=1e-6, rtol=0)  # jit vs eager
+    save_sentence_transformers_dir(model, str(tmp_path / "st"), tokenizer_dir=None)
+    encoder, newly = load_pretrained(str(tmp_path / "st"))
+    assert sorted(newly) == ["decoder.bias", "decoder.weight"]
+    np.testing.assert_array_equal(np.asarray(encoder.model.encoder[...]), np.asarray(model.model.encoder[...]))
