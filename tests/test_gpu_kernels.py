@@ -15,9 +15,10 @@ import pytest
 from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
-from neobert_jax.model import ModernBertForMaskedLM
+from neobert_jax.model import ModernBertForMaskedLM, NeoBertForMaskedLM
 from neobert_jax.model.attention import attention, cudnn_backend, xla_attention
 from neobert_jax.model.attention_pallas import pallas_attention
+from neobert_jax.neobert_config import NeoBertConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")]
 
@@ -124,12 +125,20 @@ def test_auto_dispatch(dtype, window, precision, kernel):
     assert o_err < limits[0] and grad_err < limits[1], (o_err, grad_err)
 
 
+MODELS = {  # the model families and their configs' shared fields (NeoBERT: RMSNorm through LayerNorm's kernel)
+    "modernbert": (ModernBertForMaskedLM, lambda **kw: ModernBertConfig(local_attention=128, **kw)),
+    "neobert": (NeoBertForMaskedLM, NeoBertConfig),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
 @pytest.mark.parametrize("dtype, precision, rtol", [("bfloat16", "default", 2e-2), ("float32", "TF32_TF32_F32_X3", 1e-4)])
-def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol):
+def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol, family):
     """The whole MLM loss and its gradients with every kernel field on `auto` (attention, LayerNorm
     backward, log-sum-exp: all Pallas on GPU) against every field on `xla`."""
-    base = ModernBertConfig(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
-                            num_attention_heads=2, local_attention=128, pad_token_id=3, dtype=dtype)
+    model_class, make_config = MODELS[family]
+    base = make_config(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
+                       num_attention_heads=2, pad_token_id=3, dtype=dtype)
     rng = np.random.RandomState(0)
     seg_BT = _segments(LAYOUTS["packed"])
     ids_BT = jnp.asarray(rng.randint(5, 512, (B, T)), jnp.int32)
@@ -140,7 +149,7 @@ def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol):
     def loss_and_grads(kernels):
         config = base.replace(attn_implementation=kernels, layer_norm_backward=kernels, logsumexp=kernels,
                               tf32x3=precision == "TF32_TF32_F32_X3")
-        graphdef, state = nnx.split(ModernBertForMaskedLM(config, rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(model_class(config, rngs=nnx.Rngs(0)))
         loss = lambda state: nnx.merge(graphdef, state).mlm_nll(
             ids_BT, labels_BT, segment_ids_BT=seg_BT, positions_BT=pos_BT).sum() / jnp.sum(labels_BT >= 0)
         with jax.default_matmul_precision(precision):

@@ -24,7 +24,8 @@ from neobert_jax.fileio import atomic_dir
 from neobert_jax.hf.paths import PARAMS, locate
 from neobert_jax.hf.io import copy_tokenizer_files, read_hf_config, read_hf_state_dict, write_hf_dir
 from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
-from neobert_jax.model import ModernBertForMaskedLM
+from neobert_jax.model import ModernBertForMaskedLM, NeoBertForMaskedLM
+from neobert_jax.neobert_config import NeoBertConfig, is_neobert_config
 
 
 def quiet_orbax_failures() -> None:
@@ -83,12 +84,20 @@ def save_checkpoint_dir(model: ModernBertForMaskedLM, out_dir: str, tokenizer_di
 def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForMaskedLM, list[str]]:
     """Model from an HF dir or a project checkpoint; returns (model, newly initialized HF names).
 
+    A config.json whose model_type is "neobert" gives a NeoBertForMaskedLM (HF dirs through hf/neobert.py).
     runtime: ModernBertConfig runtime fields (dtype, attn_implementation, remat).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     files = locate(path)
     params_dir = files.params
+    neobert = is_neobert_config(files.config)
+    config_class, model_class = (NeoBertConfig, NeoBertForMaskedLM) if neobert else (ModernBertConfig,
+                                                                                      ModernBertForMaskedLM)
+    if params_dir is None and neobert:
+        from neobert_jax.hf.neobert import load_neobert_dir
+
+        return load_neobert_dir(path, seed, **runtime)
     if params_dir is None:
         config = read_hf_config(path, **runtime)
         state_dict = read_hf_state_dict(path)
@@ -102,8 +111,8 @@ def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForM
         return model, newly_initialized
     if files.config is None:
         raise FileNotFoundError(f"{path}: no config.json for its weights ({files.describe()})")
-    config = ModernBertConfig.from_json_file(files.config, **runtime)
-    abstract = nnx.eval_shape(lambda: ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed)))
+    config = config_class.from_json_file(files.config, **runtime)
+    abstract = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(seed)))
     graphdef, abstract_state = nnx.split(abstract)
     restored = restore_params(params_dir, nnx.to_pure_dict(abstract_state))
     nnx.replace_by_pure_dict(abstract_state, restored)

@@ -1,7 +1,7 @@
 """sentence-transformers model folders: write one around our encoder, read a folder's pooling.
 
-The folder is the bare encoder (`ModernBertModel`, as sentence-transformers saves it) with its
-tokenizer at the top level, then `1_Pooling` and, when embeddings are unit vectors,
+The folder is the bare encoder (`ModernBertModel`, as sentence-transformers saves it; a NeoBERT's
+`NeoBERT` with the remote code of its HF export, hf/neobert.py) with its tokenizer at the top level, then `1_Pooling` and, when embeddings are unit vectors,
 `2_Normalize`. The module files use the long-standing format (`sentence_transformers.models.*`,
 `pooling_mode_*_tokens`), which sentence-transformers 2.x to 6.x all load. The training prompts
 become the folder's prompts "query" and "document" (the names `encode_query` / `encode_document`
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -34,6 +35,21 @@ def _write_json(path: str, content) -> None:
         json.dump(content, f, indent=2)
 
 
+def _encoder_export(model) -> tuple[dict, dict, dict]:
+    """(encoder state dict without the `model.` prefix, its config.json, {file name: source} to copy beside it)."""
+    from neobert_jax.neobert_config import NeoBertConfig
+
+    if isinstance(model.config, NeoBertConfig):
+        from neobert_jax.hf.neobert import neobert_encoder_export
+
+        return neobert_encoder_export(model)
+    encoder = {k.removeprefix("model."): np.ascontiguousarray(v)
+               for k, v in state_dict_from_model(model).items() if k.startswith("model.")}
+    config = model.config.to_hf_dict()
+    config["architectures"] = ["ModernBertModel"]
+    return encoder, config, {}
+
+
 def save_sentence_transformers_dir(model, out_dir: str, *, tokenizer_dir: str | None, pooling: str = "mean",
                                    normalize: bool = True, max_seq_length: int = 512,
                                    prompts: tuple[str, str] = ("", ""), overwrite: bool = False) -> None:
@@ -43,10 +59,7 @@ def save_sentence_transformers_dir(model, out_dir: str, *, tokenizer_dir: str | 
 
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
-    encoder = {k.removeprefix("model."): np.ascontiguousarray(v)
-               for k, v in state_dict_from_model(model).items() if k.startswith("model.")}
-    config = model.config.to_hf_dict()
-    config["architectures"] = ["ModernBertModel"]
+    encoder, config, files = _encoder_export(model)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
@@ -59,6 +72,8 @@ def save_sentence_transformers_dir(model, out_dir: str, *, tokenizer_dir: str | 
         _write_json(os.path.join(tmp, "config.json"), config)
         save_file(encoder, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         copy_tokenizer_files(tokenizer_dir, tmp)
+        for name, source in files.items():
+            shutil.copyfile(source, os.path.join(tmp, name))
         _write_json(os.path.join(tmp, "modules.json"), modules)
         _write_json(os.path.join(tmp, "sentence_bert_config.json"), {"max_seq_length": max_seq_length,
                                                                      "do_lower_case": False})

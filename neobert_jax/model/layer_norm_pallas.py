@@ -19,7 +19,7 @@ from jax.experimental.pallas import triton as plgpu
 
 
 def _kernel(x_ref, dy_ref, dres_ref, mean_ref, rstd_ref, scale_ref, dx_ref, dscale_ref, dbias_ref, *,
-            rows: int, width: int, block_rows: int, block_width: int):
+            rows: int, width: int, block_rows: int, block_width: int, centered: bool):
     r = pl.program_id(0) * block_rows + jnp.arange(block_rows)
     c = jnp.arange(block_width)
     row_ok, col_ok = r < rows, c < width
@@ -32,9 +32,10 @@ def _kernel(x_ref, dy_ref, dres_ref, mean_ref, rstd_ref, scale_ref, dx_ref, dsca
     scale = plgpu.load(scale_ref.at[c], mask=col_ok, other=0.0)
     xhat = jnp.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
     g = dy * scale[None, :]
-    mean_g = jnp.sum(g, axis=1) / width
     mean_gx = jnp.sum(g * xhat, axis=1) / width
-    dx = (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+    if centered:
+        g = g - (jnp.sum(g, axis=1) / width)[:, None]
+    dx = (g - xhat * mean_gx[:, None]) * rstd[:, None]
     if dres_ref is not None:
         dx += plgpu.load(dres_ref.at[at], mask=ok, other=0.0).astype(jnp.float32)
     plgpu.store(dx_ref.at[at], dx.astype(dx_ref.dtype), mask=ok)
@@ -45,15 +46,17 @@ def _kernel(x_ref, dy_ref, dres_ref, mean_ref, rstd_ref, scale_ref, dx_ref, dsca
 
 
 def layer_norm_backward(x_RD, dy_RD, dres_RD, mean_R, rstd_R, scale_D, *, with_bias: bool,
-                        block_rows: int = 16, interpret: bool = False):
-    """(dx, d_scale, d_bias or None) of y = (x - mean)·rstd·scale (+ bias), plus dres when given.
+                        centered: bool = True, block_rows: int = 16, interpret: bool = False):
+    """(dx, d_scale, d_bias or None) of y = (x - mean)·rstd·scale (+ bias), plus dres when given;
+    centered=False: RMSNorm's (mean is 0 and does not depend on x).
 
     x, dy, dres: (rows, width), any float dtype (dx takes x's); mean, rstd: float32 (rows,).
     """
     R, D = x_RD.shape
     tiles = pl.cdiv(R, block_rows)
     block_width = pl.next_power_of_2(D)
-    kernel = functools.partial(_kernel, rows=R, width=D, block_rows=block_rows, block_width=block_width)
+    kernel = functools.partial(_kernel, rows=R, width=D, block_rows=block_rows, block_width=block_width,
+                               centered=centered)
     partial_shape = jax.ShapeDtypeStruct((tiles, D), jnp.float32)
     out_shape = [jax.ShapeDtypeStruct(x_RD.shape, x_RD.dtype), partial_shape] + ([partial_shape] if with_bias else [])
     has_dres = dres_RD is not None
