@@ -233,7 +233,7 @@ CASES = {
     "c-seq-too-long": (C("--config.train.seq_len=100000"), "seq_len"),
     "c-init-str-size": (C("--config.init_from=IN/hf_str"), "hidden_size"),
     "c-sts-missing": (C("--config.eval.sts_files=IN/none.jsonl"), "none.jsonl"),
-    "c-unknown-key": (C("--config.loss.temperature=1"), "config.loss.temperature"),
+    "c-unknown-key": (C("--config.loss.temprature=1"), "config.loss.temprature"),
     "c-source-unnamed": (C("--config.data.train_files=", "--config.data.sources=IN/pairs.jsonl"), "config.data.sources"),
     "c-source-missing": (C("--config.data.train_files=", "--config.data.sources=a=IN/pairs.jsonl,b=IN/none.jsonl"),
                          "data.sources (b): "),
