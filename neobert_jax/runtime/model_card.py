@@ -167,7 +167,7 @@ def model_card(export_dir: str, run_dir: str | None, step: int | None = None) ->
         table = _evaluation_table(summary)
         if table:
             body += ["## Evaluation", ""] + table + [""]
-        if summary.get("closing_lines"):
+        elif summary.get("closing_lines"):  # no before/after table: the run's own closing lines say the results
             body += [f"- {line}" for line in summary["closing_lines"]] + [""]
         if summary.get("loss_curve") and os.path.isfile(os.path.join(run_dir, LOSS_CURVE_FILE)):
             body += [f"![training loss]({LOSS_CURVE_FILE})", ""]
