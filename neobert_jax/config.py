@@ -29,8 +29,29 @@ def kernel_backend(mode: str, platform: str) -> str:
     return ("pallas" if platform == "gpu" else "xla") if mode == "auto" else mode
 
 
+class HFConfigFile:
+    """config.json reading and writing for a config class with `from_hf_dict` and `to_hf_dict`."""
+
+    @classmethod
+    def from_json_file(cls, path: str, **runtime: Any):
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(d, source=path, **runtime)
+
+    def save_json(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
 @dataclasses.dataclass(frozen=True)
-class ModernBertConfig:
+class ModernBertConfig(HFConfigFile):
     vocab_size: int = 50368
     hidden_size: int = 768
     intermediate_size: int = 1152
@@ -152,19 +173,3 @@ class ModernBertConfig:
         d.update(architectures=["ModernBertForMaskedLM"], model_type="modernbert", torch_dtype="float32")
         return d
 
-    @classmethod
-    def from_json_file(cls, path: str, **runtime: Any) -> "ModernBertConfig":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf_dict(d, source=path, **runtime)
-
-    def save_json(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
-from neobert_jax.config import KERNEL_BACKENDS, RUNTIME_FIELDS
+from neobert_jax.config import KERNEL_BACKENDS, RUNTIME_FIELDS, HFConfigFile
 
 # Release fields that select variants this project does not implement: the value each must have.
 _FIXED = {"rms_norm": True, "rope": True, "hidden_act": "swiglu", "ngpt": False}
 
 
 @dataclasses.dataclass(frozen=True)
-class NeoBertConfig:
+class NeoBertConfig(HFConfigFile):
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 28
@@ -106,22 +105,6 @@ class NeoBertConfig:
                  torch_dtype="float32")
         return d
 
-    @classmethod
-    def from_json_file(cls, path: str, **runtime: Any) -> "NeoBertConfig":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf_dict(d, source=path, **runtime)
-
-    def save_json(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
 
 
 def is_neobert_config(path: str | None) -> bool:
