@@ -97,7 +97,7 @@ def neobert_state_dict_from_model(model: NeoBertForMaskedLM, layout: str = "w12"
     return out
 
 
-def _normalized(state_dict: dict) -> dict[str, np.ndarray]:
+def normalized_state_dict(state_dict: dict) -> dict[str, np.ndarray]:
     """`model.`-prefixed keys (a bare NeoBERT's get the prefix) with w1/w2 packed into w12."""
     bare = not any(k.startswith("model.") for k in state_dict)
     lookup = {("model." + k if bare and not k.startswith("decoder.") else k): np.asarray(v)
@@ -115,7 +115,7 @@ def load_neobert_state_dict(model: NeoBertForMaskedLM, state_dict: dict, source:
     Returns (newly_initialized, ignored): our tensors the checkpoint lacked (they keep their init)
     and checkpoint tensors with no place here. A tied model checks the decoder weight against the embedding.
     """
-    lookup = _normalized(state_dict)
+    lookup = normalized_state_dict(state_dict)
     heads = model.config.num_attention_heads
     used, newly_initialized = set(), []
     for path, var in _flat_params(model).items():
