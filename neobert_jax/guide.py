@@ -125,7 +125,7 @@ def guide_init(teacher_sd: dict[str, np.ndarray], teacher, student, *, layer_map
         names = (type(c).__name__.removesuffix("Config") for c in (teacher, student))
         raise GuideError("the teacher is a {} and the student a {}: GUIDE maps within one architecture".format(*names))
     if isinstance(teacher, NeoBertConfig):
-        from neobert_jax.guide_neobert import guide_neobert
+        from neobert_jax.guide_neobert import guide_neobert  # here: it imports this module
 
         return guide_neobert(teacher_sd, teacher, student, layer_map, selection, seed)
     return _guide_modernbert(teacher_sd, teacher, student, layer_map, selection, seed)
