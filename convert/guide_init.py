@@ -6,6 +6,7 @@ The student has the teacher's architecture, read from its config.json as load_pr
 import argparse
 import sys
 
+from neobert_jax.fileio import check_absent
 from neobert_jax.hf.paths import locate
 from neobert_jax.guide import GuideError, guide_init, parse_layer_map
 from neobert_jax.hf import read_hf_config, read_hf_state_dict, save_checkpoint_dir, save_hf_dir, save_neobert_dir
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     try:
         if args.max_position_embeddings <= 0:
             raise ValueError(f"--max-position-embeddings {args.max_position_embeddings}: must be positive")
+        if not args.overwrite:
+            for out in filter(None, (args.out, args.checkpoint)):
+                check_absent(out)
         files = locate(args.teacher)
         print(f"teacher {args.teacher}: {files.describe()}")
         neobert = is_neobert_config(files.config)

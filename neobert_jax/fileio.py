@@ -9,6 +9,13 @@ import tempfile
 from collections.abc import Iterator
 
 
+def check_absent(out_dir: str) -> None:
+    """Raises FileExistsError when `out_dir` exists and is not an empty folder: for commands that
+    write several folders, so a refused second one is known before the first is written."""
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        raise FileExistsError(f"{os.path.abspath(out_dir)}: exists and is not empty (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
     """Yields a temp folder beside `out_dir` that becomes `out_dir` when the block completes.
@@ -20,8 +27,8 @@ def atomic_dir(out_dir: str, if_exists: str = "error") -> Iterator[str]:
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir) and not os.listdir(out_dir):
         os.rmdir(out_dir)
-    if os.path.exists(out_dir) and if_exists == "error":
-        raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+    if if_exists == "error":
+        check_absent(out_dir)
     try:
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir))

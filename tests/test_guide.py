@@ -83,6 +83,11 @@ def test_cli_from_bare_teacher_writes_loadable_student(tmp_path, capsys, hf_conf
     sa = state_dict_from_model(a.module)
     sb = state_dict_from_model(neobert_jax.from_pretrained(str(tmp_path / "again")).module)
     assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+    # An existing --checkpoint is refused before --out is written.
+    capsys.readouterr()
+    assert main(args[:3] + [str(tmp_path / "fresh")] + args[4:]) == 1
+    assert "ck: exists and is not empty" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()
 
 
 @pytest.mark.parametrize("change,message", [
