@@ -51,6 +51,28 @@ def test_ranking_loss_matches_numpy(emb_CBD, scale, symmetric):
     assert abs(pairs_only - ours) > 1e-3  # the hard negatives take part
 
 
+def np_gte(emb_CBD, scale):
+    """Pair i's partition, written term by term: every document and negative for query i, the
+    other queries for query i, the other queries for document i, the other documents for document i."""
+    e = np_normalize(emb_CBD.astype(np.float64))
+    q, d, B = e[0], e[1], e.shape[1]
+    candidates = np.concatenate(list(e[1:]))
+    total = 0.0
+    for i in range(B):
+        others = [j for j in range(B) if j != i]
+        terms = np.concatenate([candidates @ q[i], q[others] @ q[i], q[others] @ d[i], d[others] @ d[i]])
+        total += -scale * (q[i] @ d[i]) + np.log(np.exp(scale * terms).sum())
+    return total / B
+
+
+@pytest.mark.parametrize("scale", [20.0, 3.0])
+def test_gte_loss_matches_numpy(emb_CBD, scale):
+    objective = losses.make_objective(loss_cfg("gte", scale), columns=3, normalize=False, dims=[], weights=[])
+    ours = float(objective(jnp.asarray(emb_CBD.reshape(-1, 8))))
+    assert abs(ours - np_gte(emb_CBD, scale)) < 1e-5
+    assert ours > np_ranking(emb_CBD, scale, False) + 1e-3  # more negatives in every partition
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_matryoshka_sums_the_prefix_losses(emb_CBD, normalize):
     dims, weights = [8, 4, 2], [1.0, 0.5, 0.25]

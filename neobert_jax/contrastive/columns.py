@@ -24,6 +24,7 @@ from neobert_jax.data.errors import DataError
 TXT_COLUMN = "text"
 _COLUMNS_WANTED = {
     "mnrl": "(anchor, positive[, negative, ...]) text columns",
+    "gte": "(anchor, positive[, negative, ...]) text columns",
     "simcse": "one text column",
     "mse": "one text column and a vector column (data.label_column)",
     "cosent": "two text columns (sentence1, sentence2) and a score column",
@@ -233,15 +234,15 @@ def text_columns_for(path: str, available: Sequence[str], loss: str, columns: Se
     else:
         chosen = [name for name in available if not (loss == "mse" and name == label_column)
                   and name not in score_columns]
-    minimum = {"mnrl": 2, "cosent": 2, "margin_mse": 3, "distill_kl": 3}.get(loss, 1)
+    minimum = {"mnrl": 2, "gte": 2, "cosent": 2, "margin_mse": 3, "distill_kl": 3}.get(loss, 1)
     if loss == "cosent" and len(chosen) > 2:
         raise DataError(f"{path}: loss cosent takes {wanted}, found {len(chosen)}: "
                         f"{', '.join(map(repr, chosen))}; pick two with data.columns")
     if loss in SCORE_LOSSES and len(chosen) < minimum:
         raise DataError(f"{path}: loss {loss} needs {wanted}, found {', '.join(map(repr, chosen)) or 'none'}")
-    if loss == "mnrl" and len(chosen) < 2:
+    if loss in ("mnrl", "gte") and len(chosen) < 2:
         hint = "; a .txt file holds single texts: use loss simcse" if path.endswith(".txt") else ""
-        raise DataError(f"{path}: loss mnrl needs {wanted}, found {', '.join(map(repr, chosen)) or 'none'}{hint}")
+        raise DataError(f"{path}: loss {loss} needs {wanted}, found {', '.join(map(repr, chosen)) or 'none'}{hint}")
     if loss in ("simcse", "mse") and len(chosen) != 1:
         if not chosen:
             raise DataError(f"{path}: loss {loss} needs {wanted}, found none")

@@ -14,11 +14,11 @@ import ml_collections
 
 from neobert_jax.runtime.config import DROPOUTS, base_config, validate_training
 
-LOSSES = ("mnrl", "simcse", "mse", "cosent", "margin_mse", "distill_kl")
+LOSSES = ("mnrl", "gte", "simcse", "mse", "cosent", "margin_mse", "distill_kl")
 SCORE_LOSSES = ("cosent", "margin_mse", "distill_kl")  # losses with a per-example score column
 SIMILARITIES = ("dot", "cosine")
 SAMPLINGS = ("proportional", "round_robin")
-IN_BATCH_LOSSES = ("mnrl", "simcse")  # whose negatives are the batch's other texts
+IN_BATCH_LOSSES = ("mnrl", "gte", "simcse")  # whose negatives are the batch's other texts
 LAYOUTS = ("pack", "bucket")
 ROW_SHAPES = ("auto", "one", "ladder")
 POOLING_MODES = ("mean", "cls")
@@ -64,11 +64,12 @@ def contrastive_config() -> ml_collections.ConfigDict:
     })
 
     c.loss = ml_collections.ConfigDict({
-        # mnrl (InfoNCE, in-batch + hard negatives) | simcse (one text column) | mse (teacher vectors) |
+        # mnrl (InfoNCE, in-batch + hard negatives) | gte (mnrl whose negatives also include the batch's
+        # queries for each query and document, and its documents for each document) | simcse (one text column) | mse (teacher vectors) |
         # cosent (pairs + a score) | margin_mse (query, pos, negs + teacher margins) | distill_kl (query,
         # candidates + teacher scores): sentence-transformers' losses of the same names
         "name": "mnrl",
-        "scale": 20.0,  # mnrl/simcse/cosent: cosine similarities are multiplied by this (1 / temperature)
+        "scale": 20.0,  # mnrl/gte/simcse/cosent: cosine similarities are multiplied by this (1 / temperature)
         "similarity": "dot",  # margin_mse/distill_kl: dot (of the output, unit when pooling.normalize) | cosine
         "temperature": 1.0,  # distill_kl: student and teacher scores are divided by it; the loss times its square
         "symmetric": False,  # mnrl/simcse: also rank the anchors for each positive, average both directions

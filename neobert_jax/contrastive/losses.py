@@ -39,6 +39,21 @@ def ranking_loss(emb_CBD, scale: float, symmetric: bool):
     return loss
 
 
+def gte_loss(emb_CBD, scale: float):
+    """GTE's improved contrastive loss (arXiv 2308.03281): InfoNCE whose partition for pair i holds,
+    besides every document and hard negative for query i, the other queries for query i, the other
+    queries for document i and the other documents for document i: four times the in-batch
+    negatives from the same embeddings."""
+    C, B, D = emb_CBD.shape
+    query_BD, doc_BD = emb_CBD[0], emb_CBD[1]
+    off_diagonal = ~jnp.eye(B, dtype=bool)
+    masked = lambda a, b: jnp.where(off_diagonal, scale * cosine_matrix(a, b), -jnp.inf)
+    logits_BK = jnp.concatenate([
+        scale * cosine_matrix(query_BD, emb_CBD[1:].reshape((C - 1) * B, D)),
+        masked(query_BD, query_BD), masked(doc_BD, query_BD), masked(doc_BD, doc_BD)], axis=1)
+    return _cross_entropy_diagonal(logits_BK)
+
+
 def mse_loss(emb_BD, target_BD):
     """Mean squared error over all elements (torch MSELoss), the student against teacher vectors."""
     return jnp.mean(jnp.square(emb_BD - target_BD))
@@ -105,6 +120,8 @@ def make_objective(loss_cfg, *, columns: int, normalize: bool, dims: list[int], 
                 total += weight * margin_mse_loss(emb_CBD[..., :dim], targets_BD, similarity)
             elif name == "distill_kl":
                 total += weight * distill_kl_loss(emb_CBD[..., :dim], targets_BD, similarity, temperature)
+            elif name == "gte":
+                total += weight * gte_loss(emb_CBD[..., :dim], scale)
             else:
                 total += weight * ranking_loss(emb_CBD[..., :dim], scale, symmetric)
         return total
