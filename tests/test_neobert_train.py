@@ -60,11 +60,12 @@ def test_neobert_config_is_the_frameworks_recipe():
     assert (config.train.adam_b2, config.train.weight_decay, config.train.learning_rate) == (0.95, 0.1, 1e-4)
 
 
-def test_pretraining_exports_a_neobert_that_transformers_runs_to_our_logits(pretrained):
+def test_pretraining_exports_a_neobert_that_transformers_runs_to_our_logits(pretrained, tmp_path):
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from neobert_jax.hf import load_pretrained
+    from neobert_jax.hf.convert import flax_to_torch
     from neobert_jax.model import NeoBertForMaskedLM
 
     root, _, _ = pretrained
@@ -85,6 +86,9 @@ def test_pretraining_exports_a_neobert_that_transformers_runs_to_our_logits(pret
     real = mask.astype(bool)
     assert np.abs(mine - theirs)[real].max() < 1e-4
     assert np.abs(theirs[real]).max() > 1e-2  # a trained head, not zeros
+    flax_to_torch(str(root / "run"), str(tmp_path / "converted"))  # the converter writes the same NeoBERT export
+    assert (tmp_path / "converted" / "model.safetensors").read_bytes() == (hf_dir / "model.safetensors").read_bytes()
+    assert (tmp_path / "converted" / "modeling_neobert.py").is_file()
 
 
 def test_a_rerun_resumes_from_the_checkpoint_and_continues(pretrained):
