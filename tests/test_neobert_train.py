@@ -148,12 +148,25 @@ def test_the_cli_refuses_an_unknown_architecture_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_init_from_must_be_the_configs_architecture(pretrained):
+def test_init_from_a_neobert_dir_continues_its_weights_and_must_match_the_architecture(pretrained):
+    from flax import nnx
+
+    from neobert_jax.hf import load_pretrained
     from neobert_jax.runtime.model_init import build_model
 
     root, _, _ = pretrained
-    config = _config(architecture="modernbert")
+    config = _config(**{k.split(".")[1]: v for k, v in TINY.items() if k.startswith("model.")}, mlp_dropout=0.1,
+                     attention_dropout=0.1)
     config.init_from = str(root / "run" / "hf")
+    said = []
+    model, new = build_model(config, 300, {}, log=said.append)
+    assert new == [] and model.config.dropout == 0.1 and "model.attention_dropout 0.0 -> 0.1" in said[0]
+    exported, _ = load_pretrained(config.init_from)
+    ours, theirs = (dict(nnx.to_flat_state(nnx.state(m, nnx.Param))) for m in (model, exported))
+    assert ours.keys() == theirs.keys()
+    for path, var in ours.items():
+        np.testing.assert_array_equal(np.asarray(var[...]), np.asarray(theirs[path][...]))
+    config.model.architecture = "modernbert"
     with pytest.raises(ValueError, match=r"^config.model.architecture='modernbert' but init_from .* is a neobert"):
         build_model(config, 300, {}, log=lambda _: None)
 
