@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from neobert_jax.config import KERNEL_BACKENDS, RUNTIME_FIELDS, HFConfigFile
+from neobert_jax.config import FULL, KERNEL_BACKENDS, RUNTIME_FIELDS, HFConfigFile
 
 # Release fields that select variants this project does not implement: the value each must have.
 _FIXED = {"rms_norm": True, "rope": True, "hidden_act": "swiglu", "ngpt": False}
@@ -59,6 +59,11 @@ class NeoBertConfig(HFConfigFile):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """Every layer attends globally (ModernBertConfig's field, read by the attention backend choice)."""
+        return (FULL,) * self.num_hidden_layers
 
     @property
     def ffn_size(self) -> int:

@@ -19,6 +19,7 @@ from neobert_jax.contrastive.config import as_list, dropout_overrides
 from neobert_jax.data import load_tokenizer
 from neobert_jax.data.errors import DataError
 from neobert_jax.hf.paths import locate
+from neobert_jax.neobert_config import is_neobert_config
 from neobert_jax.runtime import optim, sharding
 from neobert_jax.runtime.model_init import runtime_policy
 from neobert_jax.runtime.resolved import resolve
@@ -73,6 +74,9 @@ def setup_classify(config, log) -> ClassifySetup:
         raise ValueError(f"config.train.batch_size: {t.batch_size} is not a multiple of {accum_rows} (the mesh's batch "
                          "shards x train.grad_accum_steps)")
     log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
+    if is_neobert_config(locate(config.init_from).config):  # its heads are ModernBERT's (classify/head.py)
+        raise ValueError(f"config.init_from: {config.init_from} is a NeoBERT model; classification fine-tunes "
+                         "ModernBERT encoders only")
     source = config.tokenizer or locate(config.init_from).tokenizer
     if not source:
         raise FileNotFoundError(f"config.init_from: {config.init_from} has no tokenizer files beside it; "

@@ -26,9 +26,8 @@ from neobert_jax.contrastive.tokenized import TextTokenizer, load_preprocessed, 
 from neobert_jax.data import load_tokenizer, sources
 from neobert_jax.hf import load_pretrained
 from neobert_jax.hf.paths import locate
-from neobert_jax.model import ModernBertForMaskedLM
 from neobert_jax.runtime import optim, sharding
-from neobert_jax.runtime.model_init import runtime_policy
+from neobert_jax.runtime.model_init import architecture_of, runtime_policy
 from neobert_jax.runtime.resolved import resolve
 from neobert_jax.runtime.run_dir import check_run_tokenizer, has_checkpoints
 from neobert_jax.runtime.setup import TaskSetup, begin_setup, check_model_fits, finish_setup
@@ -47,14 +46,16 @@ class ContrastiveSetup(TaskSetup):
 
 
 def load_model_parts(path: str, *, seed: int, runtime: dict, config_changes: dict, log=print):
-    """-> (parts, params) of the model at `path`, its config changed by `config_changes` (dropout)."""
+    """-> (parts, params) of the model at `path` (either architecture), its config changed by `config_changes`
+    (config.model's dropout keys, mapped onto the architecture's fields)."""
     loaded, newly_initialized = load_pretrained(path, seed=seed, **runtime)
     missing = [name for name in newly_initialized if name.startswith("model.")]
     if missing:
         log(f"warning: {path} lacks encoder weights {missing}; they start from random init")
     loaded_parts, params = ModelParts.split(loaded)
-    model_config = loaded.config.replace(**config_changes)
-    abstract = nnx.eval_shape(lambda: ModernBertForMaskedLM(model_config, rngs=nnx.Rngs(0)))
+    arch = architecture_of(loaded.config)
+    model_config = loaded.config.replace(**arch.model_fields(config_changes))
+    abstract = nnx.eval_shape(lambda: arch.model_class(model_config, rngs=nnx.Rngs(0)))
     graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
     return ModelParts(graphdef, rest, model_config, loaded_parts.axes, loaded_parts.abstract_params), params
 

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from neobert_jax.contrastive.pooling import gather_texts, pool_rows
 from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.model_init import uses_dropout
 from neobert_jax.runtime.state import ModelParts, TrainState
 
 ROW_KEYS = ("input_ids", "segment_ids", "positions")
@@ -57,8 +58,7 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
                           objective: Callable, *, slots: tuple[int, ...], pooling_mode: str, accum: int,
                           has_targets: bool, state_sh: TrainState, mesh: Mesh) -> Callable:
     """(state, placed batch) -> (state, metrics); the state is donated, metrics are replicated scalars."""
-    c = parts.config
-    uses_dropout = max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout) > 0
+    dropout = uses_dropout(parts.config)
 
     def loss_of_pooled(pooled, text_slot_N, targets_BD):
         return objective(gather_texts(pooled, text_slot_N), targets_BD)
@@ -67,7 +67,7 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def embed(params, groups, micro_index):
-            rng = jax.random.fold_in(step_rng, micro_index) if uses_dropout else None
+            rng = jax.random.fold_in(step_rng, micro_index) if dropout else None
             return encode_groups(parts.merge(params), groups, slots, pooling_mode, rng)
 
         targets = batch.get("targets")

@@ -5,21 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neobert_jax.hf.checkpoint import load_pretrained, save_checkpoint_dir, save_hf_dir
+from neobert_jax.hf.checkpoint import load_pretrained, save_checkpoint_dir
 from neobert_jax.hf.paths import locate
+from neobert_jax.runtime.model_init import architecture_of
 
 
 def torch_to_flax(hf_dir: str, out_dir: str, overwrite: bool = False) -> list[str]:
-    """HF ModernBERT dir -> project checkpoint dir; returns the newly initialized tensor names."""
+    """HF ModernBERT or NeoBERT dir -> project checkpoint dir; returns the newly initialized tensor names."""
     model, newly_initialized = load_pretrained(hf_dir)
     save_checkpoint_dir(model, out_dir, tokenizer_dir=locate(hf_dir).tokenizer, overwrite=overwrite)
     return newly_initialized
 
 
 def flax_to_torch(ckpt: str, out_dir: str, overwrite: bool = False) -> list[str]:
-    """Project checkpoint (model dir, run dir or step dir) -> HF dir with model.safetensors."""
+    """Project checkpoint (model dir, run dir or step dir) -> HF dir with model.safetensors, in the
+    architecture's format (a NeoBERT's with its remote code, as a run's export)."""
     model, newly_initialized = load_pretrained(ckpt)
-    save_hf_dir(model, out_dir, tokenizer_dir=locate(ckpt).tokenizer, overwrite=overwrite)
+    save_hf = architecture_of(model.config).save_hf
+    save_hf(model, out_dir, tokenizer_dir=locate(ckpt).tokenizer, overwrite=overwrite)
     return newly_initialized
 
 

@@ -7,11 +7,11 @@ import functools
 
 import ml_collections
 
-from neobert_jax.config import ModernBertConfig
 from neobert_jax.data import default_data_config
 from neobert_jax.data.packing import PACKING_METHODS
 from neobert_jax.data.tokenizer import SPECIAL_TOKENS
 from neobert_jax.runtime.config import base_config, validate_training
+from neobert_jax.runtime.model_init import MODEL_KEYS, architecture
 
 # Model keys no parameter depends on: None takes init_from's value, or ModernBertConfig's without it.
 INHERITED_MODEL_KEYS = ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
@@ -26,6 +26,10 @@ def default_config() -> ml_collections.ConfigDict:
     del c.data["tokenizer"]
 
     m = c.model
+    # "modernbert" | "neobert" (neobert_jax.runtime.model_init.architectures); init_from must be one too.
+    # NeoBERT reads max_position_embeddings as its max_length and global_rope_theta as its one RoPE base,
+    # has no local_attention / global_attn_every_n_layers, and one dropout (attention_dropout = mlp_dropout).
+    m.architecture = "modernbert"
     m.hidden_size = 768
     m.num_hidden_layers = 22
     m.num_attention_heads = 12
@@ -69,9 +73,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.auto_batch_min_tokens > 0, "train.auto_batch_min_tokens", "must be positive")
     need(t.auto_batch_max_tokens >= t.auto_batch_min_tokens, "train.auto_batch_max_tokens",
          "must be >= train.auto_batch_min_tokens")
+    arch = architecture(m.architecture)
+    arch.model_fields({k: m[k] for k in MODEL_KEYS})  # keys the architecture lacks, or that disagree
     positions = m.max_position_embeddings  # None with init_from: checked once it is loaded
     if positions is None and not config.init_from:
-        positions = ModernBertConfig.max_position_embeddings
+        positions = getattr(arch.config_class, arch.field("max_position_embeddings"))
     need(positions is None or t.seq_len <= positions, "train.seq_len",
          f"{t.seq_len} exceeds model.max_position_embeddings={positions}")
     need(0.0 < config.data.mlm_probability < 1.0, "data.mlm_probability", "must be in (0, 1)")

@@ -23,7 +23,7 @@ from neobert_jax.data.tokenizer import cached_or_trained, load_tokenizer_or_bund
 from neobert_jax.hf.paths import locate
 from neobert_jax.runtime import multistep, optim, sharding
 from neobert_jax.mlm.config import INHERITED_MODEL_KEYS
-from neobert_jax.runtime.model_init import build_model
+from neobert_jax.runtime.model_init import architecture_of, build_model
 from neobert_jax.runtime.resolved import resolve
 from neobert_jax.runtime.run_dir import TOKENIZER_DIR, check_run_tokenizer, has_checkpoints, share_tokenizer
 from neobert_jax.runtime.setup import TaskSetup, begin_setup, check_model_fits, finish_setup
@@ -147,7 +147,8 @@ def setup_run(config, log) -> RunSetup:
     check_model_fits(config, model.config, tokenizer)
     resolved = resolve(config, model.config, batch_size=batch_size, total_steps=total_steps,
                        steps_per_call=multistep.resolve_steps_per_call(t.steps_per_call, jax.default_backend()),
-                       model={key: getattr(model.config, key) for key in INHERITED_MODEL_KEYS})
+                       model={key: architecture_of(model.config).value(model.config, key)
+                              for key in INHERITED_MODEL_KEYS})
     parts, params = ModelParts.split(model)
     del model
     phases.done("model")

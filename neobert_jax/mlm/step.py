@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from neobert_jax.runtime import multistep, optim, sharding
+from neobert_jax.runtime.model_init import uses_dropout
 from neobert_jax.runtime.state import ModelParts, TrainState
 
 IGNORE_LABEL = -100
@@ -47,8 +48,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
     (state, stacked batches, n) -> (state, metrics of each of the steps_per_call slots), n steps run."""
     accum = train_cfg.grad_accum_steps
     masked_only = train_cfg.masked_logits_only
-    c = parts.config
-    uses_dropout = max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout) > 0
+    dropout = uses_dropout(parts.config)
 
     def train_step(state: TrainState, batch: dict):
         predicted = jnp.sum(batch[labels_key(masked_only)] != IGNORE_LABEL)
@@ -60,7 +60,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
             micro_batch, i = xs
 
             def loss_fn(params):
-                dropout_rng = jax.random.fold_in(step_rng, i) if uses_dropout else None
+                dropout_rng = jax.random.fold_in(step_rng, i) if dropout else None
                 nll_sum, _ = nll_sum_and_count(parts.merge(params), micro_batch, masked_only, dropout_rng)
                 return nll_sum / denom, nll_sum
 

@@ -12,8 +12,8 @@ import time
 import jax
 import numpy as np
 
-from neobert_jax.hf import save_hf_dir
 from neobert_jax.runtime import executables, multistep, sharding
+from neobert_jax.runtime.model_init import architecture_of
 from neobert_jax.mlm.config import validate
 from neobert_jax.runtime.reporting import perplexity
 from neobert_jax.mlm.setup import RunSetup, setup_run
@@ -44,7 +44,8 @@ def train(config) -> RunResult:
 
 
 class MlmTask:
-    """Packed MLM rows in, held-out MLM loss as the eval, an HF ModernBertForMaskedLM out."""
+    """Packed MLM rows in, held-out MLM loss as the eval, an HF dir of the architecture out
+    (ModernBertForMaskedLM, or NeoBERT's release format with its remote code)."""
 
     loss_label = "MLM loss"
     export_name = "HF model"
@@ -133,14 +134,14 @@ class MlmTask:
                 "eval_pseudo_documents": rows.documents}
 
     def export(self, params) -> str | None:
-        """output_dir/hf through the same writer as convert/flax_to_torch.py (process 0 writes)."""
+        """output_dir/hf through the architecture's HF writer, as convert/flax_to_torch.py (process 0 writes)."""
         if not self.config.train.export_hf:
             return None
         host_params = sharding.to_host(params)  # every process joins the gather
         out_dir = os.path.join(os.path.abspath(self.config.output_dir), HF_EXPORT_DIR)
         if jax.process_index() == 0:
-            save_hf_dir(self.setup.parts.merge(host_params), out_dir, tokenizer_dir=self.setup.tokenizer_dir,
-                        overwrite=True)
+            save_hf = architecture_of(self.setup.parts.config).save_hf
+            save_hf(self.setup.parts.merge(host_params), out_dir, tokenizer_dir=self.setup.tokenizer_dir, overwrite=True)
         return out_dir
 
     def closing_lines(self, train_loss: float | None, recent_steps: int, first_eval, last_eval: dict | None

@@ -23,6 +23,7 @@ CARD_FILE = "README.md"
 KINDS = {
     "ModernBertForMaskedLM": ("fill-mask", "transformers", "masked-language-model pretraining",
                               "AutoModelForMaskedLM"),
+    "NeoBERTLMHead": ("fill-mask", "transformers", "masked-language-model pretraining", "AutoModelForMaskedLM"),
     "ModernBertForSequenceClassification": ("text-classification", "transformers", "sequence classification",
                                             "AutoModelForSequenceClassification"),
     "ModernBertForTokenClassification": ("token-classification", "transformers", "token classification",
@@ -52,6 +53,13 @@ def _base_model(init_from: str) -> str | None:
                 if line.startswith("base_model:") and line.split(":", 1)[1].strip():
                     return line.split(":", 1)[1].strip()
     return None
+
+
+def _family(model_config: dict) -> tuple[str, bool]:
+    """(the architecture's name, whether loading needs trust_remote_code): a NeoBERT export carries its
+    modeling code (hf/neobert.py), which transformers runs only when asked to."""
+    neobert = model_config.get("model_type") == "neobert"
+    return ("NeoBERT", True) if neobert else ("ModernBERT", False)
 
 
 def _kind(export_dir: str, model_config: dict) -> str:
@@ -86,10 +94,10 @@ def _training_rows(run_config: dict, summary: dict | None, model_config: dict) -
     elif data.get("eval_samples"):
         rows.append(("evaluation data", f"{data['eval_samples']} documents held out of the training data"))
     width = model_config.get("hidden_size")
-    if all(model_config.get(k) for k in ("hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings")):
-        rows.append(("model", f"ModernBERT, {model_config.get('num_hidden_layers')} layers x {width} wide, "
-                              f"vocabulary {model_config.get('vocab_size'):,}, "
-                              f"{model_config.get('max_position_embeddings'):,} positions"))
+    positions = model_config.get("max_position_embeddings") or model_config.get("max_length")  # NeoBERT's name
+    if positions and all(model_config.get(k) for k in ("hidden_size", "num_hidden_layers", "vocab_size")):
+        rows.append(("model", f"{_family(model_config)[0]}, {model_config.get('num_hidden_layers')} layers x "
+                              f"{width} wide, vocabulary {model_config.get('vocab_size'):,}, {positions:,} positions"))
     if summary:
         epochs = f" ({summary['epochs']:.2f} epochs)" if summary.get("epochs") is not None else ""
         rows.append(("steps", f"{summary['step']:,} optimizer steps of {summary['batch']}{epochs}"))
@@ -123,20 +131,22 @@ def _evaluation_table(summary: dict) -> list[str]:
 
 def _usage(kind: str, name: str, model_config: dict) -> list[str]:
     where = f'path = "{name}"  # this folder, or its hub id once pushed'
+    trust = ", trust_remote_code=True" if _family(model_config)[1] else ""
     if kind == "sentence-transformers":
         return ["```python", "from sentence_transformers import SentenceTransformer", "", where,
-                "model = SentenceTransformer(path)", 'embeddings = model.encode(["a sentence", "another one"])', "```"]
+                f"model = SentenceTransformer(path{trust})", 'embeddings = model.encode(["a sentence", "another one"])',
+                "```"]
     auto = KINDS[kind][3]
     lines = ["```python", f"from transformers import AutoTokenizer, {auto}", "", where,
-             "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path)"]
-    if kind == "ModernBertForMaskedLM":
+             "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path{trust})"]
+    if KINDS[kind][0] == "fill-mask":
         lines += ['inputs = tokenizer("The capital of France is {}.".format(tokenizer.mask_token), '
                   'return_tensors="pt")']
     else:
         lines += ['inputs = tokenizer("some text", return_tensors="pt")']
     lines += ["logits = model(**inputs).logits", "```"]
     labels = model_config.get("id2label")
-    if labels and kind != "ModernBertForMaskedLM":
+    if labels and KINDS[kind][0] != "fill-mask":
         lines += ["", "Labels: " + ", ".join(f"`{labels[k]}`" for k in sorted(labels, key=int)) + "."]
     return lines
 
@@ -152,12 +162,13 @@ def model_card(export_dir: str, run_dir: str | None, step: int | None = None) ->
     kind = _kind(export_dir, model_config)
     pipeline_tag, library, what, _ = KINDS[kind]
     base = _base_model(run_config["init_from"]) if run_config.get("init_from") else None
-    header = ["---", f"library_name: {library}", f"pipeline_tag: {pipeline_tag}", "tags:", "- modernbert",
+    family = _family(model_config)[0]
+    header = ["---", f"library_name: {library}", f"pipeline_tag: {pipeline_tag}", "tags:", f"- {family.lower()}",
               "- neobert_jax", f"- {pipeline_tag}"] + ([f"base_model: {base}"] if base else []) + ["---"]
     name = os.path.basename(os.path.normpath(export_dir))
     if name in ("hf", "st") and run_dir:
         name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
-    body = [f"# {name}", "", f"A ModernBERT encoder after {what} with neobert_jax (JAX/Flax); the weights "
+    body = [f"# {name}", "", f"A {family} encoder after {what} with neobert_jax (JAX/Flax); the weights "
             "load in PyTorch as below.", ""]
     if run_config:
         body += ["## Training", "", "| | |", "|---|---|"]

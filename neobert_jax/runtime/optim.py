@@ -112,7 +112,8 @@ def muon_labels(params):
     embeddings and output classifiers (Muon is for hidden matrices), norms and biases (not matrices)."""
     def label(path, p):
         keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-        hidden = "layers" in keys or keys[:2] == ["head", "dense"]
+        # ModernBERT's `layers` and NeoBERT's `transformer_encoder` hold the encoder blocks
+        hidden = "layers" in keys or "transformer_encoder" in keys or keys[:2] == ["head", "dense"]
         return "muon" if hidden and p.ndim == 2 else "adamw"
     return jax.tree_util.tree_map_with_path(label, params)
 

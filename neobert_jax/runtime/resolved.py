@@ -16,7 +16,7 @@ import os
 
 import jax
 
-from neobert_jax.config import FULL, ModernBertConfig
+from neobert_jax.config import FULL
 from neobert_jax.model.attention import choose_backend, runs_per_device
 from neobert_jax.runtime.model_init import matmul_precision
 
@@ -35,7 +35,8 @@ class Resolved:
     attention: dict  # layer kind ("global", "local") -> the attention backend it runs
     layer_norm_backward: str  # the LayerNorm backward kernel, model.layer_norm_backward's "auto" resolved
     logsumexp: str  # the MLM head's kernel, model.logsumexp's "auto" resolved
-    model: dict = dataclasses.field(default_factory=dict)  # MLM: model.* keys left None, taken from init_from or ModernBERT
+    # MLM: model.* keys left None, taken from init_from or the architecture's defaults (None: it has no such setting)
+    model: dict = dataclasses.field(default_factory=dict)
     row_shapes: str | None = None  # contrastive: data.row_shapes, "auto" resolved
     labels: list[str] | None = None  # classification: the outputs' names, in the classifier's order
 
@@ -83,7 +84,7 @@ def xla_flags(precision: str, given: str) -> str:
     return flags
 
 
-def attention_backends(model_config: ModernBertConfig) -> dict[str, str]:
+def attention_backends(model_config) -> dict[str, str]:
     """The backend of each layer kind the model has: "auto" is `choose_backend` of what the trace
     sees (per device where the model has the run's mesh), anything else runs as named."""
     kinds = {"global" if kind == FULL else "local" for kind in model_config.layer_types}
@@ -93,9 +94,9 @@ def attention_backends(model_config: ModernBertConfig) -> dict[str, str]:
         tf32x3=model_config.tf32x3, per_device=runs_per_device(model_config.mesh)) for kind in sorted(kinds)}
 
 
-def resolve(config, model_config: ModernBertConfig, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
+def resolve(config, model_config, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
             model: dict | None = None, row_shapes: str | None = None, labels: list[str] | None = None) -> Resolved:
-    """The record of a run whose model (with its runtime fields) is `model_config`."""
+    """The record of a run whose model (with its runtime fields) is `model_config`, of either architecture."""
     precision = matmul_precision(config.train.precision)
     return Resolved(batch_size=batch_size, steps_per_call=steps_per_call, total_steps=total_steps,
                     matmul_precision=precision, xla_flags=os.environ.get("XLA_FLAGS", ""),  # as in effect

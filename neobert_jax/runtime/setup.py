@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from neobert_jax.runtime import optim, sharding
 from neobert_jax.runtime.checkpoint import RunCheckpointer
+from neobert_jax.runtime.model_init import architecture_of
 from neobert_jax.runtime.resolved import Resolved
 from neobert_jax.runtime.run_dir import TOKENIZER_DIR, check_resume, write_run_files
 from neobert_jax.runtime.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
@@ -112,9 +113,10 @@ def check_model_fits(config, model_config, tokenizer) -> None:
     if model_config.vocab_size < len(tokenizer):
         raise ValueError(f"init_from {config.init_from} has vocab_size {model_config.vocab_size}, smaller than the "
                          f"tokenizer's {len(tokenizer)} tokens")
-    if config.train.seq_len > model_config.max_position_embeddings:
+    positions = architecture_of(model_config).value(model_config, "max_position_embeddings")
+    if config.train.seq_len > positions:
         raise ValueError(f"config.train.seq_len={config.train.seq_len} exceeds the model's max_position_embeddings "
-                         f"{model_config.max_position_embeddings}")
+                         f"{positions}")
 
 
 def finish_setup(config, log, begun: Begun, setup_cls: type, *, parts: ModelParts, params, data, resolved: Resolved,

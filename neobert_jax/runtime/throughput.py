@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neobert_jax.config import ModernBertConfig
+from neobert_jax.runtime.model_init import architecture_of
 
 # Dense peak FLOP/s per device by compute precision. TPUs list their bf16 MXU rate for every
 # precision (fp32 matmuls run as several bf16 passes there, so fp32 MFU reads low).
@@ -26,18 +26,20 @@ def peak_flops_per_device(device_kind: str, precision: str) -> float:
     return 0.0
 
 
-def train_flops_per_step(config: ModernBertConfig, rows: int, seq_len: int, predicted_tokens: int) -> float:
-    """Training FLOPs (forward + backward = 3 x forward) of one optimizer step.
+def train_flops_per_step(config, rows: int, seq_len: int, predicted_tokens: int) -> float:
+    """Training FLOPs (forward + backward = 3 x forward) of one optimizer step, for either architecture.
 
     Every position of every row is computed, so with P = rows * seq_len positions:
-      encoder matmuls   6 * P * L * (4 D^2 + 3 D F)      (Wqkv, attn Wo, GeGLU Wi, mlp Wo)
+      encoder matmuls   6 * P * L * (4 D^2 + 3 D F)      (Wqkv, attn Wo, the gated MLP's D x 2F in and F x D out)
       attention         12 * P * L * D * seq_len         (QK^T and PV over the full row)
-      MLM head          6 * predicted * (D^2 + D V)      (dense + tied decoder, predicted tokens only)
-    Embedding lookups, norms and softmax are left out, as is usual for MFU.
+      MLM head          6 * predicted * (D^2 + D V)      (dense + decoder, predicted tokens only; NeoBERT: no dense)
+    F is ModernBERT's intermediate_size (GeGLU) or NeoBERT's SwiGLU width. Embedding lookups, norms and
+    softmax are left out, as is usual for MFU.
     """
-    d, f, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    arch = architecture_of(config)
+    d, f, n_layers = config.hidden_size, arch.mlp_width(config), config.num_hidden_layers
     positions = rows * seq_len
     encoder = 6 * positions * n_layers * (4 * d * d + 3 * d * f)
     attention = 12 * positions * n_layers * d * seq_len
-    head = 6 * predicted_tokens * (d * d + d * config.vocab_size)
+    head = 6 * predicted_tokens * (d * d * arch.head_dense + d * config.vocab_size)
     return float(encoder + attention + head)
