@@ -72,10 +72,12 @@ def test_pretraining_exports_a_neobert_that_transformers_runs_to_our_logits(pret
     hf_dir = root / "run" / "hf"
     config = json.loads((hf_dir / "config.json").read_text())
     assert config["model_type"] == "neobert" and config["num_hidden_layers"] == 2
-    assert "trust_remote_code=True" in (hf_dir / "README.md").read_text()
+    card = (hf_dir / "README.md").read_text()  # the tokenizer too: AutoTokenizer reads config.json's auto_map
+    assert "AutoTokenizer.from_pretrained(path, trust_remote_code=True)" in card
+    assert "AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=True)" in card
     ours, _ = load_pretrained(str(root / "run"))  # the run's last checkpoint, not the export
     assert isinstance(ours, NeoBertForMaskedLM)
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=True)
     batch = tokenizer(["the model reads a corpus", "which tokens follow which others in every sentence"],
                       padding=True, return_tensors="np")
     ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)

@@ -138,7 +138,7 @@ def _usage(kind: str, name: str, model_config: dict) -> list[str]:
                 "```"]
     auto = KINDS[kind][3]
     lines = ["```python", f"from transformers import AutoTokenizer, {auto}", "", where,
-             "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path{trust})"]
+             f"tokenizer = AutoTokenizer.from_pretrained(path{trust})", f"model = {auto}.from_pretrained(path{trust})"]
     if KINDS[kind][0] == "fill-mask":
         lines += ['inputs = tokenizer("The capital of France is {}.".format(tokenizer.mask_token), '
                   'return_tensors="pt")']
