@@ -61,7 +61,7 @@ def test_project_checkpoint_loads_parameters_only(guide_dir, tmp_path, hf_specia
 
 def test_mismatches_are_named(guide_dir, hf_special_ids):
     path, _ = guide_dir
-    with pytest.raises(ValueError, match="config.model.hidden_size=64 but init_from"):
+    with pytest.raises(ValueError, match=r"config.model.hidden_size=64 but init_from .* \(set --config.model.hidden_size=\d+\)$"):
         build_model(config_for(str(path), hidden_size=64), 100, hf_special_ids)
     with pytest.raises(ValueError, match="vocab_size 128, smaller than the tokenizer's 500"):
         build_model(config_for(str(path)), 500, hf_special_ids)

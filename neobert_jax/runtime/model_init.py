@@ -171,7 +171,7 @@ def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], 
         for key in ARCHITECTURE_KEYS:
             if getattr(loaded, key) != config.model[key]:
                 raise ValueError(f"config.model.{key}={config.model[key]} but init_from {config.init_from} has "
-                                 f"{getattr(loaded, key)}")
+                                 f"{getattr(loaded, key)} (set --config.model.{key}={getattr(loaded, key)})")
         if loaded.vocab_size < tokenizer_size:
             raise ValueError(f"init_from {config.init_from} has vocab_size {loaded.vocab_size}, smaller than the "
                              f"tokenizer's {tokenizer_size} tokens")
