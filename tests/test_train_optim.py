@@ -196,3 +196,32 @@ def test_bad_values_name_their_key(key, value, fragment):
     cfg[section][name] = value
     with pytest.raises(ValueError, match=fragment):
         train_config.validate(cfg)
+
+
+def test_layer_lr_decay_scales_each_layers_update(tiny_model, train_cfg):
+    """train.layer_lr_decay=d: layer i of L moves d ** (L - i) as far as without it, the token
+    embeddings d ** (L + 1), the final norm and the MLM head the full step (weight decay included)."""
+    decay = 0.5
+    plain_cfg = train_cfg(schedule="constant", warmup_steps=0, learning_rate=0.01, weight_decay=0.1)
+    layered_cfg = train_cfg(schedule="constant", warmup_steps=0, learning_rate=0.01, weight_decay=0.1,
+                            layer_lr_decay=decay)
+    model = tiny_model()
+    layers = model.config.num_hidden_layers
+    _, params = state.ModelParts.split(model)
+    params = jax.tree.map(np.asarray, params)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    rng = np.random.default_rng(0)
+    grads = jax.tree_util.tree_unflatten(treedef, [rng.normal(size=p.shape).astype(np.float32) for p in leaves])
+    updates = {}
+    for name, cfg in (("plain", plain_cfg), ("layered", layered_cfg)):
+        tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))
+        out, _ = tx.update(grads, tx.init(params), params)
+        updates[name] = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(u)
+                         for path, u in jax.tree_util.tree_flatten_with_path(out)[0]}
+    expected = {"model/embeddings/tok_embeddings": decay ** (layers + 1), "model/final_norm/scale": 1.0,
+                "head/dense/kernel": 1.0, f"model/layers/{layers - 1}/attn/Wqkv/kernel": decay,
+                "model/layers/0/mlp/Wi/kernel": decay ** layers}
+    for name, factor in expected.items():
+        key = next(k for k in updates["plain"] if k.startswith(name))
+        assert np.abs(updates["plain"][key]).max() > 0, key
+        np.testing.assert_allclose(updates["layered"][key], factor * updates["plain"][key], rtol=1e-6, err_msg=key)

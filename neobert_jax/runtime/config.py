@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.adam_b2 = 0.999
     c.train.adam_eps = 1e-8
     c.train.max_grad_norm = 1.0  # global-norm clipping; 0 disables
+    # < 1: layer-wise learning-rate decay, each encoder layer's rate this times the one above, the
+    # embeddings' one step below layer 0 (the final norm, heads and classifiers: the full rate); 1 disables
+    c.train.layer_lr_decay = 1.0
     c.train.max_nonfinite_steps = 10  # stop after this many non-finite steps in a row
     c.train.log_every = 100
     c.train.eval_every = 0  # 0 = evaluate only at the end
@@ -134,6 +137,7 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     need(math.isfinite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
          f"must be a positive number, got {t.learning_rate}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    need(0.0 < t.layer_lr_decay <= 1.0, "train.layer_lr_decay", f"must be in (0, 1], got {t.layer_lr_decay}")
     need(t.optimizer in OPTIMIZERS, "train.optimizer", f"{t.optimizer!r} is not one of {OPTIMIZERS}")
     lg = config.logging
     need(lg.wandb_mode in WANDB_MODES, "logging.wandb_mode", f"{lg.wandb_mode!r} is not one of {WANDB_MODES}")

@@ -118,6 +118,37 @@ def muon_labels(params):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _path_keys(path) -> list:
+    return [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+
+
+def layer_lr_multipliers(params, decay: float):
+    """Layer-wise learning-rate decay (ELECTRA's): decay ** (L + 1 - depth), depth 0 for the token
+    embeddings, i + 1 for encoder layer i of L, and L + 1 (the full rate) for the final norm, the
+    heads and classifiers. Lower layers move less, which keeps a pretrained start's general features
+    while the top adapts to the task."""
+    def layer(path):
+        keys = _path_keys(path)
+        for block in ("layers", "transformer_encoder"):  # ModernBERT's and NeoBERT's encoder blocks
+            if block in keys and keys.index(block) + 1 < len(keys):
+                return int(keys[keys.index(block) + 1]) + 1
+        return 0 if "embeddings" in keys or "encoder" in keys else None  # NeoBERT's embedding is `encoder`
+
+    depth = jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params)
+    top = max((d for d in jax.tree.leaves(depth) if d is not None), default=0) + 1
+    return jax.tree.map(lambda d: decay ** (top - (top if d is None else d)), depth,
+                        is_leaf=lambda d: d is None or isinstance(d, int))
+
+
+def scale_by_layer(decay: float) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by its layer_lr_multipliers factor: a per-layer learning
+    rate (and weight decay with it, as torch param groups with their own lr give)."""
+    def update_fn(updates, state, params=None):
+        factors = layer_lr_multipliers(updates, decay)
+        return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW (`train.optimizer="adamw"`; optax's decoupled decay, lr * wd * p,
     equals torch AdamW's), or Muon on the hidden weight matrices and AdamW on the rest (`"muon"`),
@@ -135,6 +166,8 @@ def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
         muon = optax.contrib.muon(schedule, beta=MUON_BETA, eps=train_cfg.adam_eps,
                                   weight_decay=train_cfg.weight_decay, consistent_rms=MUON_RMS)
         tx = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
+    if train_cfg.layer_lr_decay < 1.0:
+        tx = optax.chain(tx, scale_by_layer(train_cfg.layer_lr_decay))
     if train_cfg.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), tx)
     return tx
