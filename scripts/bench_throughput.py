@@ -1,8 +1,14 @@
-"""Train-step throughput: our JAX step vs HF torch ModernBertForMaskedLM, one table from one run.
+"""Train-step throughput: our JAX step vs torch (HF ModernBertForMaskedLM, or our torch NeoBERT), one table.
 
     python scripts/bench_throughput.py                      # the student, batch 128, seq 512, on a GPU
     python scripts/bench_throughput.py --rows jax-bf16-pallas,torch-bf16 --steps 30
-    python scripts/bench_throughput.py --tiny --rows jax-fp32-xla,jax-bf16-text   # CPU smoke run
+    python scripts/bench_throughput.py --arch neobert --rows jax-bf16-auto,torch-bf16,jax-fp32,torch-fp32
+    python scripts/bench_throughput.py --tiny --rows jax-fp32-plain,jax-bf16-text   # CPU smoke run
+
+--arch picks the family of both sides at the student's shape: the JAX model through the training's
+architecture table (runtime/model_init.architectures), the torch one HF's ModernBERT or the NeoBERT
+remote code our exports carry (hf/neobert_modeling.py, sdpa attention, the decoder applied to the
+predicted tokens only, as HF ModernBERT's sparse_prediction does, so both sides do the same work).
 
 Each row runs in its own subprocess (clean peak-memory counters, no allocator contention).
 Random-id rows: every row is a full seq_len document, 30% of tokens predicted. Text rows: the
@@ -39,15 +45,20 @@ ROWS = {
 }
 STUDENT = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=768)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+SPECIAL_IDS = dict(pad_token_id=3, cls_token_id=1, sep_token_id=2, bos_token_id=1, eos_token_id=2)
 
 
 def model_config(args, vocab_size: int, precision: str, implementation: str):
-    from neobert_jax.config import ModernBertConfig
+    """The JAX config of --arch at the benchmark's shape (NeoBERT keeps only the pad id of the special ids)."""
+    import dataclasses
 
-    shape = TINY if args.tiny else STUDENT
-    return ModernBertConfig(vocab_size=vocab_size, **shape, pad_token_id=3, cls_token_id=1, sep_token_id=2,
-                            bos_token_id=1, eos_token_id=2, dtype="bfloat16" if precision == "bf16" else "float32",
-                            attn_implementation=implementation)
+    from neobert_jax.runtime.model_init import architecture
+
+    config_class = architecture(args.arch).config_class
+    names = {f.name for f in dataclasses.fields(config_class)}
+    special = {k: v for k, v in SPECIAL_IDS.items() if k in names}
+    return config_class(vocab_size=vocab_size, **(TINY if args.tiny else STUDENT), **special,
+                        dtype="bfloat16" if precision == "bf16" else "float32", attn_implementation=implementation)
 
 
 def random_batches(args, vocab_size: int, count: int) -> list[dict]:
@@ -107,10 +118,9 @@ def matmul_error(algorithm: str) -> float:
 def run_jax(args, precision: str, implementation: str, data: str, algorithm: str | None = None) -> dict:
     import jax
 
-    from neobert_jax.model import ModernBertForMaskedLM
     from neobert_jax.runtime import sharding
     from neobert_jax.mlm.config import default_config
-    from neobert_jax.runtime.model_init import matmul_precision
+    from neobert_jax.runtime.model_init import architecture, matmul_precision
     from neobert_jax.runtime.optim import make_optimizer, make_schedule
     from neobert_jax.runtime.state import ModelParts, create_train_state, state_shardings
     from neobert_jax.mlm.step import make_train_step
@@ -128,7 +138,7 @@ def run_jax(args, precision: str, implementation: str, data: str, algorithm: str
     cfg = default_config()
     cfg.train.grad_accum_steps, cfg.train.precision = 1, precision
     config = model_config(args, vocab, precision, implementation)
-    parts, params = ModelParts.split(ModernBertForMaskedLM(config, rngs=nnx.Rngs(0)))
+    parts, params = ModelParts.split(architecture(args.arch).model_class(config, rngs=nnx.Rngs(0)))
     mesh = sharding.make_mesh(cfg.mesh)
     schedule = make_schedule(cfg.train, 10_000)
     tx = make_optimizer(cfg.train, schedule)
@@ -211,9 +221,36 @@ def profile_steps(args, run_step, hlo: str, steps: int = 5) -> None:
                 print(f"{'':28}{defs[0][:260]}")
 
 
+def torch_model(args, vocab: int, precision: str):
+    """-> (the torch masked LM of --arch, its loss on a dict of input_ids, attention_mask, labels).
+
+    The loss function, not the module, is what gets compiled: NeoBERT's calls the model's parts,
+    which a compiled module would run uncompiled."""
+    import torch
+
+    if args.arch == "neobert":
+        from neobert_jax.hf.neobert_modeling import NeoBERTConfig, NeoBERTLMHead
+
+        model = NeoBERTLMHead(NeoBERTConfig(**model_config(args, vocab, precision, "xla").to_hf_dict()))
+
+        def loss(b):
+            hidden = model.model(b["input_ids"], b["attention_mask"]).last_hidden_state
+            picked = b["labels"] != -100
+            logits = model.decoder(hidden[picked])
+            return torch.nn.functional.cross_entropy(logits.float(), b["labels"][picked])
+
+        return model, loss
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    hf_config = ModernBertConfig(vocab_size=vocab, **(TINY if args.tiny else STUDENT), **SPECIAL_IDS,
+                                 sparse_prediction=True)
+    hf_config._attn_implementation = "sdpa"
+    model = ModernBertForMaskedLM(hf_config)
+    return model, lambda b: model(**b).loss
+
+
 def run_torch(args, precision: str, data: str) -> dict:
     import torch
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -223,13 +260,10 @@ def run_torch(args, precision: str, data: str) -> dict:
     else:
         vocab, _, raw = text_batches(args, "none", args.steps + args.warmup)
         batches = [trim(b) for b in raw]
-    shape = TINY if args.tiny else STUDENT
-    hf_config = ModernBertConfig(vocab_size=vocab, **shape, pad_token_id=3, bos_token_id=1, eos_token_id=2,
-                                 cls_token_id=1, sep_token_id=2, sparse_prediction=True)
-    hf_config._attn_implementation = "sdpa"
-    model = ModernBertForMaskedLM(hf_config).to(device).train()
+    model, loss_of = torch_model(args, vocab, precision)
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=device == "cuda")
-    compiled = torch.compile(model) if device == "cuda" else model
+    compiled = torch.compile(loss_of) if device == "cuda" else loss_of
     tensors = [{k: torch.from_numpy(np.ascontiguousarray(v)).to(device).long() for k, v in b.items()} for b in batches]
     for b in tensors:
         # Padding is marked attended: HF's sdpa path gives NaN when a padded query has no visible key in
@@ -238,7 +272,7 @@ def run_torch(args, precision: str, data: str) -> dict:
 
     def step(b):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = compiled(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+            loss = compiled({k: b[k] for k in ("input_ids", "attention_mask", "labels")})
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -282,16 +316,20 @@ def worker(args) -> None:
         result = run_jax(args, precision, implementation, data, *algorithm)
     else:
         result = run_torch(args, precision, data)
-    print("RESULT " + json.dumps(dict(row=args.worker, **result)), flush=True)
+    print("RESULT " + json.dumps(dict(row=args.worker, arch=args.arch, **result)), flush=True)
 
 
 def main() -> None:
+    from neobert_jax.runtime.model_init import architectures
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     p.add_argument("--batch", type=int, default=128, help="global rows per step")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
+    p.add_argument("--arch", default="modernbert", choices=tuple(architectures()),
+                   help="the model family of every row (JAX and torch)")
     p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model: a CPU smoke run")
     p.add_argument("--work-dir", default="runs/bench", help="where the text rows cache their tokenizer")
     p.add_argument("--out", help="also write the results as JSON lines here")
@@ -307,7 +345,8 @@ def main() -> None:
     results = []
     for row in rows:
         cmd = [sys.executable, __file__, "--worker", row, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--work-dir", args.work_dir]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--work-dir", args.work_dir,
+               "--arch", args.arch]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--profile", args.profile] if args.profile else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -325,7 +364,8 @@ def main() -> None:
 
 
 def print_table(results: list[dict], args) -> None:
-    print(f"\nbatch {args.batch} x seq {args.seq_len}, {args.steps} timed steps; tokens = non-pad tokens")
+    print(f"\n{args.arch}{' (tiny)' if args.tiny else ''}: batch {args.batch} x seq {args.seq_len}, "
+          f"{args.steps} timed steps; tokens = non-pad tokens")
     print(f"{'row':18} {'tokens/s':>12} {'MFU':>7} {'peak GiB':>9} {'step ms':>9} {'loss':>8} {'vs torch':>9}")
     def kind(name: str) -> str:
         return ("text-" if name.endswith("text") else "") + ("bf16" if "bf16" in name else "fp32")

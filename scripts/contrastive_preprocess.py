@@ -4,8 +4,9 @@
         --output data/pairs-tokenized [--loss mnrl] [--columns anchor,positive] [--seq-len 256] \
         [--query-prompt 'query: ' --document-prompt 'passage: ']
 
-The tokenizer is the one stored with --model (the model you will fine-tune); the run checks it is
-the same. Texts are cut to --seq-len tokens; a run may use a smaller train.seq_len, not a larger.
+The tokenizer is the one stored with --model (the model you will fine-tune, ModernBERT or NeoBERT);
+the run checks it is the same. Of the model only its config's width is read (mse's teacher vectors
+must match it). Texts are cut to --seq-len tokens; a run may use a smaller train.seq_len, not a larger.
 Prompts are prepended before tokenizing, so the run must set the same data.query_prompt and
 data.document_prompt (it checks). The folder is written under a temporary name and renamed when complete.
 """
@@ -17,12 +18,11 @@ import os
 import sys
 import time
 
-from neobert_jax.config import ModernBertConfig
 from neobert_jax.contrastive.columns import read_training_columns, with_prompts
 from neobert_jax.contrastive.config import LOSSES, as_list
 from neobert_jax.contrastive.tokenized import TextTokenizer, save_preprocessed, tokenize_columns
 from neobert_jax.data import DataError, load_tokenizer, sources
-from neobert_jax.hf.paths import locate
+from neobert_jax.hf import locate, read_model_config
 
 
 def preprocess(args: argparse.Namespace) -> tuple[dict, float]:
@@ -33,7 +33,10 @@ def preprocess(args: argparse.Namespace) -> tuple[dict, float]:
     if not tokenizer_dir:
         raise DataError(f"--model {args.model}: no tokenizer files beside it; pass --tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)
-    dim = ModernBertConfig.from_json_file(os.path.join(args.model, "config.json")).hidden_size
+    try:
+        dim = read_model_config(args.model).hidden_size  # either family; a run or checkpoint dir's config too
+    except (OSError, ValueError) as e:
+        raise DataError(f"--model: {e}") from None
     files = sources.resolve_files(args.train_files, what="--train-files")
     columns = read_training_columns(files, loss=args.loss, columns=as_list(args.columns),
                                     label_column=args.label_column, vector_dim=dim,

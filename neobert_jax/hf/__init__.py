@@ -4,6 +4,7 @@ from neobert_jax.hf.checkpoint import (
     Pretrained,
     from_pretrained,
     load_pretrained,
+    read_model_config,
     restore_params,
     save_checkpoint_dir,
     save_hf_dir,
@@ -21,6 +22,6 @@ from neobert_jax.hf.weights import ConversionError, load_state_dict_into_model, 
 __all__ = [
     "ConversionError", "ModelFiles", "Pretrained", "from_pretrained", "locate", "load_pretrained",
     "load_neobert_dir", "load_neobert_state_dict", "load_state_dict_into_model", "neobert_state_dict_from_model",
-    "read_hf_config", "read_hf_state_dict", "restore_params",
+    "read_hf_config", "read_hf_state_dict", "read_model_config", "restore_params",
     "save_checkpoint_dir", "save_hf_dir", "save_neobert_dir", "state_dict_from_model", "write_hf_dir",
 ]

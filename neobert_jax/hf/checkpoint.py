@@ -92,8 +92,7 @@ def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForM
     files = locate(path)
     params_dir = files.params
     neobert = is_neobert_config(files.config)
-    config_class, model_class = (NeoBertConfig, NeoBertForMaskedLM) if neobert else (ModernBertConfig,
-                                                                                      ModernBertForMaskedLM)
+    model_class = NeoBertForMaskedLM if neobert else ModernBertForMaskedLM
     if params_dir is None and neobert:
         from neobert_jax.hf.neobert import load_neobert_dir
 
@@ -109,14 +108,22 @@ def load_pretrained(path: str, seed: int = 0, **runtime) -> tuple[ModernBertForM
             model = ModernBertForMaskedLM(config, rngs=nnx.Rngs(seed))  # e.g. a bare encoder: the head starts fresh
             newly_initialized, _ = load_state_dict_into_model(model, state_dict, source=path)
         return model, newly_initialized
-    if files.config is None:
-        raise FileNotFoundError(f"{path}: no config.json for its weights ({files.describe()})")
-    config = config_class.from_json_file(files.config, **runtime)
+    config = read_model_config(path, **runtime)
     abstract = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(seed)))
     graphdef, abstract_state = nnx.split(abstract)
     restored = restore_params(params_dir, nnx.to_pure_dict(abstract_state))
     nnx.replace_by_pure_dict(abstract_state, restored)
     return nnx.merge(graphdef, abstract_state), []
+
+
+def read_model_config(path: str, **runtime) -> ModernBertConfig | NeoBertConfig:
+    """The config.json of the model at `path` (any layout `locate` knows) as its family's config class, so
+    that a caller needing only the shape works for either family without loading weights."""
+    files = locate(path)
+    if files.config is None:
+        raise FileNotFoundError(f"{path}: no config.json ({files.describe()})")
+    config_class = NeoBertConfig if is_neobert_config(files.config) else ModernBertConfig
+    return config_class.from_json_file(files.config, **runtime)
 
 
 def restore_params(params_dir: str, target: dict) -> dict:
