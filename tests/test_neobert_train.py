@@ -1,8 +1,8 @@
 """NeoBERT through the training CLIs (configs/neobert.py shrunk): pretraining from random init
 exports an HF dir that transformers runs (trust_remote_code) to the checkpoint's logits, a rerun
 resumes from the checkpoint, contrastive fine-tuning starts from that export and its
-sentence-transformers folder embeds as our embedder does; bad architecture settings and a NeoBERT
-classification init fail with one line naming the key."""
+sentence-transformers folder embeds as our embedder does; bad architecture settings fail with one
+line naming the key. Classification from NeoBERT is tests/test_neobert_classify.py."""
 
 import json
 import os
@@ -171,14 +171,3 @@ def test_init_from_a_neobert_dir_continues_its_weights_and_must_match_the_archit
     config.model.architecture = "modernbert"
     with pytest.raises(ValueError, match=r"^config.model.architecture='modernbert' but init_from .* is a neobert"):
         build_model(config, 300, {}, log=lambda _: None)
-
-
-def test_classification_refuses_a_neobert_init(pretrained, tmp_path):
-    root, _, _ = pretrained
-    data = tmp_path / "train.csv"
-    data.write_text("text,label\ngood,pos\nbad,neg\n")
-    out = _cli("finetune.py", "classify.py", {"output_dir": tmp_path / "run", "init_from": root / "run" / "hf",
-                                              "data.train_files": data, "compilation_cache_dir": ""})
-    assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        f"error: config.init_from: {root / 'run' / 'hf'} is a NeoBERT model; classification")

@@ -1,10 +1,13 @@
-"""ModernBERT with transformers' sequence- and token-classification heads, and their HF dirs.
+"""Sequence- and token-classification models of either family, and their HF dirs.
 
-`SequenceClassifier` is ModernBertForSequenceClassification: the encoder (`model`), pooling
-(the first token, or the mean over the attention mask), the prediction head (`head.dense` ->
-GELU -> `head.norm`), dropout and `classifier`. `TokenClassifier` is
-ModernBertForTokenClassification: the same head, dropout and classifier on every token, no
-pooling. Parameter paths mirror HF names, so `neobert_jax.hf.weights` maps them both ways unchanged.
+The family's part (`runtime.model_init.architectures()[...].classifier`) is the encoder, the head
+and the HF names; the rest is shared. `SequenceClassifier`: the encoder (`model`), pooling (the
+first token, or the mean over the attention mask), the family's head, dropout and `classifier`:
+for ModernBERT that is transformers' ModernBertForSequenceClassification (head `dense` -> GELU ->
+`norm`), for NeoBERT the release's NeoBERTForSequenceClassification (`dense` -> tanh).
+`TokenClassifier`: no pooling, the family's token head (ModernBERT's same head; NeoBERT none),
+dropout and classifier on every token. Parameter paths mirror the HF names, so the family's state-dict
+mapping converts them both ways.
 """
 
 from __future__ import annotations
@@ -17,50 +20,56 @@ import numpy as np
 import optax
 from flax import nnx
 
-from neobert_jax.config import ModernBertConfig
 from neobert_jax.fileio import atomic_dir
-from neobert_jax.hf import load_pretrained, locate, read_hf_config, read_hf_state_dict
+from neobert_jax.hf import load_pretrained, locate, read_hf_state_dict, read_model_config
 from neobert_jax.hf.checkpoint import restore_params
-from neobert_jax.runtime.run_dir import RUN_CONFIG
 from neobert_jax.hf.io import copy_tokenizer_files
-from neobert_jax.hf.weights import load_state_dict_into_model, state_dict_from_model
-from neobert_jax.model.modernbert import Linear, ModernBertModel, PredictionHead, _dropout, _fold, _init_stds
+from neobert_jax.model.modernbert import Linear, apply_dropout, fold_rng
+from neobert_jax.runtime.model_init import architecture_of, architectures
+from neobert_jax.runtime.run_dir import RUN_CONFIG
 
-ARCHITECTURE = "ModernBertForSequenceClassification"
-TOKEN_ARCHITECTURE = "ModernBertForTokenClassification"
 TOKEN_CLASSIFICATION = "token_classification"
 IGNORE = -100
 
 
 class SequenceClassifier(nnx.Module):
-    def __init__(self, config: ModernBertConfig, num_outputs: int, *, pooling: str, dropout: float, rngs: nnx.Rngs):
+    tokens = False
+
+    def __init__(self, config, num_outputs: int, *, pooling: str, dropout: float, rngs: nnx.Rngs):
         self.config, self.pooling, self.dropout = config, pooling, dropout
-        self.model = ModernBertModel(config, rngs=rngs)
-        self.head = PredictionHead(config, _init_stds(config), rngs)
+        family = architecture_of(config).classifier
+        self.model = family.encoder_class(config, rngs=rngs)
+        build = family.token_head if self.tokens else family.sequence_head
+        self.head = build(config, rngs) if build is not None else None
         d = config.hidden_size
         self.classifier = Linear(d, num_outputs, std=d ** -0.5, config=config, use_bias=True,
                                  axes=("embed", "labels"), rngs=rngs)
 
+    def _classify(self, x, dropout_rng):
+        """The head (if any), dropout, then the classifier, in float32."""
+        x = self.head(x) if self.head is not None else x
+        return self.classifier(apply_dropout(x, self.dropout, dropout_rng)).astype(jnp.float32)
+
     def __call__(self, input_ids_BT, attention_mask_BT, dropout_rng=None):
         """(B, labels) float32 logits (regression: (B, 1) values)."""
-        h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=_fold(dropout_rng, 0))
+        h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=fold_rng(dropout_rng, 0))
         if self.pooling == "cls":
             pooled_BD = h_BTD[:, 0]
         else:
             mask_BT1 = jnp.asarray(attention_mask_BT)[..., None].astype(h_BTD.dtype)
             pooled_BD = (h_BTD * mask_BT1).sum(1) / mask_BT1.sum(1)
-        x_BD = _dropout(self.head(pooled_BD), self.dropout, _fold(dropout_rng, 1))
-        return self.classifier(x_BD).astype(jnp.float32)
+        return self._classify(pooled_BD, fold_rng(dropout_rng, 1))
 
 
 class TokenClassifier(SequenceClassifier):
     """Per-token logits; `pooling` is kept only for the exported config's classifier_pooling."""
 
+    tokens = True
+
     def __call__(self, input_ids_BT, attention_mask_BT, dropout_rng=None):
         """(B, T, labels) float32 logits."""
-        h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=_fold(dropout_rng, 0))
-        x_BTD = _dropout(self.head(h_BTD), self.dropout, _fold(dropout_rng, 1))
-        return self.classifier(x_BTD).astype(jnp.float32)
+        h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=fold_rng(dropout_rng, 0))
+        return self._classify(h_BTD, fold_rng(dropout_rng, 1))
 
 
 def token_nll_sum(logits_BTL, labels_BT):
@@ -97,80 +106,85 @@ def _classification_run(path: str) -> dict | None:
 
 
 def read_classifier_labels(path: str) -> dict | None:
-    """{"labels", "problem_type", "pooling", "architecture"} of an HF ModernBertForSequenceClassification
-    or ModernBertForTokenClassification dir, or of a classification run's dir or checkpoint; else None."""
+    """{"labels", "problem_type", "pooling", "tokens"} (and a run's "dropout") of an HF sequence- or
+    token-classification dir of either family, or of a classification run's dir or checkpoint; else None."""
     if locate(path).params is not None:
         record = _classification_run(path)
         if record is None:
             return None
         k = record["classifier"]
-        tokens = k["problem_type"] == TOKEN_CLASSIFICATION
         return {"labels": record["resolved"]["labels"], "problem_type": k["problem_type"], "pooling": k["pooling"],
-                "architecture": TOKEN_ARCHITECTURE if tokens else ARCHITECTURE, "dropout": k.get("dropout", 0.0)}
+                "tokens": k["problem_type"] == TOKEN_CLASSIFICATION, "dropout": k.get("dropout", 0.0)}
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         return None
     with open(config_path) as f:
         raw = json.load(f)
-    architecture = next((a for a in raw.get("architectures") or [] if a in (ARCHITECTURE, TOKEN_ARCHITECTURE)), None)
+    names = {name: i == 1 for arch in architectures().values() for i, name in enumerate(arch.classifier.names)}
+    architecture = next((a for a in raw.get("architectures") or [] if a in names), None)
     if architecture is None:
         return None
     id2label = raw.get("id2label") or {}
     labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    problem_type = TOKEN_CLASSIFICATION if architecture == TOKEN_ARCHITECTURE else raw.get("problem_type")
-    return {"labels": labels, "problem_type": problem_type, "pooling": raw.get("classifier_pooling"),
-            "architecture": architecture}
+    tokens = names[architecture]
+    return {"labels": labels, "problem_type": TOKEN_CLASSIFICATION if tokens else raw.get("problem_type"),
+            "pooling": raw.get("classifier_pooling"), "tokens": tokens}
 
 
 def load_classifier(path: str, num_outputs: int, *, pooling: str, dropout: float, seed: int, runtime: dict,
                     config_changes: dict, tokens: bool = False) -> tuple[SequenceClassifier, list[str]]:
-    """-> (model, the HF names that start fresh): the encoder of an HF dir (any ModernBERT head) or a
-    project checkpoint, plus its `head` and `classifier` where it has them, as transformers'
-    from_pretrained takes them (an MLM dir gives `head`, not `classifier`). `tokens`: a
-    TokenClassifier; the classifier of the other architecture starts fresh (its outputs mean other
-    things)."""
+    """-> (model, the HF names that start fresh): the encoder of an HF dir (any head of its family) or a
+    project checkpoint, plus its head and `classifier` where it has them, as transformers'
+    from_pretrained takes them (a ModernBERT MLM dir gives `head`, not `classifier`). `tokens`: a
+    TokenClassifier; the classifier of the other kind starts fresh (its outputs mean other things).
+    `config_changes`: config.model's dropout keys, mapped onto the family's fields."""
     init = read_classifier_labels(path)
     files = locate(path)
+    model_config = read_model_config(path, **runtime)
+    arch = architecture_of(model_config)
+    family = arch.classifier
     if files.params is None:
-        model_config, state_dict = read_hf_config(path, **runtime), read_hf_state_dict(path)
+        state_dict = read_hf_state_dict(path)
     elif init is None:  # an MLM run or model dir
         loaded, _ = load_pretrained(path, seed=seed, **runtime)
-        model_config, state_dict = loaded.config, state_dict_from_model(loaded)
+        state_dict = family.state_dict(loaded)
     else:  # a classification run: its classifier's own parameters
-        model_config = ModernBertConfig.from_json_file(files.config, **runtime)
-        kind = TokenClassifier if init["architecture"] == TOKEN_ARCHITECTURE else SequenceClassifier
+        kind = TokenClassifier if init["tokens"] else SequenceClassifier
         saved = nnx.eval_shape(lambda: kind(model_config, max(len(init["labels"]), 1), pooling=init["pooling"],
                                             dropout=init["dropout"], rngs=nnx.Rngs(seed)))
         graphdef, params, rest = nnx.split(saved, nnx.Param, ...)
         nnx.replace_by_pure_dict(params, restore_params(files.params, nnx.to_pure_dict(params)))
-        state_dict = state_dict_from_model(nnx.merge(graphdef, params, rest))
-    if init and init["architecture"] != (TOKEN_ARCHITECTURE if tokens else ARCHITECTURE):
+        state_dict = family.state_dict(nnx.merge(graphdef, params, rest))
+    if init and init["tokens"] != tokens:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
-    model_config = model_config.replace(**config_changes)
+    model_config = model_config.replace(**arch.model_fields(config_changes))
     model = (TokenClassifier if tokens else SequenceClassifier)(model_config, num_outputs, pooling=pooling,
                                                                 dropout=dropout, rngs=nnx.Rngs(seed))
-    fresh, _ = load_state_dict_into_model(model, state_dict, source=path)
+    fresh, _ = family.load_state_dict(model, state_dict, source=path)
     return model, fresh
 
 
 def save_classifier_dir(model: SequenceClassifier, out_dir: str, *, labels: list[str], problem_type: str,
                         tokenizer_dir: str | None, overwrite: bool = False) -> None:
     """A dir that `AutoModelForSequenceClassification` (a TokenClassifier: AutoModelForTokenClassification)
-    `.from_pretrained` loads to this model's logits (regression: one output named `labels[0]`)."""
+    `.from_pretrained` loads to this model's logits (regression: one output named `labels[0]`); a NeoBERT
+    one with trust_remote_code=True, as it carries its modeling code."""
+    import shutil
+
     from safetensors.numpy import save_file
 
-    tokens = isinstance(model, TokenClassifier)
-    config = model.config.to_hf_dict()
-    config.update(architectures=[TOKEN_ARCHITECTURE if tokens else ARCHITECTURE],
-                  id2label={str(i): name for i, name in enumerate(labels)},
+    family = architecture_of(model.config).classifier
+    config, files = family.hf_config(model.config, family.names[model.tokens])
+    config.update(id2label={str(i): name for i, name in enumerate(labels)},
                   label2id={name: i for i, name in enumerate(labels)},
                   classifier_pooling=model.pooling, classifier_dropout=model.dropout)
-    if not tokens:  # transformers' configs refuse problem types other than the sequence ones
+    if not model.tokens:  # transformers' configs refuse problem types other than the sequence ones
         config["problem_type"] = problem_type
-    weights = {k: np.ascontiguousarray(v) for k, v in state_dict_from_model(model).items()}
+    weights = {k: np.ascontiguousarray(v) for k, v in family.state_dict(model).items()}
     with atomic_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
+        for name, source in files.items():
+            shutil.copyfile(source, os.path.join(tmp, name))
         save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         copy_tokenizer_files(tokenizer_dir, tmp)
-

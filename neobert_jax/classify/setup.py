@@ -11,7 +11,7 @@ from neobert_jax.classify.config import BEST_METRIC
 from neobert_jax.classify.data import (Batches, PairTokenizer, encode, label_names, read_examples, resolve_files,
                                       targets)
 from neobert_jax.classify.evaluation import Evaluator
-from neobert_jax.classify.head import TOKEN_ARCHITECTURE, TOKEN_CLASSIFICATION, load_classifier, read_classifier_labels
+from neobert_jax.classify.head import TOKEN_CLASSIFICATION, load_classifier, read_classifier_labels
 from neobert_jax.classify.tag_data import (TAG_SUFFIXES, WordTokenizer, check_tags, encode_sentences, read_sentences,
                                           tag_names)
 from neobert_jax.classify.tag_eval import first_token_logits
@@ -19,7 +19,6 @@ from neobert_jax.contrastive.config import as_list, dropout_overrides
 from neobert_jax.data import load_tokenizer
 from neobert_jax.data.errors import DataError
 from neobert_jax.hf.paths import locate
-from neobert_jax.neobert_config import is_neobert_config
 from neobert_jax.runtime import optim, sharding
 from neobert_jax.runtime.model_init import runtime_policy
 from neobert_jax.runtime.resolved import resolve
@@ -74,9 +73,6 @@ def setup_classify(config, log) -> ClassifySetup:
         raise ValueError(f"config.train.batch_size: {t.batch_size} is not a multiple of {accum_rows} (the mesh's batch "
                          "shards x train.grad_accum_steps)")
     log(f"init_from {config.init_from}: {locate(config.init_from).describe()}")
-    if is_neobert_config(locate(config.init_from).config):  # its heads are ModernBERT's (classify/head.py)
-        raise ValueError(f"config.init_from: {config.init_from} is a NeoBERT model; classification fine-tunes "
-                         "ModernBERT encoders only")
     source = config.tokenizer or locate(config.init_from).tokenizer
     if not source:
         raise FileNotFoundError(f"config.init_from: {config.init_from} has no tokenizer files beside it; "
@@ -87,8 +83,8 @@ def setup_classify(config, log) -> ClassifySetup:
 
     init = read_classifier_labels(config.init_from)
     tokens = k.problem_type == TOKEN_CLASSIFICATION
-    if init and (init["architecture"] == TOKEN_ARCHITECTURE) != tokens:
-        init = None  # the other architecture: its labels and classifier are not this run's
+    if init and init["tokens"] != tokens:
+        init = None  # the other kind (sequence or token): its labels and classifier are not this run's
     given = None if as_list(d.labels) or not init or k.problem_type == REGRESSION else init["labels"]
     if tokens:
         train, names, evaluation = _tagged(config, given)

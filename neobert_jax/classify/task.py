@@ -20,6 +20,7 @@ from neobert_jax.classify.head import IGNORE, TOKEN_CLASSIFICATION, problem_loss
 from neobert_jax.classify.setup import ClassifySetup, setup_classify
 from neobert_jax.classify.tag_eval import tag_metrics, write_tag_predictions
 from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime.model_init import uses_dropout
 from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning_closing_lines
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
@@ -53,8 +54,7 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
     sum over the global batch's labelled tokens (as the MLM step divides), so the loss is the mean
     over the batch's labelled tokens however the batch is split."""
     parts, mesh, state_sh = setup.parts, setup.mesh, setup.shardings
-    c = parts.config
-    uses_dropout = max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout, classifier_dropout) > 0
+    dropout = uses_dropout(parts.config) or classifier_dropout > 0
     tokens = problem_type == TOKEN_CLASSIFICATION
 
     def loss_fn(params, batch, rng, denom):
@@ -65,7 +65,7 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
 
     def train_step(state, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
-        rng = step_rng if uses_dropout else None
+        rng = step_rng if dropout else None
         denom = (jnp.maximum(jnp.sum(batch["labels"] != IGNORE), 1).astype(jnp.float32) if tokens
                  else jnp.float32(accum))
         if accum == 1:
@@ -96,7 +96,7 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
 
 class ClassifyTask:
     """Labelled texts (or tagged sentences) in, the eval set's metrics as the eval (before the first
-    step too), an HF ModernBertForSequenceClassification (ModernBertForTokenClassification) dir out."""
+    step too), an HF sequence- (token-) classification dir of the encoder's family out."""
 
     eval_before_training = True
 

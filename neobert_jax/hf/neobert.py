@@ -29,12 +29,18 @@ _EMBEDDING = "model.encoder.weight"
 # The remote code an export carries, and the transformers Auto classes its config.json maps onto it.
 REMOTE_CODE = "modeling_neobert.py"
 AUTO_MAP = {"AutoConfig": "NeoBERTConfig", "AutoModel": "NeoBERT", "AutoModelForMaskedLM": "NeoBERTLMHead"}
+# A classifier export's Auto class, by its architecture (the classes in neobert_modeling.py).
+CLASSIFIER_AUTO = {"NeoBERTForSequenceClassification": "AutoModelForSequenceClassification",
+                   "NeoBERTForTokenClassification": "AutoModelForTokenClassification"}
 _MODELING_SOURCE = os.path.join(os.path.dirname(__file__), "neobert_modeling.py")
 
 
 def _hf_name(path: tuple) -> tuple[str, bool]:
-    """Our parameter path -> (checkpoint key, whether the array is transposed)."""
+    """Our parameter path -> (checkpoint key, whether the array is transposed). A sequence classifier's
+    `head.dense` is the release's top-level `dense` (its NeoBERTForSequenceClassification's name)."""
     *parents, leaf = (str(p) for p in path)
+    if parents == ["head", "dense"]:
+        parents = ["dense"]
     if leaf == "kernel":
         return ".".join(parents + ["weight"]), True
     if leaf in ("scale", "encoder"):
@@ -92,7 +98,7 @@ def neobert_state_dict_from_model(model: NeoBertForMaskedLM, layout: str = "w12"
             out[name[:-len("w12.weight")] + "w2.weight"] = np.ascontiguousarray(w2)
             continue
         out[name] = value
-    if model.config.tie_word_embeddings:
+    if model.config.tie_word_embeddings and isinstance(model, NeoBertForMaskedLM):  # classifiers have no decoder
         out["decoder.weight"] = out[_EMBEDDING].copy()
     return out
 
@@ -185,6 +191,15 @@ def _remote_code_config(config: NeoBertConfig, auto_map: dict) -> dict:
     d = config.to_hf_dict()
     d["auto_map"] = {auto: f"{REMOTE_CODE[:-3]}.{name}" for auto, name in auto_map.items()}
     return d
+
+
+def neobert_classifier_config(config: NeoBertConfig, architecture: str) -> tuple[dict, dict]:
+    """A classifier export's (config.json, {REMOTE_CODE: its source}): auto_map names the remote code's
+    `architecture` for its Auto class, and no MLM class (the export has no decoder)."""
+    auto_map = {k: v for k, v in AUTO_MAP.items() if k != "AutoModelForMaskedLM"}
+    d = _remote_code_config(config, {**auto_map, CLASSIFIER_AUTO[architecture]: architecture})
+    d["architectures"] = [architecture]
+    return d, {REMOTE_CODE: _MODELING_SOURCE}
 
 
 def neobert_encoder_export(model: NeoBertForMaskedLM) -> tuple[dict, dict, dict]:

@@ -1,8 +1,9 @@
 """NeoBERT in torch for transformers' remote code: the `modeling_neobert.py` that NeoBERT exports carry.
 
-save_neobert_dir copies this file into the dir and points config.json's `auto_map` at it, so the
-framework's users load an export as they load the release:
-`AutoModelForMaskedLM.from_pretrained(dir, trust_remote_code=True)`. Written for this project from
+save_neobert_dir (and a classifier export) copies this file into the dir and points config.json's
+`auto_map` at it, so the framework's users load an export as they load the release:
+`AutoModelForMaskedLM.from_pretrained(dir, trust_remote_code=True)` (AutoModelForSequenceClassification,
+AutoModelForTokenClassification for a fine-tuned classifier). Written for this project from
 the architecture's description; state-dict keys are the release's (`model.transformer_encoder.0.qkv.weight`,
 `ffn.w12.weight` ...). It imports nothing from neobert_jax: it must run where only torch and transformers are.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+from transformers.modeling_outputs import (BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput,
+                                           TokenClassifierOutput)
 
 
 class NeoBERTConfig(PretrainedConfig):
@@ -144,3 +146,62 @@ class NeoBERTLMHead(NeoBERTPreTrainedModel):
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1),
                                                ignore_index=-100)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+def sequence_loss(config, logits, labels):
+    """transformers' loss of config.problem_type (inferred from the labels when unset, as transformers does)."""
+    problem = config.problem_type
+    if problem is None:
+        integer = labels.dtype in (torch.long, torch.int)
+        problem = ("regression" if config.num_labels == 1 else
+                   "single_label_classification" if integer else "multi_label_classification")
+    if problem == "regression":
+        return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
+    if problem == "single_label_classification":
+        return nn.functional.cross_entropy(logits.view(-1, config.num_labels).float(), labels.view(-1))
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
+    """The first token of the final normed hidden state (config.classifier_pooling "mean": the masked
+    mean), dense H -> H, tanh, dropout, classifier: the release's head, with its key names."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = NeoBERT(config)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", 0.0) or 0.0)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False, **kwargs):
+        out = self.model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        h = out.last_hidden_state
+        if getattr(self.config, "classifier_pooling", "cls") == "mean":
+            mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask)[..., None].to(h.dtype)
+            pooled = (h * mask).sum(1) / mask.sum(1)
+        else:
+            pooled = h[:, 0]
+        logits = self.classifier(self.dropout(torch.tanh(self.dense(pooled))))
+        loss = None if labels is None else sequence_loss(self.config, logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class NeoBERTForTokenClassification(NeoBERTPreTrainedModel):
+    """Dropout and a classifier on every token's final normed hidden state."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = NeoBERT(config)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", 0.0) or 0.0)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False, **kwargs):
+        out = self.model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1),
+                                               ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

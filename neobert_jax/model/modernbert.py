@@ -19,25 +19,25 @@ from neobert_jax.model.attention import attention
 from neobert_jax.model.decoder_loss import decoder_nll
 from neobert_jax.model.layer_norm import add_layer_norm, layer_norm
 
-_REMAT_POLICIES = {
+REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
-def _trunc_normal(key, shape, std: float, cutoff: float):
+def trunc_normal(key, shape, std: float, cutoff: float):
     """torch.nn.init.trunc_normal_(std=std, a=-cutoff*std, b=cutoff*std)."""
     return jax.random.truncated_normal(key, -cutoff, cutoff, shape, jnp.float32) * std
 
 
-def _dropout(x, rate: float, rng):
+def apply_dropout(x, rate: float, rng):
     if rate <= 0.0 or rng is None:
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def _fold(rng, i: int):
+def fold_rng(rng, i: int):
     return None if rng is None else jax.random.fold_in(rng, i)
 
 
@@ -47,7 +47,7 @@ class Linear(nnx.Module):
     def __init__(self, d_in: int, d_out: int, *, std: float, config: ModernBertConfig, use_bias: bool,
                  axes: tuple[str, str], rngs: nnx.Rngs):
         self.kernel = nnx.Param(
-            _trunc_normal(rngs.params(), (d_in, d_out), std, config.initializer_cutoff_factor), logical_axes=axes
+            trunc_normal(rngs.params(), (d_in, d_out), std, config.initializer_cutoff_factor), logical_axes=axes
         )
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32), logical_axes=axes[1:]) if use_bias else None
         self.dtype = jnp.dtype(config.dtype)
@@ -92,7 +92,7 @@ class Embeddings(nnx.Module):
     def __init__(self, config: ModernBertConfig, rngs: nnx.Rngs):
         shape = (config.vocab_size, config.hidden_size)
         self.tok_embeddings = nnx.Param(
-            _trunc_normal(rngs.params(), shape, config.initializer_range, config.initializer_cutoff_factor),
+            trunc_normal(rngs.params(), shape, config.initializer_range, config.initializer_cutoff_factor),
             logical_axes=("vocab", "embed"),
         )
         self.norm = LayerNorm(config.hidden_size, config)
@@ -103,7 +103,7 @@ class Embeddings(nnx.Module):
         x_BTD = jnp.take(self.tok_embeddings[...], ids_BT, axis=0)
         # torch's padding_idx: the lookup sends no gradient to the pad row (the tied decoder still does).
         x_BTD = jnp.where((ids_BT == self.pad_token_id)[..., None], jax.lax.stop_gradient(x_BTD), x_BTD)
-        return _dropout(self.norm(x_BTD), self.dropout, dropout_rng)
+        return apply_dropout(self.norm(x_BTD), self.dropout, dropout_rng)
 
 
 def rope_cos_sin(positions_BT, head_dim: int, theta: float):
@@ -146,8 +146,8 @@ class Attention(nnx.Module):
         o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=self.window,
                            implementation=self.implementation, tf32x3=self.tf32x3, mesh=self.mesh,
                            dropout_rate=self.dropout,
-                           dropout_rng=_fold(dropout_rng, 0))
-        return _dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
+                           dropout_rng=fold_rng(dropout_rng, 0))
+        return apply_dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, fold_rng(dropout_rng, 1))
 
 
 def _gelu_cdf(x32):
@@ -197,7 +197,7 @@ class MLP(nnx.Module):
     def __call__(self, x_BTD, dropout_rng):
         input_BTF, gate_BTF = self.Wi.split(x_BTD, 2)
         h_BTF = geglu(input_BTF, gate_BTF)
-        return self.Wo(_dropout(h_BTF, self.dropout, dropout_rng))
+        return self.Wo(apply_dropout(h_BTF, self.dropout, dropout_rng))
 
 
 class EncoderLayer(nnx.Module):
@@ -218,15 +218,15 @@ class EncoderLayer(nnx.Module):
             x_BTD = h_BTD
         else:
             h_BTD, x_BTD = self.attn_norm.add(h_BTD, pending_BTD)
-        h_BTD, x_BTD = self.mlp_norm.add(h_BTD, self.attn(x_BTD, segment_ids_BT, positions_BT, _fold(dropout_rng, 0)))
-        return h_BTD, self.mlp(x_BTD, _fold(dropout_rng, 1))
+        h_BTD, x_BTD = self.mlp_norm.add(h_BTD, self.attn(x_BTD, segment_ids_BT, positions_BT, fold_rng(dropout_rng, 0)))
+        return h_BTD, self.mlp(x_BTD, fold_rng(dropout_rng, 1))
 
 
 def _call_layer(layer: EncoderLayer, *args):
     return layer(*args)
 
 
-def _init_stds(config: ModernBertConfig) -> dict:
+def init_stds(config: ModernBertConfig) -> dict:
     return {
         "in": config.initializer_range,
         "out": config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers),
@@ -247,7 +247,7 @@ def resolve_inputs(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT
 
 class ModernBertModel(nnx.Module):
     def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs):
-        stds = _init_stds(config)
+        stds = init_stds(config)
         self.config = config
         self.embeddings = Embeddings(config, rngs)
         self.layers = nnx.List([EncoderLayer(config, i, stds, rngs) for i in range(config.num_hidden_layers)])
@@ -256,14 +256,14 @@ class ModernBertModel(nnx.Module):
     def __call__(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
                  dropout_rng=None):
         segment_ids_BT, positions_BT = resolve_inputs(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT)
-        h_BTD = self.embeddings(input_ids_BT, _fold(dropout_rng, 0))
+        h_BTD = self.embeddings(input_ids_BT, fold_rng(dropout_rng, 0))
         apply_layer = _call_layer
         if self.config.remat != "none":
-            apply_layer = nnx.remat(_call_layer, policy=_REMAT_POLICIES[self.config.remat])
+            apply_layer = nnx.remat(_call_layer, policy=REMAT_POLICIES[self.config.remat])
         pending_BTD = None
         for i, layer in enumerate(self.layers):
             h_BTD, pending_BTD = apply_layer(layer, h_BTD, pending_BTD, segment_ids_BT, positions_BT,
-                                             _fold(dropout_rng, i + 1))
+                                             fold_rng(dropout_rng, i + 1))
         return self.final_norm(h_BTD if pending_BTD is None else h_BTD + pending_BTD)
 
 
@@ -286,7 +286,7 @@ class ModernBertForMaskedLM(nnx.Module):
             raise ValueError("only tied decoder weights are supported (tie_word_embeddings=True)")
         self.config = config
         self.model = ModernBertModel(config, rngs=rngs)
-        self.head = PredictionHead(config, _init_stds(config), rngs)
+        self.head = PredictionHead(config, init_stds(config), rngs)
         self.decoder_bias = (
             nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), logical_axes=("vocab",))
             if config.decoder_bias else None

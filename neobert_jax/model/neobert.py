@@ -25,14 +25,14 @@ from neobert_jax.model.attention import attention
 from neobert_jax.model.decoder_loss import decoder_nll
 from neobert_jax.model.layer_norm import add_rms_norm, rms_norm
 from neobert_jax.model.modernbert import (
-    _REMAT_POLICIES,
+    REMAT_POLICIES,
     Linear,
-    _dropout,
-    _fold,
-    _trunc_normal,
+    apply_dropout,
     apply_rope,
+    fold_rng,
     resolve_inputs,
     rope_cos_sin,
+    trunc_normal,
 )
 from neobert_jax.neobert_config import NeoBertConfig
 
@@ -92,8 +92,8 @@ class EncoderBlock(nnx.Module):
         q_BTNH, k_BTNH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTNH, cos, sin)
         o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=None, implementation=self.implementation,
                            tf32x3=self.tf32x3, mesh=self.mesh, dropout_rate=self.dropout,
-                           dropout_rng=_fold(dropout_rng, 0))
-        return _dropout(self.wo(o_BTNH.reshape(B, T, -1)), self.dropout, _fold(dropout_rng, 1))
+                           dropout_rng=fold_rng(dropout_rng, 0))
+        return apply_dropout(self.wo(o_BTNH.reshape(B, T, -1)), self.dropout, fold_rng(dropout_rng, 1))
 
     def __call__(self, h_BTD, pending_BTD, segment_ids_BT, positions_BT, dropout_rng):
         """Returns (residual stream, this block's FFN output not yet added to it).
@@ -106,8 +106,8 @@ class EncoderBlock(nnx.Module):
         else:
             h_BTD, x_BTD = self.attention_norm.add(h_BTD, pending_BTD)
         h_BTD, x_BTD = self.ffn_norm.add(h_BTD, self.attention(x_BTD, segment_ids_BT, positions_BT,
-                                                               _fold(dropout_rng, 0)))
-        return h_BTD, _dropout(self.ffn(x_BTD), self.dropout, _fold(dropout_rng, 1))
+                                                               fold_rng(dropout_rng, 0)))
+        return h_BTD, apply_dropout(self.ffn(x_BTD), self.dropout, fold_rng(dropout_rng, 1))
 
 
 def _call_block(block: EncoderBlock, *args):
@@ -122,7 +122,7 @@ class NeoBertModel(nnx.Module):
         std_in = config.embedding_init_range
         std_out = std_in / math.sqrt(2.0 * config.num_hidden_layers)
         self.encoder = nnx.Param(
-            _trunc_normal(rngs.params(), (config.vocab_size, config.hidden_size), config.embedding_init_range,
+            trunc_normal(rngs.params(), (config.vocab_size, config.hidden_size), config.embedding_init_range,
                           config.initializer_cutoff_factor),
             logical_axes=("vocab", "embed"),
         )
@@ -139,11 +139,11 @@ class NeoBertModel(nnx.Module):
         h_BTD = jnp.where(pad, jax.lax.stop_gradient(x_BTD), x_BTD).astype(jnp.dtype(self.config.dtype))
         apply_block = _call_block
         if self.config.remat != "none":
-            apply_block = nnx.remat(_call_block, policy=_REMAT_POLICIES[self.config.remat])
+            apply_block = nnx.remat(_call_block, policy=REMAT_POLICIES[self.config.remat])
         pending_BTD = None
         for i, block in enumerate(self.transformer_encoder):
             h_BTD, pending_BTD = apply_block(block, h_BTD, pending_BTD, segment_ids_BT, positions_BT,
-                                             _fold(dropout_rng, i + 1))
+                                             fold_rng(dropout_rng, i + 1))
         return self.layer_norm(h_BTD if pending_BTD is None else h_BTD + pending_BTD)
 
 
@@ -153,10 +153,23 @@ class Decoder(nnx.Module):
     def __init__(self, config: NeoBertConfig, rngs: nnx.Rngs):
         shape = (config.vocab_size, config.hidden_size)
         self.weight = None if config.tie_word_embeddings else nnx.Param(
-            _trunc_normal(rngs.params(), shape, config.decoder_init_range, config.initializer_cutoff_factor),
+            trunc_normal(rngs.params(), shape, config.decoder_init_range, config.initializer_cutoff_factor),
             logical_axes=("vocab", "embed"))
         self.bias = (nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), logical_axes=("vocab",))
                      if config.decoder_bias else None)
+
+
+class TanhHead(nnx.Module):
+    """dense H -> H, then tanh: what the release's NeoBERTForSequenceClassification puts between the pooled
+    token and its classifier (the HF key is `dense`, hf/neobert.py)."""
+
+    def __init__(self, config: NeoBertConfig, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.dense = Linear(d, d, std=config.embedding_init_range, config=config, use_bias=True,
+                            axes=("embed", "mlp"), rngs=rngs)
+
+    def __call__(self, x):
+        return jnp.tanh(self.dense(x))
 
 
 class NeoBertForMaskedLM(nnx.Module):

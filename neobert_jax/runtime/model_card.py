@@ -28,6 +28,10 @@ KINDS = {
                                             "AutoModelForSequenceClassification"),
     "ModernBertForTokenClassification": ("token-classification", "transformers", "token classification",
                                          "AutoModelForTokenClassification"),
+    "NeoBERTForSequenceClassification": ("text-classification", "transformers", "sequence classification",
+                                         "AutoModelForSequenceClassification"),
+    "NeoBERTForTokenClassification": ("token-classification", "transformers", "token classification",
+                                      "AutoModelForTokenClassification"),
     "sentence-transformers": ("sentence-similarity", "sentence-transformers", "contrastive fine-tuning", None),
 }
 

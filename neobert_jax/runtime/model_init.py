@@ -17,13 +17,30 @@ import jax
 from flax import nnx
 
 from neobert_jax.config import ModernBertConfig, kernel_backend
-from neobert_jax.hf import load_pretrained, save_hf_dir, save_neobert_dir
-from neobert_jax.model import ModernBertForMaskedLM, NeoBertForMaskedLM
+from neobert_jax.hf import (load_neobert_state_dict, load_pretrained, load_state_dict_into_model,
+                            neobert_state_dict_from_model, save_hf_dir, save_neobert_dir, state_dict_from_model)
+from neobert_jax.hf.neobert import neobert_classifier_config
+from neobert_jax.model import ModernBertForMaskedLM, ModernBertModel, NeoBertForMaskedLM, NeoBertModel
+from neobert_jax.model.modernbert import PredictionHead, init_stds
+from neobert_jax.model.neobert import TanhHead
 from neobert_jax.neobert_config import NeoBertConfig
 
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 MODEL_KEYS = ARCHITECTURE_KEYS + ("max_position_embeddings", "local_attention", "global_attn_every_n_layers",
                                   "global_rope_theta", "embedding_dropout", "attention_dropout", "mlp_dropout")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierFamily:
+    """A family's sequence- and token-classification models (classify/head.py builds them) and their HF dirs."""
+
+    encoder_class: type
+    sequence_head: Callable  # (config, rngs) -> the module between the pooled hidden state and the classifier
+    token_head: Callable | None  # (config, rngs) -> the module on every token before the classifier; None: none
+    names: tuple[str, str]  # config.json's architecture of the (sequence, token) classifier
+    state_dict: Callable  # model -> HF state dict (float32 numpy, torch layout)
+    load_state_dict: Callable  # (model, state_dict, source) -> (newly initialized, ignored), in place
+    hf_config: Callable  # (model config, architecture name) -> (config.json dict, {file name: source to copy})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +60,7 @@ class Architecture:
     dropout_fields: tuple[str, ...]  # the config's dropout rates, any > 0 means the steps need keys
     mlp_width: Callable  # config -> F of the 3 D x F matrices of a gated MLP (for the FLOP count)
     head_dense: bool  # an H -> H dense layer before the decoder (ModernBERT's prediction head)
+    classifier: ClassifierFamily
 
     def field(self, key: str) -> str | None:
         return self.renamed.get(key, key)
@@ -74,13 +92,27 @@ def architectures() -> dict[str, Architecture]:
     return {
         "modernbert": Architecture("modernbert", ModernBertConfig, ModernBertForMaskedLM, save_hf_dir, {},
                                    ("embedding_dropout", "attention_dropout", "mlp_dropout"),
-                                   lambda c: c.intermediate_size, head_dense=True),
+                                   lambda c: c.intermediate_size, head_dense=True,
+                                   classifier=ClassifierFamily(
+                                       ModernBertModel, modernbert_head, modernbert_head,
+                                       ("ModernBertForSequenceClassification", "ModernBertForTokenClassification"),
+                                       state_dict_from_model, load_state_dict_into_model,
+                                       lambda c, name: ({**c.to_hf_dict(), "architectures": [name]}, {}))),
         "neobert": Architecture("neobert", NeoBertConfig, NeoBertForMaskedLM, save_neobert_dir,
                                 {"max_position_embeddings": "max_length", "global_rope_theta": "rope_theta",
                                  "local_attention": None, "global_attn_every_n_layers": None,
                                  "embedding_dropout": None, "attention_dropout": "dropout", "mlp_dropout": "dropout"},
-                                ("dropout",), lambda c: c.ffn_size, head_dense=False),
+                                ("dropout",), lambda c: c.ffn_size, head_dense=False,
+                                classifier=ClassifierFamily(
+                                    NeoBertModel, TanhHead, None,
+                                    ("NeoBERTForSequenceClassification", "NeoBERTForTokenClassification"),
+                                    neobert_state_dict_from_model, load_neobert_state_dict, neobert_classifier_config)),
     }
+
+
+def modernbert_head(config: ModernBertConfig, rngs: nnx.Rngs) -> PredictionHead:
+    """ModernBERT's classifiers reuse its MLM prediction head (dense -> GELU -> norm), as transformers' do."""
+    return PredictionHead(config, init_stds(config), rngs)
 
 
 def architecture(name: str) -> Architecture:
