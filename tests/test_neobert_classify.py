@@ -135,7 +135,7 @@ def test_a_neobert_classification_run_or_export_continues_its_head(task, sequenc
     assert fresh == []
     ours = np.asarray(from_export(ids, mask))
     assert np.abs(np.asarray(from_run(ids, mask)) - ours).max() <= 1e-5
-    start, fresh = load_classifier(neobert, 2, **kwargs)  # the MLM export: the head starts fresh
+    _, fresh = load_classifier(neobert, 2, **kwargs)  # the MLM export: the head starts fresh
     assert fresh == ["classifier.bias", "classifier.weight", "dense.bias", "dense.weight"]
     # a tagger from it: the encoder carries over, the sequence head and classifier do not
     _, fresh = load_classifier(str(out / "hf"), 2, **kwargs, tokens=True)
@@ -175,7 +175,8 @@ def test_token_classification_trains_and_exports_what_transformers_loads_to_our_
 @pytest.mark.parametrize("kind,pooling", [(SequenceClassifier, "cls"), (SequenceClassifier, "mean"),
                                           (TokenClassifier, "cls")])
 def test_the_torch_heads_are_ours_with_random_weights_and_padding(task, tmp_path, kind, pooling):
-    """Random head biases (not zeros) and a tied embedding, so every tensor's mapping shows in the logits."""
+    """Random head biases (not zeros), so every tensor's mapping shows in the logits; a tied embedding
+    exports no decoder (a classifier has none)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -188,6 +189,10 @@ def test_the_torch_heads_are_ours_with_random_weights_and_padding(task, tmp_path
     save_classifier_dir(model, str(tmp_path / "hf"), labels=["a", "b", "c"],
                         problem_type="token_classification" if tokens else "multi_label_classification",
                         tokenizer_dir=None)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), framework="np") as f:
+        assert not [k for k in f.keys() if k.startswith("decoder.")]
     ids, mask = encoded(tokenizer, ["good warm kind and bright", "sad", "paris rome"])
     ours = np.asarray(model(ids, mask))
     auto = AutoModelForTokenClassification if tokens else AutoModelForSequenceClassification
