@@ -5,9 +5,8 @@
         --config.eval.retrieval_dirs=eval/my-retrieval --config.output_dir=runs/embedder
 
 MultipleNegativesRanking (InfoNCE, scale 20) over the global batch with mean pooling and unit
-vectors, as the users train with sentence-transformers, but with a learning rate, its decay over
-the layers and a warmup chosen against their trainer's defaults on local pair sets
-(docs/embedder.md); the result is output_dir/st.
+vectors, as the users train with sentence-transformers, but with a learning rate and warmup chosen
+against their trainer's defaults on local pair sets (docs/embedder.md); the result is output_dir/st.
 """
 
 from neobert_jax.contrastive.config import contrastive_config
@@ -23,8 +22,7 @@ def get_config():
     c.train.batch_size = 64
     c.train.seq_len = 256
     c.train.epochs = 1
-    c.train.learning_rate = 2e-4  # 4x sentence-transformers' default, for the top layer: the sweep in docs/embedder.md
-    c.train.layer_lr_decay = 0.8  # each layer below moves 0.8x as fast: keeps weak starts from losing (docs/embedder.md)
+    c.train.learning_rate = 2e-4  # 4x sentence-transformers' default: the sweep and its one loss in docs/embedder.md
     c.train.warmup_fraction = 0.1  # a share of the run, whatever its length (a step count does not port)
     c.train.warmup_steps = 0  # to give a step count instead, set it and train.warmup_fraction=0
     return c
