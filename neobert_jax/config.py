@@ -50,6 +50,15 @@ class HFConfigFile:
         os.replace(tmp, path)
 
 
+def check_runtime_fields(config) -> None:
+    """Either family's runtime fields, which come from a validated run config
+    (neobert_jax.runtime.config) or from code: a bad one is a programming error."""
+    assert config.remat in ("none", "full", "dots"), config.remat
+    assert config.dtype in ("float32", "bfloat16"), config.dtype
+    assert config.layer_norm_backward in KERNEL_BACKENDS and config.logsumexp in KERNEL_BACKENDS, (
+        config.layer_norm_backward, config.logsumexp)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModernBertConfig(HFConfigFile):
     vocab_size: int = 50368
@@ -117,11 +126,7 @@ class ModernBertConfig(HFConfigFile):
             )
         if self.hidden_activation != "gelu" or self.classifier_activation != "gelu":
             raise ValueError("only the exact (erf) 'gelu' activation of ModernBERT is supported")
-        # The runtime fields come from a validated run config (neobert_jax.runtime.config) or from code.
-        assert self.remat in ("none", "full", "dots"), self.remat
-        assert self.dtype in ("float32", "bfloat16"), self.dtype
-        assert self.layer_norm_backward in KERNEL_BACKENDS and self.logsumexp in KERNEL_BACKENDS, (
-            self.layer_norm_backward, self.logsumexp)
+        check_runtime_fields(self)
 
     @property
     def head_dim(self) -> int:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from neobert_jax.config import FULL, KERNEL_BACKENDS, RUNTIME_FIELDS, HFConfigFile
+from neobert_jax.config import FULL, RUNTIME_FIELDS, HFConfigFile, check_runtime_fields
 
 # Release fields that select variants this project does not implement: the value each must have.
 _FIXED = {"rms_norm": True, "rope": True, "hidden_act": "swiglu", "ngpt": False}
@@ -51,10 +51,7 @@ class NeoBertConfig(HFConfigFile):
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head dim {self.head_dim} is odd: RoPE rotates pairs")
-        assert self.remat in ("none", "full", "dots"), self.remat
-        assert self.dtype in ("float32", "bfloat16"), self.dtype
-        assert self.layer_norm_backward in KERNEL_BACKENDS and self.logsumexp in KERNEL_BACKENDS, (
-            self.layer_norm_backward, self.logsumexp)
+        check_runtime_fields(self)
 
     @property
     def head_dim(self) -> int:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from neobert_jax.config import SLIDING, ModernBertConfig
 from neobert_jax.model.attention import attention
-from neobert_jax.model.decoder_loss import decoder_nll
+from neobert_jax.model.masked_lm import MaskedLM
 from neobert_jax.model.layer_norm import add_layer_norm, layer_norm
 
 REMAT_POLICIES = {
@@ -278,7 +278,7 @@ class PredictionHead(nnx.Module):
         return self.norm(jax.nn.gelu(self.dense(x), approximate=False))
 
 
-class ModernBertForMaskedLM(nnx.Module):
+class ModernBertForMaskedLM(MaskedLM):
     """Encoder + MLM head; the decoder is tied to the token embedding and has its own bias."""
 
     def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs):
@@ -292,20 +292,7 @@ class ModernBertForMaskedLM(nnx.Module):
             if config.decoder_bias else None
         )
 
-    def encode(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
-               dropout_rng=None):
-        """Final hidden states (after final_norm) in float32."""
-        h = self.model(input_ids_BT, attention_mask_BT, segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
-                       dropout_rng=dropout_rng)
-        return h.astype(jnp.float32)
-
-    def _head(self, input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT, masked_positions_BM,
-              dropout_rng):
-        """Head output (before the decoder) at every token or at the masked positions."""
-        h_BTD = self.model(input_ids_BT, attention_mask_BT, segment_ids_BT=segment_ids_BT,
-                           positions_BT=positions_BT, dropout_rng=dropout_rng)
-        if masked_positions_BM is not None:
-            h_BTD = jnp.take_along_axis(h_BTD, jnp.asarray(masked_positions_BM)[..., None], axis=1)
+    def _features(self, h_BTD):
         return self.head(h_BTD)
 
     def _decoder(self):
@@ -313,29 +300,6 @@ class ModernBertForMaskedLM(nnx.Module):
         embedding_VD = self.model.embeddings.tok_embeddings[...].astype(dtype)
         bias = self.decoder_bias[...] if self.decoder_bias is not None else jnp.zeros(embedding_VD.shape[0])
         return embedding_VD, bias.astype(dtype)
-
-    def __call__(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
-                 masked_positions_BM=None, dropout_rng=None):
-        """MLM logits for every token (B, T, V), or only at `masked_positions_BM` (B, M, V)."""
-        x = self._head(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT, masked_positions_BM,
-                       dropout_rng)
-        embedding_VD, bias_V = self._decoder()
-        return jnp.einsum("...d,vd->...v", x, embedding_VD) + bias_V
-
-    def mlm_nll(self, input_ids_BT, labels, *, attention_mask_BT=None, segment_ids_BT=None, positions_BT=None,
-                masked_positions_BM=None, dropout_rng=None):
-        """Per-position float32 cross-entropy against `labels` (B, M) or (B, T); -100 positions give 0.
-
-        Same value as a softmax cross-entropy of `__call__`'s logits, through `decoder_nll`, whose
-        backward pass moves far fewer bytes than autodiff of the logits would.
-        """
-        x = self._head(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT, masked_positions_BM,
-                       dropout_rng)
-        embedding_VD, bias_V = self._decoder()
-        labels = jnp.asarray(labels, jnp.int32)
-        nll = decoder_nll(x.reshape(-1, x.shape[-1]), embedding_VD, bias_V, labels.reshape(-1),
-                          self.config.logsumexp, self.config.mesh)
-        return nll.reshape(labels.shape)
 
 
 def logical_axes(state: nnx.State):

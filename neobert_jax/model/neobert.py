@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from neobert_jax.model.attention import attention
-from neobert_jax.model.decoder_loss import decoder_nll
+from neobert_jax.model.masked_lm import MaskedLM
 from neobert_jax.model.layer_norm import add_rms_norm, rms_norm
 from neobert_jax.model.modernbert import (
     REMAT_POLICIES,
@@ -172,7 +172,7 @@ class TanhHead(nnx.Module):
         return jnp.tanh(self.dense(x))
 
 
-class NeoBertForMaskedLM(nnx.Module):
+class NeoBertForMaskedLM(MaskedLM):
     """Encoder + decoder (tied or untied, optional bias); the same call interface as ModernBertForMaskedLM."""
 
     def __init__(self, config: NeoBertConfig, *, rngs: nnx.Rngs):
@@ -180,20 +180,8 @@ class NeoBertForMaskedLM(nnx.Module):
         self.model = NeoBertModel(config, rngs=rngs)
         self.decoder = Decoder(config, rngs)
 
-    def encode(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
-               dropout_rng=None):
-        """Final hidden states (after the final norm) in float32."""
-        h = self.model(input_ids_BT, attention_mask_BT, segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
-                       dropout_rng=dropout_rng)
-        return h.astype(jnp.float32)
-
-    def _hidden(self, input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT, masked_positions_BM,
-                dropout_rng):
-        h_BTD = self.model(input_ids_BT, attention_mask_BT, segment_ids_BT=segment_ids_BT,
-                           positions_BT=positions_BT, dropout_rng=dropout_rng)
-        if masked_positions_BM is not None:
-            h_BTD = jnp.take_along_axis(h_BTD, jnp.asarray(masked_positions_BM)[..., None], axis=1)
-        return h_BTD
+    def _features(self, h_BTD):
+        return h_BTD  # NeoBERT decodes the final normed states directly
 
     def _decoder(self):
         dtype = jnp.dtype(self.config.dtype)
@@ -201,22 +189,3 @@ class NeoBertForMaskedLM(nnx.Module):
         weight_VD = weight[...].astype(dtype)
         bias = self.decoder.bias[...] if self.decoder.bias is not None else jnp.zeros(weight_VD.shape[0])
         return weight_VD, bias.astype(dtype)
-
-    def __call__(self, input_ids_BT, attention_mask_BT=None, *, segment_ids_BT=None, positions_BT=None,
-                 masked_positions_BM=None, dropout_rng=None):
-        """MLM logits for every token (B, T, V), or only at `masked_positions_BM` (B, M, V)."""
-        x = self._hidden(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT, masked_positions_BM,
-                         dropout_rng)
-        weight_VD, bias_V = self._decoder()
-        return jnp.einsum("...d,vd->...v", x, weight_VD) + bias_V
-
-    def mlm_nll(self, input_ids_BT, labels, *, attention_mask_BT=None, segment_ids_BT=None, positions_BT=None,
-                masked_positions_BM=None, dropout_rng=None):
-        """Per-position float32 cross-entropy against `labels`; -100 positions give 0 (as ModernBERT's)."""
-        x = self._hidden(input_ids_BT, attention_mask_BT, segment_ids_BT, positions_BT, masked_positions_BM,
-                         dropout_rng)
-        weight_VD, bias_V = self._decoder()
-        labels = jnp.asarray(labels, jnp.int32)
-        nll = decoder_nll(x.reshape(-1, x.shape[-1]), weight_VD, bias_V, labels.reshape(-1),
-                          self.config.logsumexp, self.config.mesh)
-        return nll.reshape(labels.shape)
