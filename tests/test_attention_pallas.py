@@ -125,7 +125,23 @@ def test_tile_ranges_skip_invisible_tiles():
     np.testing.assert_array_equal(ranges, [[0, 0] + [0] * 6, [0, 2] + [0] * 6, [1, 2] + [0] * 6, [2, 2] + [0] * 6])
 
 
-@pytest.mark.parametrize("T, H, block_q", [(200, 64, 64), (256, 48, 64), (256, 64, 96)])
+@pytest.mark.parametrize("T, window, rows", [(16, None, [[5, 7], [16]]), (200, 32, [[37, 120], [90]])])
+def test_lengths_off_the_tiles_are_padded(T, window, rows):
+    """Evaluation buckets (16 tokens) and odd lengths run: padded up to the tiles, sliced back."""
+    seg_BT = _segments(rows, T)
+    q, k, v, w = _inputs((2, T, 2, 64), jnp.float32, seed=T)
+    kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, block_q=64, block_k=32,
+                                              interpret=True)
+    out, grads = _out_and_grads(kernel, q, k, v, w)
+    ref_out, ref_grads = _out_and_grads(lambda q, k, v: _reference(q, k, v, seg_BT, window), q, k, v, w)
+    assert out.shape == (2, T, 2, 64)
+    np.testing.assert_allclose(out, ref_out, atol=FP32_ATOL, rtol=0)
+    for name, g, ref_g in zip("qkv", grads, ref_grads):
+        assert g.shape == (2, T, 2, 64)
+        np.testing.assert_allclose(g, ref_g, atol=FP32_ATOL, rtol=0, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("T, H, block_q", [(256, 48, 64), (256, 64, 96)])
 def test_rejects_unsupported_shapes(T, H, block_q):
     x = jnp.zeros((1, T, 1, H))
     with pytest.raises(ValueError):

@@ -254,8 +254,8 @@ def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | No
                      num_warps: int | None = None, num_stages: int = 2, tf32x3: bool = False):
     """Fused attention, differentiable in q, k and v; same function as the XLA reference.
 
-    q/k/v: (B, T, N, H) float32 or bfloat16, H a power of two (32/64/128); T a multiple of both
-    block sizes (powers of two >= 16). Default tiles: 64x64 for 16-bit inputs, 32x32 for float32, whose
+    q/k/v: (B, T, N, H) float32 or bfloat16, H a power of two (32/64/128); T any length
+    (padded up to the tiles). Default tiles: 64x64 for 16-bit inputs, 32x32 for float32, whose
     tiles hold twice the registers (docs/performance.md has the sweep). segment_ids_BT: ints >= 0, 0 = padding
     (those queries return zeros). window: attend only where |i - j| <= window. interpret=True runs
     the kernels on CPU (tests). tf32x3: float32 dots as three TF32 passes (the model's fp32 policy
@@ -270,8 +270,12 @@ def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | No
     for name, size in (("block_q", block_q), ("block_k", block_k), ("head_dim", H)):
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name}={size} must be a power of two >= 16 (Triton tiles)")
-    if T % block_q or T % block_k:
-        raise ValueError(f"sequence length {T} must be a multiple of block_q={block_q} and block_k={block_k}")
+    # A length off the tiles (short evaluation buckets, odd seq_len) is padded with segment 0: padded keys
+    # are invisible and padded queries return zeros, so slicing them off leaves the same function.
+    pad = -T % max(block_q, block_k)
+    if pad:
+        q_BTNH, k_BTNH, v_BTNH = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q_BTNH, k_BTNH, v_BTNH))
+        segment_ids_BT = jnp.pad(segment_ids_BT, ((0, 0), (0, pad)))
     if window is not None and window < 0:
         raise ValueError(f"window={window} must be >= 0")
     cfg = _Config(block_q=block_q, block_k=block_k, window=window,
@@ -279,4 +283,4 @@ def pallas_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | No
                   num_warps=num_warps or (4 if block_q * block_k <= 128 * 64 else 8),
                   num_stages=num_stages, interpret=interpret,
                   tf32x3=tf32x3)
-    return _attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT.astype(jnp.int32), cfg)
+    return _attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT.astype(jnp.int32), cfg)[:, :T]
