@@ -201,6 +201,7 @@ CASES = {
     "p-unknown-key": (P("--config.train.lr=1"), "config.train.lr"),
     "p-mlm-prob": (P("--config.data.mlm_probability=1.5"), "data.mlm_probability"),
     "p-heads": (P("--config.model.num_attention_heads=3"), "model.num_attention_heads"),
+    "p-odd-head": (P("--config.model.hidden_size=36", "--config.model.num_attention_heads=4"), "odd head size"),
     "p-hidden-zero": (P("--config.model.hidden_size=0"), "model.hidden_size"),
     "p-layers-zero": (P("--config.model.num_hidden_layers=0"), "model.num_hidden_layers"),
     "p-mesh-zero": (P("--config.mesh.data=0"), "mesh.data"),

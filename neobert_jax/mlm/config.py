@@ -102,6 +102,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(m[key] is None or m[key] > 0, f"model.{key}", f"must be positive or None (init_from's), got {m[key]}")
     need(m.hidden_size % m.num_attention_heads == 0, "model.hidden_size",
          f"{m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}")
+    need(m.hidden_size // m.num_attention_heads % 2 == 0, "model.hidden_size",
+         f"{m.hidden_size} / model.num_attention_heads={m.num_attention_heads} is an odd head size; "
+         "RoPE rotates pairs of dimensions")
     need(m.vocab_size >= 0, "model.vocab_size", "must be >= 0 (0 = the tokenizer's size)")
     need(bool(config.data.eval_files) or config.data.eval_samples > 0 or not t.keep_best_checkpoint,
          "train.keep_best_checkpoint", "needs eval data: set data.eval_files or data.eval_samples")

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU figures the open issues owe (docs/embedder.md, docs/performance.md, docs/neobert.md), as
+# phases that each fit one 10-minute call of the lent machine.
+#
+#   bash scripts/owed_gpu_runs.sh prepare      # here, with network to the package registry: wheels + pair sets
+#   bash scripts/owed_gpu_runs.sh A [B ...]     # on the GPU machine, from the repo root
+#
+# prepare: the device image lacks grain, array_record, ml_collections, tensorboardX, portpicker and
+# datasets (+ dill, multiprocess), so their cp312 wheels go to .whl/; the pair sets are built here
+# (the stdlib set depends on the Python that reads it, the info set on /usr/share/info) into
+# runs/owed/. Carry `.whl` and `runs/owed`.
+# Phases: A stdlib pairs, B info pairs (both: pretrain the student start, then the users'
+# trainer fp32/bf16 and ours fp32/bf16), C the 117k-pair timing, D train-step throughput (ModernBERT
+# and NeoBERT rows), E the `gpu` test set. Results are copied to $OUT when it is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PAIRS=runs/owed
+
+if [ "${1:-}" = prepare ]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        grain==0.2.18 array_record==0.8.6 ml_collections==1.1.0 tensorboardX==2.6.5 portpicker==1.6.0 \
+        datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 || exit 1
+    [ -d "$PAIRS/stdlib" ] || python3 -m neobert_jax.data.builtin_retrieval "$PAIRS/stdlib" || exit 1
+    [ -d "$PAIRS/info" ] || python3 -m neobert_jax.data.info_retrieval "$PAIRS/info" || exit 1
+    exit 0
+fi
+
+for phase in "$@"; do
+    case "$phase" in A|B|C|D|E) ;; *) echo "unknown phase $phase (prepare, A, B, C, D, E)" >&2; exit 2 ;; esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 prepare | A [B C D E]" >&2; exit 2; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-runs/owed/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/gpu.txt"
+python3 -c "import jax, torch, transformers, sentence_transformers; print(jax.__version__, jax.devices(), \
+torch.__version__, transformers.__version__, sentence_transformers.__version__)" | tee -a "$OUT/gpu.txt"
+work=/tmp/owed
+embedder() {  # pair set, name, extra flags
+    python3 scripts/bench_embedder.py --pairs "$PAIRS/$1" --work-dir "$work/$1" --name "$2" "${@:3}" 2>&1 \
+        | grep -v -e 'Loading weights' -e 'UNEXPECTED' | tee "$OUT/$2.log"
+    cp "docs/results/embedder_$2.json" "docs/embedder_$2.png" "$OUT/" 2>/dev/null
+}
+for phase in "$@"; do
+    case "$phase" in
+    A) embedder stdlib gpu_stdlib --sides st,st-bf16,ours,ours-bf16 ;;
+    B) embedder info gpu_info --sides st,st-bf16,ours,ours-bf16 ;;
+    C) embedder stdlib gpu_stdlib_100k --repeat 50 --sides st,ours-bf16 --eval-points 1 ;;
+    D) for arch in modernbert neobert; do
+           python3 scripts/bench_throughput.py --arch "$arch" --rows jax-bf16-auto,torch-bf16,jax-fp32,torch-fp32 \
+               --out "$OUT/throughput_$arch.json" 2>&1 | tee "$OUT/throughput_$arch.log"
+       done ;;
+    E) python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" ;;
+    esac
+done
