@@ -3,15 +3,17 @@
 # phases that each fit one 10-minute call of the lent machine.
 #
 #   bash scripts/owed_gpu_runs.sh prepare      # here, with network to the package registry: wheels + pair sets
-#   bash scripts/owed_gpu_runs.sh A [B ...]     # on the GPU machine, from the repo root
+#   bash scripts/owed_gpu_runs.sh A As [B ...]  # on the GPU machine, from the repo root
 #
 # prepare: the device image lacks grain, array_record, ml_collections, tensorboardX, portpicker and
 # datasets (+ dill, multiprocess), so their cp312 wheels go to .whl/; the pair sets are built here
 # (the stdlib set depends on the Python that reads it, the info set on /usr/share/info) into
 # runs/owed/. Carry `.whl` and `runs/owed`.
 # Phases: A stdlib pairs, B info pairs (both: pretrain the student start, then the users'
-# trainer fp32/bf16 and ours fp32/bf16), C the 117k-pair timing, D train-step throughput (ModernBERT
-# and NeoBERT rows), E the `gpu` test set. Results are copied to $OUT when it is set.
+# trainer fp32/bf16 and ours fp32/bf16), As / Bs ours' recipe variants from the same start (in the
+# same call as A / B: a new machine has lost the start), C the 117k-pair timing, D train-step
+# throughput (ModernBERT and NeoBERT rows), E the `gpu` test set. Everything is also packed into
+# $OUT/owed_results.tgz (the device returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=runs/owed
@@ -28,31 +30,44 @@ if [ "${1:-}" = prepare ]; then
 fi
 
 for phase in "$@"; do
-    case "$phase" in A|B|C|D|E) ;; *) echo "unknown phase $phase (prepare, A, B, C, D, E)" >&2; exit 2 ;; esac
+    case "$phase" in A|B|As|Bs|C|D|E) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, C, D, E)" >&2; exit 2 ;; esac
 done
-[ $# -gt 0 ] || { echo "usage: $0 prepare | A [B C D E]" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 prepare | A [As B Bs C D E]" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-runs/owed/out}
-mkdir -p "$OUT"
+RES=/tmp/owed/results
+mkdir -p "$OUT" "$RES"
+trap 'tar czf "$OUT/owed_results.tgz" -C "$RES" .' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/gpu.txt"
 python3 -c "import jax, torch, transformers, sentence_transformers; print(jax.__version__, jax.devices(), \
 torch.__version__, transformers.__version__, sentence_transformers.__version__)" | tee -a "$OUT/gpu.txt"
 work=/tmp/owed
 embedder() {  # pair set, name, extra flags
     python3 scripts/bench_embedder.py --pairs "$PAIRS/$1" --work-dir "$work/$1" --name "$2" "${@:3}" 2>&1 \
-        | grep -v -e 'Loading weights' -e 'UNEXPECTED' | tee "$OUT/$2.log"
-    cp "docs/results/embedder_$2.json" "docs/embedder_$2.png" "$OUT/" 2>/dev/null
+        | grep -v -e 'Loading weights' -e 'UNEXPECTED' | tee "$RES/$2.log"
+    { echo "## $2"; grep -e '^|' -e '^error' -e 'Error' "$RES/$2.log"; } >> "$OUT/summary.log"
+    cp "docs/results/embedder_$2.json" "docs/embedder_$2.png" "$RES/" 2>/dev/null
+}
+variants() {  # pair set: ours (fp32) from the phase's start, one override each
+    for kv in train.learning_rate=5e-5 train.learning_rate=1e-4 train.learning_rate=5e-4 \
+              train.layer_lr_decay=0.8 loss.name=gte; do
+        name=${kv##*.}
+        embedder "$1" "gpu_$1_${name//=/-}" --sides ours --eval-points 1 --ours "$kv"
+    done
 }
 for phase in "$@"; do
     case "$phase" in
     A) embedder stdlib gpu_stdlib --sides st,st-bf16,ours,ours-bf16 ;;
     B) embedder info gpu_info --sides st,st-bf16,ours,ours-bf16 ;;
+    As) variants stdlib ;;
+    Bs) variants info ;;
     C) embedder stdlib gpu_stdlib_100k --repeat 50 --sides st,ours-bf16 --eval-points 1 ;;
     D) for arch in modernbert neobert; do
            python3 scripts/bench_throughput.py --arch "$arch" --rows jax-bf16-auto,torch-bf16,jax-fp32,torch-fp32 \
-               --out "$OUT/throughput_$arch.json" 2>&1 | tee "$OUT/throughput_$arch.log"
+               --out "$RES/throughput_$arch.json" 2>&1 | tee "$RES/throughput_$arch.log"
+           grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
-    E) python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" ;;
+    E) python3 -m pytest -q -m gpu tests 2>&1 | tee "$RES/gpu_tests.log"; tail -5 "$RES/gpu_tests.log" >> "$OUT/summary.log" ;;
     esac
 done
