@@ -237,3 +237,31 @@ def test_a_classification_run_dir_continues_like_its_export(task, tmp_path):
     first = train_classifier(config_for(tmp_path / "first", hf_dir, **files, **{"train.max_steps": 6}))
     from_run = train_classifier(config_for(tmp_path / "second", tmp_path / "first", **files, **{"train.max_steps": 1}))
     assert from_run.before["loss"] == pytest.approx(first.after["loss"], rel=1e-5)
+
+
+def test_rows_are_padded_to_the_longest_example_not_to_seq_len(task, tmp_path):
+    """Short texts under a long train.seq_len: rows of the longest example rounded up to 64, and the
+    saved eval logits still those of the export under transformers' own (dynamic) padding."""
+    from neobert_jax.classify.data import row_length
+
+    assert [row_length([np.zeros(n)] * 2, seq_len) for n, seq_len in ((70, 512), (64, 512), (5, 16), (65, 100))] \
+        == [128, 64, 16, 100]
+    root, hf_dir = task
+    out = tmp_path / "run"
+    files = {"data.train_files": str(root / "train.csv"), "data.eval_files": str(root / "dev.csv")}
+    assert train_classifier(config_for(out, hf_dir, **files, **{"train.seq_len": 256, "train.max_steps": 3})).completed
+    assert json.load(open(out / "run_config.json"))["resolved"]["row_length"] == 64
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "hf")
+    saved = [json.loads(line) for line in open(out / "eval_predictions.jsonl")]
+    with open(root / "dev.csv") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] < 64
+    with torch.no_grad():
+        logits = model(**encoded).logits.numpy()
+    assert np.abs(logits - np.asarray([r["logits"] for r in saved])).max() <= 1e-4

@@ -190,6 +190,18 @@ def pad_labels(rows: list[np.ndarray], seq_len: int, ignore: int = -100) -> np.n
     return out
 
 
+ROW_MULTIPLE = 64  # row lengths are rounded up to this (GPU tiles; few distinct shapes)
+
+
+def row_length(ids: list[np.ndarray], seq_len: int) -> int:
+    """The tokens each row of a set is padded to: its longest example rounded up to ROW_MULTIPLE, at
+    most `seq_len`. Short texts are the common case, and padding them all to seq_len multiplies the
+    step's work for nothing (HF's dynamic padding has the same aim); one length per set keeps one
+    compiled shape."""
+    longest = max((len(row) for row in ids), default=1)
+    return min(seq_len, -(-longest // ROW_MULTIPLE) * ROW_MULTIPLE)
+
+
 def pad_rows(rows: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     input_ids = np.full((len(rows), seq_len), pad_id, np.int32)
     mask = np.zeros((len(rows), seq_len), np.int32)
@@ -199,7 +211,8 @@ def pad_rows(rows: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.
 
 
 class Batches:
-    """Training batches of `batch_size` examples, each padded to seq_len (one compiled shape).
+    """Training batches of `batch_size` examples, each padded to `seq_len` (the data's row_length: one
+    compiled shape).
 
     The examples form one stream, a fresh permutation per epoch (seeded by seed and epoch), cut
     into batches, so no example is dropped and the state is one position. Each process builds its

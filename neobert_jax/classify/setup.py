@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from neobert_jax.classify.config import BEST_METRIC
-from neobert_jax.classify.data import (Batches, PairTokenizer, encode, label_names, read_examples, resolve_files,
-                                      targets)
+from neobert_jax.classify.data import (ROW_MULTIPLE, Batches, PairTokenizer, encode, label_names, read_examples,
+                                      resolve_files, row_length, targets)
 from neobert_jax.classify.evaluation import Evaluator
 from neobert_jax.classify.head import TOKEN_CLASSIFICATION, load_classifier, read_classifier_labels
 from neobert_jax.classify.tag_data import (TAG_SUFFIXES, WordTokenizer, check_tags, encode_sentences, read_sentences,
@@ -125,8 +125,9 @@ def setup_classify(config, log) -> ClassifySetup:
             eval_data = encode_sentences(evaluation, word_tokenizer, names)
             log(f"eval: {len(eval_data)} sentences, {eval_data.truncated} cut to {t.seq_len} tokens "
                 f"({eval_data.words_cut} of {sum(map(len, evaluation.words))} words cut, predicted 'O')")
-            evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size, seq_len=t.seq_len,
-                                  pad_id=pad_id, cls_id=cls_id, select=first_token_logits(eval_data))
+            evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size,
+                                  seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id, cls_id=cls_id,
+                                  select=first_token_logits(eval_data))
             eval_gold, eval_words = evaluation.tags, evaluation.words
     else:
         pair_tokenizer = PairTokenizer(tokenizer, t.seq_len)
@@ -138,10 +139,13 @@ def setup_classify(config, log) -> ClassifySetup:
             examples, eval_targets, _ = evaluation
             eval_data = encode(examples, pair_tokenizer, eval_targets)
             log(f"eval: {len(eval_data)} examples, {eval_data.truncated} cut to {t.seq_len} tokens")
-            evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size, seq_len=t.seq_len,
-                                  pad_id=pad_id, cls_id=cls_id)
+            evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size,
+                                  seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id, cls_id=cls_id)
             eval_gold = examples.labels
-    batches = Batches(data, batch_size=t.batch_size, seq_len=t.seq_len, pad_id=pad_id, seed=config.seed,
+    rows = row_length(data.ids, t.seq_len)
+    log(f"rows of {rows} tokens: the longest training {'sentence' if tokens else 'example'} "
+        f"({max(map(len, data.ids))}) rounded up to {ROW_MULTIPLE}, at most train.seq_len={t.seq_len}")
+    batches = Batches(data, batch_size=t.batch_size, seq_len=rows, pad_id=pad_id, seed=config.seed,
                       shuffle=d.shuffle, row_range=lambda rows: sharding.process_row_range(mesh, rows))
     total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} "
@@ -149,7 +153,8 @@ def setup_classify(config, log) -> ClassifySetup:
         f"on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     phases.done("encoding")
-    resolved = resolve(config, parts.config, batch_size=t.batch_size, total_steps=total_steps, labels=labels)
+    resolved = resolve(config, parts.config, batch_size=t.batch_size, total_steps=total_steps, labels=labels,
+                       row_length=rows)
     return finish_setup(config, log, begun, ClassifySetup, parts=parts, params=params, data=batches, resolved=resolved,
                         tokenizer=tokenizer, tokenizer_note=None, write_tokenizer=write_tokenizer,
                         best=(BEST_METRIC, "min"), batches=batches, evaluator=evaluator, eval_gold=eval_gold,
