@@ -92,6 +92,20 @@ def test_pallas_bfloat16(window):
     assert o_err < BF16_ATOL["o"] and grad_err < BF16_ATOL["grad"], (o_err, grad_err)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("length", [16, 200])
+def test_pallas_lengths_off_the_tiles(dtype, length):
+    """Evaluation buckets (16 tokens) and odd lengths, padded to the tiles inside the kernel."""
+    seg_BT = _segments([[5, 9], [length]])[:, :length]
+    qkv, w = _inputs(dtype)
+    qkv, w = tuple(x[:, :length] for x in qkv), w[:, :length]
+    fn = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=None, scale=SCALE)
+    errors = _max_errors(_out_and_grads(fn, qkv, w, "float32" if dtype == jnp.float32 else "default"),
+                         _reference(qkv, w, seg_BT, None))
+    limits = (FP32_ATOL, FP32_ATOL) if dtype == jnp.float32 else (BF16_ATOL["o"], BF16_ATOL["grad"])
+    assert errors[0] < limits[0] and errors[1] < limits[1], errors
+
+
 @pytest.mark.parametrize("layout", ["unpacked", "packed"])
 @pytest.mark.parametrize("window", [None, 64])
 def test_cudnn_backend(layout, window):
