@@ -265,3 +265,23 @@ def test_rows_are_padded_to_the_longest_example_not_to_seq_len(task, tmp_path):
     with torch.no_grad():
         logits = model(**encoded).logits.numpy()
     assert np.abs(logits - np.asarray([r["logits"] for r in saved])).max() <= 1e-4
+
+
+@pytest.mark.parametrize("problem", ["single_label_classification", "multi_label_classification", "regression"])
+def test_packed_rows_train_as_one_example_a_row(problem, task, tmp_path):
+    """Several examples a row (segments, pooled per slot) give the losses of one example a row."""
+    root, hf_dir = task
+    files = {"single_label_classification": ("train.csv", "label"), "multi_label_classification": ("multi.jsonl", "label"),
+             "regression": ("scores.tsv", "score")}[problem]
+    values = {"classifier.problem_type": problem, "classifier.pooling": "mean" if problem == "regression" else "cls",
+              "data.train_files": str(root / files[0]), "data.label_column": files[1], "train.seq_len": 64,
+              "train.max_steps": 3, "train.log_every": 1}
+    losses, rows = {}, {}
+    for pack in (True, False):
+        out = tmp_path / str(pack)
+        train_classifier(config_for(out, hf_dir, **values, **{"data.pack": pack}))
+        losses[pack] = [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+        rows[pack] = json.load(open(out / "run_config.json"))["resolved"]["rows"]
+    assert rows[False] == 16 and rows[True] < 8, rows
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert len(losses[True]) == 3

@@ -346,7 +346,8 @@ def test_the_loss_is_the_mean_over_the_batchs_labelled_tokens_however_it_is_spli
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 64, (4, 12)).astype(np.int32)
     labels = np.where(rng.random((4, 12)) < [[0.9], [0.1], [0.5], [0.2]], rng.integers(0, 3, (4, 12)), IGNORE)
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels.astype(np.int32)}
+    batch = {"input_ids": ids, "segment_ids": np.ones_like(ids), "positions": np.broadcast_to(np.arange(12), ids.shape),
+             "labels": labels.astype(np.int32)}
     results = []
     for accum in (1, 2):
         cfg = train_cfg(grad_accum_steps=accum)
@@ -354,7 +355,7 @@ def test_the_loss_is_the_mean_over_the_batchs_labelled_tokens_however_it_is_spli
         tx = optim.make_optimizer(cfg, schedule)
         shardings = state.state_shardings(parts, tx, one_device_mesh)
         setup = SimpleNamespace(parts=parts, mesh=one_device_mesh, shardings=shardings, tx=tx, schedule=schedule)
-        step = make_classify_step(setup, "token_classification", accum, 0.0)
+        step = make_classify_step(setup, "token_classification", accum, 0.0, 1)
         train_state = state.create_train_state(params, tx, shardings, seed=0)
         _, metrics = step(train_state, sharding.global_batch(batch, one_device_mesh))
         results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
@@ -365,3 +366,19 @@ def test_the_loss_is_the_mean_over_the_batchs_labelled_tokens_however_it_is_spli
     assert results[0][0] == pytest.approx(expected, rel=1e-5)
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
     assert results[1][1] == pytest.approx(results[0][1], rel=1e-4)
+
+
+def test_packed_sentences_train_as_one_sentence_a_row(task, tmp_path):
+    """Several sentences a row (segments; their tags placed at their tokens) give the losses of one a row."""
+    root, hf_dir, _ = task
+    values = {"data.train_files": str(root / "train.jsonl"), "train.seq_len": 64, "train.max_steps": 3,
+              "train.log_every": 1}
+    losses, rows = {}, {}
+    for pack in (True, False):
+        out = tmp_path / str(pack)
+        train_classifier(config_for(out, hf_dir, **values, **{"data.pack": pack}))
+        losses[pack] = [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+        rows[pack] = json.load(open(out / "run_config.json"))["resolved"]["rows"]
+    assert rows[False] == 16 and rows[True] < 8, rows
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert len(losses[True]) == 3

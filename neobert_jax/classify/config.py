@@ -41,6 +41,8 @@ def classify_config() -> ml_collections.ConfigDict:
         # else the training labels sorted (numbers numerically)
         "labels": files(),
         "shuffle": True,
+        # several examples a row (each its own segment: the same function, less padding); False: one a row
+        "pack": True,
     })
     c.classifier = ml_collections.ConfigDict({
         # | multi_label_classification | regression | token_classification
@@ -86,6 +88,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(len(set(as_list(d.labels))) == len(as_list(d.labels)), "data.labels", "names a label twice")
     need(not (k.problem_type == "token_classification" and d.text_pair_column), "data.text_pair_column",
          "token classification tags one word list; leave it empty")
+    need(isinstance(d.pack, bool), "data.pack", f"must be True or False, got {d.pack!r}")
     need(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
     need(t.seq_len >= 4, "train.seq_len", "must leave room for [CLS] text [SEP] pair [SEP]")
     need(bool(as_list(d.eval_files)) or not t.keep_best_checkpoint, "train.keep_best_checkpoint",

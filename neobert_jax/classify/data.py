@@ -1,5 +1,5 @@
 """Labelled texts: reading them (CSV, TSV, JSONL, Parquet), their label names and targets, their
-tokens, and the training batches.
+tokens, and the width of their rows (the training batches: packing.py).
 
 Every bad record is a DataError naming file, row and column. Texts (or pairs) longer than
 train.seq_len are cut as the tokenizer's own `longest_first` truncation cuts them, which is what a
@@ -182,22 +182,13 @@ def encode(examples: Examples, tokenizer: PairTokenizer, target_array: np.ndarra
     return Encoded(ids, target_array, truncated)
 
 
-def pad_labels(rows: list[np.ndarray], seq_len: int, ignore: int = -100) -> np.ndarray:
-    """Per-token targets (token classification) padded with the ignore index to seq_len."""
-    out = np.full((len(rows), seq_len), ignore, np.int32)
-    for r, labels in enumerate(rows):
-        out[r, :len(labels)] = labels
-    return out
-
-
 ROW_MULTIPLE = 64  # row lengths are rounded up to this (GPU tiles; few distinct shapes)
 
 
 def row_length(ids: list[np.ndarray], seq_len: int) -> int:
-    """The tokens each row of a set is padded to: its longest example rounded up to ROW_MULTIPLE, at
-    most `seq_len`. Short texts are the common case, and padding them all to seq_len multiplies the
-    step's work for nothing (HF's dynamic padding has the same aim); one length per set keeps one
-    compiled shape."""
+    """The tokens each row of a set holds: its longest example rounded up to ROW_MULTIPLE, at most
+    `seq_len`. Short texts are the common case, and rows of seq_len would multiply the attention's
+    work for nothing; one width per set keeps one compiled shape."""
     longest = max((len(row) for row in ids), default=1)
     return min(seq_len, -(-longest // ROW_MULTIPLE) * ROW_MULTIPLE)
 
@@ -208,49 +199,3 @@ def pad_rows(rows: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.
     for r, ids in enumerate(rows):
         input_ids[r, :len(ids)], mask[r, :len(ids)] = ids, 1
     return {"input_ids": input_ids, "attention_mask": mask}
-
-
-class Batches:
-    """Training batches of `batch_size` examples, each padded to `seq_len` (the data's row_length: one
-    compiled shape).
-
-    The examples form one stream, a fresh permutation per epoch (seeded by seed and epoch), cut
-    into batches, so no example is dropped and the state is one position. Each process builds its
-    rows (`row_range`) of a global batch that does not depend on the process count.
-    """
-
-    def __init__(self, data, *, batch_size: int, seq_len: int, pad_id: int, seed: int, shuffle: bool,
-                 row_range):
-        self.data, self.batch_size, self.seq_len, self.pad_id = data, batch_size, seq_len, pad_id
-        self.seed, self.shuffle, self.row_range = seed, shuffle, row_range
-        self.position = 0
-        self.steps_per_epoch = -(-len(data) // batch_size)
-        self._orders: dict[int, np.ndarray] = {}
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            n = len(self.data)
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-                            else np.arange(n)}
-        return self._orders[epoch]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[dict, dict]:
-        n = len(self.data)
-        lo, hi = self.row_range(self.batch_size)
-        stream = range(self.position + lo, self.position + hi)
-        chosen = [int(self._order(p // n)[p % n]) for p in stream]
-        self.position += self.batch_size
-        rows = [self.data.ids[i] for i in chosen]
-        targets = self.data.targets  # per example (an array), or per token (a list of arrays)
-        labels = pad_labels([targets[i] for i in chosen], self.seq_len) if isinstance(targets, list) else targets[chosen]
-        batch = {**pad_rows(rows, self.seq_len, self.pad_id), "labels": labels}
-        return batch, {"examples": self.batch_size, "tokens": int(sum(map(len, rows)))}  # tokens: this process's
-
-    def get_state(self) -> dict:
-        return {"position": self.position}
-
-    def set_state(self, state: dict) -> None:
-        self.position = int(state["position"])

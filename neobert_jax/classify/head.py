@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from neobert_jax.contrastive.pooling import pool_rows
 from neobert_jax.fileio import atomic_dir
 from neobert_jax.hf import load_pretrained, locate, read_hf_state_dict, read_model_config
 from neobert_jax.hf.checkpoint import restore_params
@@ -61,6 +62,15 @@ class SequenceClassifier(nnx.Module):
         return self._classify(pooled_BD, fold_rng(dropout_rng, 1))
 
 
+    def packed(self, input_ids_RT, segment_ids_RT, positions_RT, slots: int, dropout_rng=None):
+        """(R, slots, labels) float32 logits of the examples packed in each row (segment k + 1 is
+        slot k; an empty slot's pooled vector is zeros)."""
+        h_RTD = self.model(input_ids_RT, segment_ids_BT=segment_ids_RT, positions_BT=positions_RT,
+                           dropout_rng=fold_rng(dropout_rng, 0))
+        pooled_RSD = pool_rows(h_RTD, segment_ids_RT, positions_RT, slots, self.pooling).astype(h_RTD.dtype)
+        return self._classify(pooled_RSD, fold_rng(dropout_rng, 1))
+
+
 class TokenClassifier(SequenceClassifier):
     """Per-token logits; `pooling` is kept only for the exported config's classifier_pooling."""
 
@@ -70,6 +80,12 @@ class TokenClassifier(SequenceClassifier):
         """(B, T, labels) float32 logits."""
         h_BTD = self.model(input_ids_BT, attention_mask_BT, dropout_rng=fold_rng(dropout_rng, 0))
         return self._classify(h_BTD, fold_rng(dropout_rng, 1))
+
+    def packed(self, input_ids_RT, segment_ids_RT, positions_RT, slots: int, dropout_rng=None):
+        """(R, T, labels) float32 logits of rows holding several sentences (`slots` is unused)."""
+        h_RTD = self.model(input_ids_RT, segment_ids_BT=segment_ids_RT, positions_BT=positions_RT,
+                           dropout_rng=fold_rng(dropout_rng, 0))
+        return self._classify(h_RTD, fold_rng(dropout_rng, 1))
 
 
 def token_nll_sum(logits_BTL, labels_BT):
@@ -81,13 +97,14 @@ def token_nll_sum(logits_BTL, labels_BT):
     return jnp.sum(jnp.where(labelled, nll, 0.0))
 
 
-def problem_loss(problem_type: str, logits_BL, labels):
-    """transformers' loss of each problem type: cross-entropy, BCE with logits, MSE."""
+def example_losses(problem_type: str, logits_NL, labels):
+    """Each example's term of transformers' loss of the problem type (cross-entropy, BCE with logits
+    averaged over the labels, squared error), over any leading shape: their mean is that loss."""
     if problem_type == "single_label_classification":
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BL, labels).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits_NL, labels)
     if problem_type == "multi_label_classification":
-        return optax.sigmoid_binary_cross_entropy(logits_BL, labels).mean()
-    return jnp.square(logits_BL[:, 0] - labels).mean()
+        return optax.sigmoid_binary_cross_entropy(logits_NL, labels).mean(-1)
+    return jnp.square(logits_NL[..., 0] - labels)
 
 
 def _classification_run(path: str) -> dict | None:

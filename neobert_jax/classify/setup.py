@@ -6,11 +6,13 @@ run files)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from neobert_jax.classify.config import BEST_METRIC
-from neobert_jax.classify.data import (ROW_MULTIPLE, Batches, PairTokenizer, encode, label_names, read_examples,
-                                      resolve_files, row_length, targets)
+from neobert_jax.classify.data import (ROW_MULTIPLE, PairTokenizer, encode, label_names, read_examples, resolve_files,
+                                      row_length, targets)
 from neobert_jax.classify.evaluation import Evaluator
+from neobert_jax.classify.packing import PackedBatches
 from neobert_jax.classify.head import TOKEN_CLASSIFICATION, load_classifier, read_classifier_labels
 from neobert_jax.classify.tag_data import (TAG_SUFFIXES, WordTokenizer, check_tags, encode_sentences, read_sentences,
                                           tag_names)
@@ -31,7 +33,7 @@ REGRESSION = "regression"
 
 @dataclasses.dataclass(kw_only=True)
 class ClassifySetup(TaskSetup):
-    batches: Batches
+    batches: PackedBatches
     evaluator: Evaluator | None
     eval_gold: list  # the eval labels as read (names, lists of names or numbers)
     labels: list[str]  # the outputs' names (regression: the label column)
@@ -142,19 +144,23 @@ def setup_classify(config, log) -> ClassifySetup:
             evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size,
                                   seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id, cls_id=cls_id)
             eval_gold = examples.labels
-    rows = row_length(data.ids, t.seq_len)
-    log(f"rows of {rows} tokens: the longest training {'sentence' if tokens else 'example'} "
+    width = row_length(data.ids, t.seq_len)
+    log(f"rows of {width} tokens: the longest training {'sentence' if tokens else 'example'} "
         f"({max(map(len, data.ids))}) rounded up to {ROW_MULTIPLE}, at most train.seq_len={t.seq_len}")
-    batches = Batches(data, batch_size=t.batch_size, seq_len=rows, pad_id=pad_id, seed=config.seed,
-                      shuffle=d.shuffle, row_range=lambda rows: sharding.process_row_range(mesh, rows))
-    total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
+    batches = PackedBatches(data, batch_size=t.batch_size, width=width, pad_id=pad_id, seed=config.seed,
+                            shuffle=d.shuffle, pack=d.pack, total_steps_for=lambda per_epoch: t.max_steps or
+                            t.epochs * per_epoch,
+                            row_multiple=math.lcm(sharding.batch_rows_divisor(mesh), t.grad_accum_steps),
+                            row_range=lambda rows: sharding.process_row_range(mesh, rows))
+    log(batches.describe())
+    total_steps = batches.total_steps
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} "
         f"{'sentences' if tokens else 'examples'}, {k.problem_type}, "
         f"on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
     phases.done("encoding")
     resolved = resolve(config, parts.config, batch_size=t.batch_size, total_steps=total_steps, labels=labels,
-                       row_length=rows)
+                       row_length=width, rows=batches.rows)
     return finish_setup(config, log, begun, ClassifySetup, parts=parts, params=params, data=batches, resolved=resolved,
                         tokenizer=tokenizer, tokenizer_note=None, write_tokenizer=write_tokenizer,
                         best=(BEST_METRIC, "min"), batches=batches, evaluator=evaluator, eval_gold=eval_gold,

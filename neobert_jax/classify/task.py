@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from neobert_jax.classify.config import BEST_METRIC, validate
 from neobert_jax.classify.evaluation import metrics, write_predictions
-from neobert_jax.classify.head import IGNORE, TOKEN_CLASSIFICATION, problem_loss, save_classifier_dir, token_nll_sum
+from neobert_jax.classify.head import IGNORE, TOKEN_CLASSIFICATION, example_losses, save_classifier_dir, token_nll_sum
 from neobert_jax.classify.setup import ClassifySetup, setup_classify
 from neobert_jax.classify.tag_eval import tag_metrics, write_tag_predictions
 from neobert_jax.runtime import optim, sharding
@@ -26,7 +26,7 @@ from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
 HF_EXPORT_DIR = "hf"
 PREDICTIONS_FILE = "eval_predictions.jsonl"
-BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+ROW_KEYS = ("input_ids", "segment_ids", "positions", "labels")  # + "slot_valid" for sequence labels
 
 
 @dataclasses.dataclass
@@ -47,27 +47,27 @@ def train_classifier(config) -> ClassifyResult:
         return run_task(config, setup, ClassifyTask, stop, setup_started)
 
 
-def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, classifier_dropout: float):
-    """(state, placed batch) -> (state, metrics), the state donated; with accum > 1 the batch runs as
-    micro-batches whose losses (and gradients) are summed, each divided so that the sum is the whole
-    batch's loss: a micro-batch mean over `accum` (equal-sized parts), and for token classification a
-    sum over the global batch's labelled tokens (as the MLM step divides), so the loss is the mean
-    over the batch's labelled tokens however the batch is split."""
+def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, classifier_dropout: float, slots: int):
+    """(state, placed packed batch) -> (state, metrics), the state donated. The loss is a sum over the
+    rows' examples (sequence labels: the valid slots; tokens: the labelled tokens) divided by the
+    global batch's count of them, so it is transformers' mean however the examples are packed, and
+    with accum > 1 the micro-batches' losses (and gradients) add up to the whole batch's."""
     parts, mesh, state_sh = setup.parts, setup.mesh, setup.shardings
     dropout = uses_dropout(parts.config) or classifier_dropout > 0
     tokens = problem_type == TOKEN_CLASSIFICATION
 
     def loss_fn(params, batch, rng, denom):
-        logits = parts.merge(params)(batch["input_ids"], batch["attention_mask"], dropout_rng=rng)
+        logits = parts.merge(params).packed(batch["input_ids"], batch["segment_ids"], batch["positions"], slots,
+                                            dropout_rng=rng)
         if tokens:
             return token_nll_sum(logits, batch["labels"]) / denom
-        return problem_loss(problem_type, logits, batch["labels"]) / denom
+        return jnp.sum(example_losses(problem_type, logits, batch["labels"]) * batch["slot_valid"]) / denom
 
     def train_step(state, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
         rng = step_rng if dropout else None
-        denom = (jnp.maximum(jnp.sum(batch["labels"] != IGNORE), 1).astype(jnp.float32) if tokens
-                 else jnp.float32(accum))
+        counted = batch["labels"] != IGNORE if tokens else batch["slot_valid"]
+        denom = jnp.maximum(jnp.sum(counted), 1).astype(jnp.float32)
         if accum == 1:
             loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng, denom)
         else:
@@ -90,7 +90,8 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
                            "nonfinite_total": new_state.nonfinite_total}
 
     rows = sharding.batch_sharding(mesh)
-    return jax.jit(train_step, in_shardings=(state_sh, {k: rows for k in BATCH_KEYS}),
+    keys = ROW_KEYS if tokens else (*ROW_KEYS, "slot_valid")
+    return jax.jit(train_step, in_shardings=(state_sh, {k: rows for k in keys}),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
 
 
@@ -106,7 +107,7 @@ class ClassifyTask:
         self.tokens = self.problem_type == TOKEN_CLASSIFICATION
         self.export_name = f"HF {'token' if self.tokens else 'sequence'}-classification model"
         self._step = make_classify_step(setup, self.problem_type, config.train.grad_accum_steps,
-                                        config.classifier.dropout)
+                                        config.classifier.dropout, setup.batches.slots)
         self.has_eval = setup.evaluator is not None
         self.loss_label = f"{self.problem_type} loss"
         self.batch_description = f"{setup.resolved.batch_size} {'sentences' if self.tokens else 'examples'}"

@@ -39,7 +39,8 @@ class Resolved:
     model: dict = dataclasses.field(default_factory=dict)
     row_shapes: str | None = None  # contrastive: data.row_shapes, "auto" resolved
     labels: list[str] | None = None  # classification: the outputs' names, in the classifier's order
-    row_length: int | None = None  # classification: the tokens each training row is padded to
+    row_length: int | None = None  # classification: the tokens of each training row
+    rows: int | None = None  # classification: the rows of a step (its examples packed)
 
     def config_keys(self) -> dict:
         """Config key -> the value the run used, for the keys this record settles."""
@@ -97,7 +98,7 @@ def attention_backends(model_config) -> dict[str, str]:
 
 def resolve(config, model_config, *, batch_size: int, total_steps: int, steps_per_call: int = 1,
             model: dict | None = None, row_shapes: str | None = None, labels: list[str] | None = None,
-            row_length: int | None = None) -> Resolved:
+            row_length: int | None = None, rows: int | None = None) -> Resolved:
     """The record of a run whose model (with its runtime fields) is `model_config`, of either architecture."""
     precision = matmul_precision(config.train.precision)
     return Resolved(batch_size=batch_size, steps_per_call=steps_per_call, total_steps=total_steps,
@@ -105,4 +106,4 @@ def resolve(config, model_config, *, batch_size: int, total_steps: int, steps_pe
                     attention=attention_backends(model_config),
                     layer_norm_backward=model_config.layer_norm_backward, logsumexp=model_config.logsumexp,
                     model=dict(model or {}), row_shapes=row_shapes, labels=None if labels is None else list(labels),
-                    row_length=row_length)
+                    row_length=row_length, rows=rows)
