@@ -101,6 +101,22 @@ def test_absent_texts_are_no_candidates(emb_CBD, name, symmetric, dims):
     assert abs(everything - ours) > 1e-3  # the negatives, when present, take part
 
 
+def test_each_step_of_a_mixed_run_is_sentence_transformers_mnrl_on_its_columns(emb_CBD):
+    """Their MultipleNegativesRankingLoss on a pairs batch (anchors, positives) and on a triplets
+    batch, against ours on the run's 3-column steps, the pairs' negatives absent."""
+    import torch
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    theirs = st_losses.MultipleNegativesRankingLoss(None)
+    objective = losses.make_objective(loss_cfg("mnrl"), columns=3, normalize=False, dims=[], weights=[])
+    for columns in (2, 3):
+        step = np.concatenate([emb_CBD[:columns], emb_CBD[:3 - columns]])  # absent slots: the anchors again
+        present_N = jnp.asarray(np.repeat(np.arange(3) < columns, 6))
+        ours = float(objective(jnp.asarray(step.reshape(-1, 8)), None, present_N))
+        reference = float(theirs.compute_loss_from_embeddings([torch.tensor(e) for e in emb_CBD[:columns]], None))
+        assert abs(ours - reference) < 1e-5, columns
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_mse_against_teacher_vectors(emb_CBD, normalize):
     student, teacher = emb_CBD[0], emb_CBD[1]
