@@ -9,10 +9,9 @@ import json
 import os
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from test_contrastive_losses import np_gte, np_ranking
+from test_contrastive_losses import loss_cfg, np_gte, np_ranking
 
 from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
 from neobert_jax.contrastive.columns import ColumnData, concat_sources, read_training_columns
@@ -62,6 +61,7 @@ def embedded_alone(model, data, columns, examples):
 
 @pytest.mark.parametrize("kind, one_shape", [("pack", False), ("pack", True), ("bucket", False), ("bucket", True)])
 def test_a_steps_loss_is_its_sources_columns_alone(tiny_model, kind, one_shape):
+    """Through the batcher, the model and the objective, against each text embedded alone."""
     model = tiny_model(vocab=VOCAB)
     data, sources = mixed_table()
     layout = Layout(kind, SEQ, 6, 2, (0, 1, 2))
@@ -69,9 +69,8 @@ def test_a_steps_loss_is_its_sources_columns_alone(tiny_model, kind, one_shape):
                                  special_ids=dict(cls_id=CLS, sep_id=SEP, pad_id=PAD))
     if one_shape:
         batches.layout = layout = Layout(kind, SEQ, 6, 2, (0, 1, 2), floor=batches.largest_shapes(4))
-    cfg = ml_collections.ConfigDict({"name": "mnrl", "scale": 20.0, "symmetric": False})
-    objectives = {name: make_objective(ml_collections.ConfigDict({**cfg, "name": name}), columns=3, normalize=True,
-                                       dims=[], weights=[]) for name in ("mnrl", "gte")}
+    objectives = {name: make_objective(loss_cfg(name), columns=3, normalize=True, dims=[], weights=[])
+                  for name in ("mnrl", "gte")}
     seen, shapes = set(), set()
     for step in range(batches.steps_per_epoch):
         examples = batches.examples(step)
