@@ -113,6 +113,10 @@ def w(tmp_path_factory, write_corpus, write_tokenizer, hf_model, tiny_config):
     (root / "hf_badjson" / "config.json").write_text("{not json")
     (root / "pairs.jsonl").write_text("".join(json.dumps({"anchor": f"a {i}", "positive": f"p {i}"}) + "\n"
                                               for i in range(16)))
+    triplet = lambda i: {"anchor": f"a {i}", "positive": f"p {i}", "negative": f"n {i}"}
+    (root / "triplets.jsonl").write_text("".join(json.dumps({**triplet(i), "score": 1.0}) + "\n" for i in range(16)))
+    (root / "quads.jsonl").write_text("".join(json.dumps({**triplet(i), "other": f"o {i}", "score": [1.0, 2.0]}) + "\n"
+                                              for i in range(16)))
     (root / "sts_bad.jsonl").write_text('{"sentence1": "a", "sentence2": "b"}\n')
     (root / "sts.jsonl").write_text("".join(json.dumps({"sentence1": f"a {i}", "sentence2": f"b {i}", "score": i})
                                             + "\n" for i in range(4)))
@@ -239,6 +243,14 @@ CASES = {
     "c-source-missing": (C("--config.data.train_files=", "--config.data.sources=a=IN/pairs.jsonl,b=IN/none.jsonl"),
                          "data.sources (b): "),
     "c-sources-and-train-files": (C("--config.data.sources=a=IN/pairs.jsonl"), "config.data.sources: give one of"),
+    "c-mixed-columns-margin-mse": (C("--config.data.train_files=", "--config.loss.name=margin_mse",
+                                     "--config.data.sources=a=IN/triplets.jsonl,b=IN/quads.jsonl"),
+                                   "data source 'b': 4 text columns (anchor, positive, negative, other) but source "
+                                   "'a' has 3 (anchor, positive, negative); every source of a run needs the same "
+                                   "number for loss margin_mse (only mnrl and gte mix them)"),
+    "c-mixed-columns-named": (C("--config.data.train_files=", "--config.data.columns=anchor,positive,negative",
+                                "--config.data.sources=a=IN/triplets.jsonl,b=IN/pairs.jsonl"),
+                              "pairs.jsonl: no column 'negative' (columns: anchor, positive); see data.columns (it"),
     "c-keep-best-no-eval-sets": (C("--config.train.keep_best_checkpoint=True", "--config.train.eval_every=1"),
                                  "train.keep_best_checkpoint"),
     # sequence classification

@@ -83,6 +83,40 @@ def test_matryoshka_sums_the_prefix_losses(emb_CBD, normalize):
     assert abs(ours - reference) < 1e-5
 
 
+@pytest.mark.parametrize("name, symmetric, dims", [("mnrl", False, []), ("mnrl", True, [8, 4]), ("gte", False, [])])
+def test_absent_texts_are_no_candidates(emb_CBD, name, symmetric, dims):
+    """A pairs step of a run with triplets: its negatives' slots hold anything (here the anchors)
+    and are absent; the loss is the pairs' alone, sentence-transformers' on that batch."""
+    weights = [1.0] * len(dims)
+    objective = losses.make_objective(loss_cfg(name, symmetric=symmetric), columns=3, normalize=False, dims=dims,
+                                      weights=weights)
+    filled = np.concatenate([emb_CBD[:2], emb_CBD[:1]])
+    present_N = jnp.asarray(np.repeat(np.arange(3) < 2, 6))
+    ours = float(objective(jnp.asarray(filled.reshape(-1, 8)), None, present_N))
+    np_loss = np_gte if name == "gte" else lambda e, scale: np_ranking(e, scale, symmetric)
+    reference = sum(w * np_loss(emb_CBD[:2, :, :d], 20.0) for d, w in zip(dims or [8], weights or [1.0]))
+    assert abs(ours - reference) < 1e-5
+    everything = float(objective(jnp.asarray(emb_CBD.reshape(-1, 8)), None, jnp.ones(18, bool)))
+    assert abs(everything - float(objective(jnp.asarray(emb_CBD.reshape(-1, 8))))) < 1e-6
+    assert abs(everything - ours) > 1e-3  # the negatives, when present, take part
+
+
+def test_each_step_of_a_mixed_run_is_sentence_transformers_mnrl_on_its_columns(emb_CBD):
+    """Their MultipleNegativesRankingLoss on a pairs batch (anchors, positives) and on a triplets
+    batch, against ours on the run's 3-column steps, the pairs' negatives absent."""
+    import torch
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    theirs = st_losses.MultipleNegativesRankingLoss(None)
+    objective = losses.make_objective(loss_cfg("mnrl"), columns=3, normalize=False, dims=[], weights=[])
+    for columns in (2, 3):
+        step = np.concatenate([emb_CBD[:columns], emb_CBD[:3 - columns]])  # absent slots: the anchors again
+        present_N = jnp.asarray(np.repeat(np.arange(3) < columns, 6))
+        ours = float(objective(jnp.asarray(step.reshape(-1, 8)), None, present_N))
+        reference = float(theirs.compute_loss_from_embeddings([torch.tensor(e) for e in emb_CBD[:columns]], None))
+        assert abs(ours - reference) < 1e-5, columns
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_mse_against_teacher_vectors(emb_CBD, normalize):
     student, teacher = emb_CBD[0], emb_CBD[1]

@@ -2,7 +2,7 @@
 proportional / weighted / round-robin counts over an epoch, no repeated text in any global batch
 (ST's NoDuplicatesBatchSampler's batches on the same order), deferred and dropped examples
 reported, two processes planning the same batches, config errors naming the key, and a two-source
-run stopped mid-epoch resuming to the uninterrupted run's losses."""
+run (pairs beside triplets) stopped mid-epoch resuming to the uninterrupted run's losses."""
 
 import json
 import os
@@ -178,11 +178,11 @@ def test_sources_config_forms_and_errors():
         validate(bad)
 
 
-def write_pairs(path, tag, n):
+def write_pairs(path, tag, n, negatives=False):
     with open(path, "w") as f:
         for i in range(n):  # every 4th example repeats a positive: work for the guard
-            f.write(json.dumps({"anchor": f"{tag} query {i}", "positive": f"{tag} answer {i - i % 4 * (i % 4 == 3)}"})
-                    + "\n")
+            record = {"anchor": f"{tag} query {i}", "positive": f"{tag} answer {i - i % 4 * (i % 4 == 3)}"}
+            f.write(json.dumps({**record, "negative": f"{tag} other {i * 5 % n}"} if negatives else record) + "\n")
     return str(path)
 
 
@@ -190,11 +190,12 @@ def test_two_source_run_stopped_mid_epoch_resumes_to_the_same_losses(tmp_path, t
                                                                       monkeypatch):
     hf_dir = tiny_hf_dir(str(tmp_path), tiny_tokenizer_dir(str(tmp_path)))
     sources = (f"code={write_pairs(tmp_path / 'code.jsonl', 'def', 40)},"
-               f"prose={write_pairs(tmp_path / 'prose.jsonl', 'the text', 24)}")
+               f"prose={write_pairs(tmp_path / 'prose.jsonl', 'the text', 24, negatives=True)}")  # triplets
 
     def run(output_dir, stop_at=None):
         cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "contrastive.py"))
         cfg.init_from, cfg.output_dir, cfg.data.sources = hf_dir, str(output_dir), sources
+        cfg.data.row_shapes = "one"  # pair and triplet steps: one compiled shape
         cfg.train.update(epochs=2, max_steps=0, batch_size=8, seq_len=32, learning_rate=3e-3, log_every=1,
                          save_every=100)
         calls = {"n": 0}

@@ -9,6 +9,9 @@ then positives, then each negative column). Two layouts put them in rows:
   own longest text (rounded up, see `ladder`), as sentence-transformers pads per column.
 
 `text_slot[t]` says where text t's pooled embedding lands: group offset + row * slots + segment.
+A step from a source with fewer text columns than the table (pairs beside triplets) has the same
+N texts, the missing trailing columns' ones absent: in no row, `present[t]` False (their slot is
+any one), so the loss leaves them out and the step keeps one signature.
 Row counts and lengths are rounded with `ladder` so that steps come in a few shapes (each
 compiles once), or, with a `floor` from `ContrastiveBatches.largest_shapes`, padded to the run's
 largest step so that one shape compiles (`data.row_shapes`). The plan covers the global batch;
@@ -118,16 +121,25 @@ def _plan_groups(lengths_N: np.ndarray, batch_size: int, layout: Layout) -> list
     return plans
 
 
+def present_views(layout: Layout, columns: int | None) -> tuple[int, ...]:
+    """The data columns of the step's leading text columns that examples with `columns` data
+    columns (None: all) have; the texts of the step's other columns are absent."""
+    return tuple(c for c in layout.view_columns if columns is None or c < columns)
+
+
 def assemble(data: TokenizedColumns, examples: np.ndarray, layout: Layout, *, cls_id: int, sep_id: int,
-             pad_id: int, row_range: Callable[[int], tuple[int, int]] | None = None) -> tuple[dict, dict]:
+             pad_id: int, row_range: Callable[[int], tuple[int, int]] | None = None,
+             columns: int | None = None) -> tuple[dict, dict]:
     """-> (batch, stats). batch: "groups" (this process's rows of each group as int32 (R, T) arrays
-    input_ids / segment_ids / positions), "text_slot" (N,) and, with vectors, "targets" (B, D).
-    stats: global "rows" per group, "texts", "tokens" (non-padding) and "slots" (all row positions)."""
+    input_ids / segment_ids / positions), "text_slot" (N,), "present" (N,) bool (False: a text
+    of a column beyond the examples' `columns`) and, with vectors, "targets" (B, D).
+    stats: global "rows" per group, "texts" (present ones), "tokens" (non-padding) and "slots"
+    (all row positions)."""
     body_len = layout.seq_len - SPECIALS
-    bodies = [data.body(c, e)[:body_len] for c in layout.view_columns for e in examples]
-    lengths_N = np.fromiter((len(b) + SPECIALS for b in bodies), np.int64, len(bodies))
-    plans = plan_groups(lengths_N, len(examples), layout)
-    text_slot_N = np.zeros(len(bodies), np.int32)
+    bodies = [data.body(c, e)[:body_len] for c in present_views(layout, columns) for e in examples]
+    lengths_n = np.fromiter((len(b) + SPECIALS for b in bodies), np.int64, len(bodies))  # the leading n of N
+    plans = plan_groups(lengths_n, len(examples), layout)
+    text_slot_N = np.zeros(len(layout.view_columns) * len(examples), np.int32)
     groups, offset = [], 0
     for plan in plans:
         text_slot_N[plan.texts] = offset + plan.row * plan.slots + plan.slot
@@ -138,15 +150,15 @@ def assemble(data: TokenizedColumns, examples: np.ndarray, layout: Layout, *, cl
         segments, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
         for t, row, slot, start in zip(plan.texts, plan.row, plan.slot, plan.start):
             if lo <= row < hi:
-                end = start + lengths_N[t]
+                end = start + lengths_n[t]
                 ids[row - lo, start:end] = np.concatenate([[cls_id], bodies[t], [sep_id]])
                 segments[row - lo, start:end] = slot + 1
-                positions[row - lo, start:end] = np.arange(lengths_N[t])
+                positions[row - lo, start:end] = np.arange(lengths_n[t])
         groups.append({"input_ids": ids, "segment_ids": segments, "positions": positions})
-    batch = {"groups": groups, "text_slot": text_slot_N}
+    batch = {"groups": groups, "text_slot": text_slot_N, "present": np.arange(len(text_slot_N)) < len(bodies)}
     if data.vectors is not None:
         batch["targets"] = np.asarray(data.vectors[examples], np.float32)
-    stats = {"rows": [p.rows for p in plans], "texts": len(bodies), "tokens": int(lengths_N.sum()),
+    stats = {"rows": [p.rows for p in plans], "texts": len(bodies), "tokens": int(lengths_n.sum()),
              "slots": sum(p.rows * p.length for p in plans)}
     return batch, stats
 
@@ -154,7 +166,7 @@ def assemble(data: TokenizedColumns, examples: np.ndarray, layout: Layout, *, cl
 class ContrastiveBatches:
     """Endless iterator of (batch, stats): which examples form step s is `sampling.Schedule`'s
     pure function of (seed, s), so the state is just the step. One source by default (the whole
-    table); with several, every batch comes from one of them."""
+    table); with several, every batch comes from one of them and holds that source's columns."""
 
     def __init__(self, data: TokenizedColumns, *, batch_size: int, seed: int, shuffle: bool, layout: Layout,
                  special_ids: dict, row_range: Callable[[int], tuple[int, int]] | None = None,
@@ -190,6 +202,8 @@ class ContrastiveBatches:
         for stream, steps in zip(self.schedule.streams, self.schedule.per_epoch):
             s = stream.source
             line = f"data source {s.name}: {s.examples} examples, {steps} steps per epoch"
+            if s.columns:
+                line += f", text columns {', '.join(s.columns)}"
             if self.no_duplicates:
                 line += "; " + self._guard_counts(stream.plan(0))
             lines.append(line)
@@ -207,10 +221,14 @@ class ContrastiveBatches:
             self._told.add((s, t))
             self.log(f"data source {stream.source.name} pass {t + 1}: {self._guard_counts(plan)}")
         batch, stats = assemble(self.data, plan.batches[k], self.layout, row_range=self.row_range,
-                                **self.special_ids)
+                                columns=self._columns(s), **self.special_ids)
         stats["source"] = s
         self.step += 1
         return batch, stats
+
+    def _columns(self, source: int) -> int | None:
+        """The text columns of the source's examples (None: all the table's)."""
+        return len(self.sources[source].columns) or None
 
     def largest_shapes(self, total_steps: int, max_planned: int = MAX_PLANNED_STEPS) -> tuple[tuple[int, int], ...]:
         """Per group, the (rows, length) of the run's largest step: a `Layout.floor` under which every
@@ -221,9 +239,11 @@ class ContrastiveBatches:
         steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, max_planned)).round().astype(np.int64))
         largest = None
         for step in steps:
-            examples = self.examples(int(step))
+            s, t, k = self.schedule.locate(int(step))
+            examples = self.schedule.streams[s].plan(t).batches[k]
+            views = len(present_views(self.layout, self._columns(s)))
             shapes = [(p.rows, p.length) for p in plan_groups(
-                np.concatenate([c[examples] for c in lengths]), len(examples), self.layout)]
+                np.concatenate([c[examples] for c in lengths[:views]]), len(examples), self.layout)]
             largest = shapes if largest is None else [tuple(map(max, a, b)) for a, b in zip(largest, shapes)]
         return tuple(largest)
 

@@ -32,6 +32,7 @@ _COLUMNS_WANTED = {
     "distill_kl": "(query, candidate, candidate[, ...]) text columns and a teacher-score column",
 }
 SCORE_LOSSES = ("cosent", "margin_mse", "distill_kl")
+MIXED_COLUMN_LOSSES = ("mnrl", "gte")  # whose sources may differ in text columns (pairs beside triplets)
 DEFAULT_SCORE_COLUMNS = ("score", "label")  # the first present, when data.score_columns is ""
 
 
@@ -229,7 +230,10 @@ def text_columns_for(path: str, available: Sequence[str], loss: str, columns: Se
     if columns:
         for name in columns:
             if name not in available:
-                raise DataError(f"{path}: no column {name!r} (columns: {', '.join(available)}); see data.columns")
+                mixable = (" (it names every file's columns; left empty, each file's own are taken and pair and "
+                           "triplet sources mix)" if loss in MIXED_COLUMN_LOSSES else "")
+                raise DataError(f"{path}: no column {name!r} (columns: {', '.join(available)}); see data.columns"
+                                f"{mixable}")
         chosen = list(columns)
     else:
         chosen = [name for name in available if not (loss == "mse" and name == label_column)
@@ -292,8 +296,9 @@ def read_training_columns(files: Sequence[str], *, loss: str, columns: Sequence[
         if names is None:
             names, texts, first = chosen, [[] for _ in chosen], path
         elif len(chosen) != len(names):
+            mixable = " (pairs and triplets mix as separate data.sources)" if loss in MIXED_COLUMN_LOSSES else ""
             raise DataError(f"{path}: {len(chosen)} text columns ({', '.join(chosen)}) but {first} has {len(names)} "
-                            f"({', '.join(names)}); every file of a run needs the same columns")
+                            f"({', '.join(names)}); every file of a source needs the same columns{mixable}")
         for column, name in zip(texts, chosen):
             column.extend(table.texts(name))
         if loss == "mse":
@@ -307,21 +312,27 @@ def read_training_columns(files: Sequence[str], *, loss: str, columns: Sequence[
 
 
 def concat_sources(parts: Sequence[tuple[str, ColumnData]], loss: str) -> tuple[ColumnData, list[int]]:
-    """Several sources' columns as one table (the first's column names) and each source's size.
-    Every source needs the same number of text columns (and scores per example): a step's shapes
-    and the loss are built once for the run."""
+    """Several sources' columns as one table and each source's size. Under mnrl and gte a source
+    may have fewer text columns than another (pairs beside triplets, as sentence-transformers
+    allows): the table is as wide as the widest source (its names), a narrower source's missing
+    trailing columns hold "" (absent texts, which its steps leave out), so the run keeps one step
+    shape. The other losses need the same number of text columns (and scores per example)."""
     (first, data), sizes = parts[0], []
     for name, other in parts:
-        if len(other.names) != len(data.names):
+        if len(other.names) != len(data.names) and loss not in MIXED_COLUMN_LOSSES:
             raise DataError(f"data source {name!r}: {len(other.names)} text columns ({', '.join(other.names)}) but "
                             f"source {first!r} has {len(data.names)} ({', '.join(data.names)}); every source of a "
-                            f"run needs the same number for loss {loss}")
+                            f"run needs the same number for loss {loss} (only mnrl and gte mix them)")
         if other.vectors is not None and other.vectors.shape[1] != data.vectors.shape[1]:
             raise DataError(f"data source {name!r}: {other.vectors.shape[1]} scores per example but source "
                             f"{first!r} has {data.vectors.shape[1]}")
         sizes.append(len(other.texts[0]))
     if len(parts) == 1:
         return data, sizes
-    texts = [[t for _, other in parts for t in other.texts[k]] for k in range(len(data.names))]
+    names = max((other.names for _, other in parts), key=len)
+    texts = [[] for _ in names]
+    for (_, other), size in zip(parts, sizes):
+        for k, column in enumerate(texts):
+            column.extend(other.texts[k] if k < len(other.texts) else [""] * size)
     vectors = None if data.vectors is None else np.concatenate([other.vectors for _, other in parts])
-    return ColumnData(list(data.names), texts, vectors), sizes
+    return ColumnData(list(names), texts, vectors), sizes

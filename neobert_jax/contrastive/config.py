@@ -38,7 +38,8 @@ def contrastive_config() -> ml_collections.ConfigDict:
         "preprocessed_dir": "",  # scripts/contrastive_preprocess.py output; used instead of train_files
         # several datasets, every batch from one (sentence-transformers' MultiDatasetBatchSampler):
         # "nli=nli/*.jsonl,qa=qa.jsonl,qa2.jsonl" (a bare path continues the source before it), a list
-        # of such items, or a dict {name: files}; instead of train_files (one source)
+        # of such items, or a dict {name: files}; instead of train_files (one source). Under mnrl / gte
+        # their text columns may differ (pairs beside triplets): a step has its source's columns only
         "sources": files(),
         "source_sampling": "proportional",  # proportional (every source's batches once per epoch) | round_robin
         "source_weights": files(),  # proportional: "nli=2,qa=1" or "2,1": each source's share of the steps

@@ -1,8 +1,10 @@
 """Contrastive objectives over the embeddings of a whole (global) batch.
 
 `emb_CBD` holds column k of example b at [k, b]: anchors, positives, then each hard-negative
-column. Under jit on a mesh these arrays are global, so every anchor is scored against the
-positives and negatives of all devices (XLA gathers the candidates).
+column; `present_CB` (the in-batch losses) marks the texts a source lacks (a pairs step in a run
+with triplets) as absent: no candidate of any anchor. Under jit on a mesh these arrays are global,
+so every anchor is scored against the positives and negatives of all devices (XLA gathers the
+candidates).
 """
 
 from __future__ import annotations
@@ -27,29 +29,35 @@ def _cross_entropy_diagonal(logits_BK):
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B))
 
 
-def ranking_loss(emb_CBD, scale: float, symmetric: bool):
-    """InfoNCE / MultipleNegativesRanking: each anchor must pick its positive among all positives
-    and all hard negatives of the batch. symmetric: averaged with each positive picking its
-    anchor among all anchors."""
+def _candidates_logits(query_BD, emb_CBD, scale: float, present_CB):
+    """(B, (C - 1) * B) scaled cosines of each query with every positive and negative; absent
+    ones -inf, so each step's softmax is sentence-transformers' on its source's columns alone."""
     C, B, D = emb_CBD.shape
-    anchor_BD, candidates_KD = emb_CBD[0], emb_CBD[1:].reshape((C - 1) * B, D)
-    loss = _cross_entropy_diagonal(scale * cosine_matrix(anchor_BD, candidates_KD))
+    logits_BK = scale * cosine_matrix(query_BD, emb_CBD[1:].reshape((C - 1) * B, D))
+    return logits_BK if present_CB is None else jnp.where(present_CB[1:].reshape(1, -1), logits_BK, -jnp.inf)
+
+
+def ranking_loss(emb_CBD, scale: float, symmetric: bool, present_CB=None):
+    """InfoNCE / MultipleNegativesRanking: each anchor must pick its positive among all positives
+    and all (present) hard negatives of the batch. symmetric: averaged with each positive picking
+    its anchor among all anchors."""
+    anchor_BD = emb_CBD[0]
+    loss = _cross_entropy_diagonal(_candidates_logits(anchor_BD, emb_CBD, scale, present_CB))
     if symmetric:
         loss = (loss + _cross_entropy_diagonal(scale * cosine_matrix(emb_CBD[1], anchor_BD))) / 2
     return loss
 
 
-def gte_loss(emb_CBD, scale: float):
+def gte_loss(emb_CBD, scale: float, present_CB=None):
     """GTE's improved contrastive loss (arXiv 2308.03281): InfoNCE whose partition for pair i holds,
     besides every document and hard negative for query i, the other queries for query i, the other
     queries for document i and the other documents for document i: four times the in-batch
     negatives from the same embeddings."""
-    C, B, D = emb_CBD.shape
     query_BD, doc_BD = emb_CBD[0], emb_CBD[1]
-    off_diagonal = ~jnp.eye(B, dtype=bool)
+    off_diagonal = ~jnp.eye(emb_CBD.shape[1], dtype=bool)
     masked = lambda a, b: jnp.where(off_diagonal, scale * cosine_matrix(a, b), -jnp.inf)
     logits_BK = jnp.concatenate([
-        scale * cosine_matrix(query_BD, emb_CBD[1:].reshape((C - 1) * B, D)),
+        _candidates_logits(query_BD, emb_CBD, scale, present_CB),
         masked(query_BD, query_BD), masked(doc_BD, query_BD), masked(doc_BD, doc_BD)], axis=1)
     return _cross_entropy_diagonal(logits_BK)
 
@@ -97,7 +105,7 @@ def distill_kl_loss(emb_CBD, teacher_BK, similarity: str, temperature: float):
 
 
 def make_objective(loss_cfg, *, columns: int, normalize: bool, dims: list[int], weights: list[float]):
-    """(emb_ND in step-text order, targets_BD (vectors or scores) or None) -> scalar loss.
+    """(emb_ND in step-text order, targets_BD (vectors or scores) or None, present_N or None) -> scalar loss.
 
     Embeddings are L2-normalized first when the exported model normalizes (so MSE compares what
     users will get). Matryoshka: the loss is the weighted sum over the leading `dims` of each
@@ -106,8 +114,9 @@ def make_objective(loss_cfg, *, columns: int, normalize: bool, dims: list[int], 
     name, scale, symmetric = loss_cfg.name, float(loss_cfg.scale), bool(loss_cfg.symmetric)
     similarity, temperature = loss_cfg.get("similarity", "dot"), float(loss_cfg.get("temperature", 1.0))
 
-    def objective(emb_ND, targets_BD=None):
+    def objective(emb_ND, targets_BD=None, present_N=None):
         emb_CBD = emb_ND.reshape(columns, emb_ND.shape[0] // columns, emb_ND.shape[-1])
+        present_CB = None if present_N is None else present_N.reshape(emb_CBD.shape[:2])
         if normalize:
             emb_CBD = l2_normalize(emb_CBD)
         total = 0.0
@@ -121,9 +130,9 @@ def make_objective(loss_cfg, *, columns: int, normalize: bool, dims: list[int], 
             elif name == "distill_kl":
                 total += weight * distill_kl_loss(emb_CBD[..., :dim], targets_BD, similarity, temperature)
             elif name == "gte":
-                total += weight * gte_loss(emb_CBD[..., :dim], scale)
+                total += weight * gte_loss(emb_CBD[..., :dim], scale, present_CB)
             else:
-                total += weight * ranking_loss(emb_CBD[..., :dim], scale, symmetric)
+                total += weight * ranking_loss(emb_CBD[..., :dim], scale, symmetric, present_CB)
         return total
 
     return objective

@@ -29,6 +29,7 @@ class Source:
     name: str
     start: int  # its first example in the concatenated columns
     examples: int
+    columns: tuple[str, ...] = ()  # its text columns: the table's leading len(columns) ones; () = all
 
 
 @dataclasses.dataclass
@@ -103,7 +104,9 @@ class SourceStream:
                  keys: np.ndarray | None):
         self.source, self.index, self.batch_size = source, index, batch_size
         self.seed, self.shuffle = seed, shuffle
-        self.keys = None if keys is None else keys[source.start:source.start + source.examples].tolist()
+        # its own columns' texts only: a narrower source's absent texts are no duplicates
+        self.keys = (None if keys is None else
+                     keys[source.start:source.start + source.examples, :len(source.columns) or None].tolist())
         self.lengths: list[int] = []  # batches of each planned pass
         self._plans: dict[int, PassPlan] = {}
 

@@ -83,23 +83,25 @@ def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
     if d.preprocessed_dir:
         data = load_preprocessed(d.preprocessed_dir, tokenizer, loss=loss, seq_len=config.train.seq_len,
                                  vector_dim=dim, prompts=prompts(d))
-        names, sizes = ["train"], [data.num_examples]
+        names, sizes, source_columns = ["train"], [data.num_examples], [data.names]
     else:
         parts = []
         for name, patterns in data_sources(d):
             what = "data.train_files" if as_list(d.train_files) else f"data.sources ({name})"
             files = sources.resolve_files(patterns, what=what)
-            parts.append((name, read_training_columns(
+            parts.append((name, with_prompts(read_training_columns(
                 files, loss=loss, columns=as_list(d.columns), label_column=d.label_column, vector_dim=dim,
-                score_columns=as_list(d.score_columns))))
-        columns, sizes = concat_sources(parts, loss)
-        names = [name for name, _ in parts]
-        data = tokenize_columns(with_prompts(columns, *prompts(d)), text_tokenizer)
+                score_columns=as_list(d.score_columns)), *prompts(d))))
+        table, sizes = concat_sources(parts, loss)
+        names, source_columns = [name for name, _ in parts], [part.names for _, part in parts]
+        data = tokenize_columns(table, text_tokenizer)
     tokens = sum(len(ids) for ids in data.ids)
+    texts = sum(size * len(c) for size, c in zip(sizes, source_columns))  # absent texts left out
     log(f"data: {data.num_examples} examples, text columns {data.names}, {tokens} body tokens "
-        f"({tokens / max(1, data.num_examples * len(data.names)):.1f} per text)")
+        f"({tokens / max(1, texts):.1f} per text)")
     starts = np.cumsum([0, *sizes[:-1]])
-    return data, [Source(name, int(start), size) for name, start, size in zip(names, starts, sizes)]
+    return data, [Source(name, int(start), size, tuple(c)) for name, start, size, c in
+                  zip(names, starts, sizes, source_columns)]
 
 
 def _row_shapes(setting: str) -> str:

@@ -1,7 +1,7 @@
 """The compiled contrastive train step.
 
 Its batches are placed by `sharding.place_groups`: row arrays split over the mesh's batch axes,
-`text_slot` and teacher vectors replicated (`batch_shardings`, the step's input shardings).
+`text_slot`, `present` and teacher vectors replicated (`batch_shardings`, the step's input shardings).
 The loss is computed on the global (N, D) embeddings, so in-batch negatives span all devices.
 
 With `grad_accum_steps` > 1 the step runs GradCache (Gao et al., 2021): embed every
@@ -48,7 +48,8 @@ def _merge_micro(x, mesh: Mesh):
 
 def batch_shardings(mesh: Mesh, num_groups: int, has_targets: bool) -> dict:
     rows, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    out = {"groups": [{k: rows for k in ROW_KEYS} for _ in range(num_groups)], "text_slot": replicated}
+    out = {"groups": [{k: rows for k in ROW_KEYS} for _ in range(num_groups)], "text_slot": replicated,
+           "present": replicated}
     if has_targets:
         out["targets"] = replicated
     return out
@@ -60,8 +61,8 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
     """(state, placed batch) -> (state, metrics); the state is donated, metrics are replicated scalars."""
     dropout = uses_dropout(parts.config)
 
-    def loss_of_pooled(pooled, text_slot_N, targets_BD):
-        return objective(gather_texts(pooled, text_slot_N), targets_BD)
+    def loss_of_pooled(pooled, batch):
+        return objective(gather_texts(pooled, batch["text_slot"]), batch.get("targets"), batch["present"])
 
     def train_step(state: TrainState, batch: dict):
         step_rng = jax.random.fold_in(state.rng, state.step)
@@ -70,16 +71,15 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
             rng = jax.random.fold_in(step_rng, micro_index) if dropout else None
             return encode_groups(parts.merge(params), groups, slots, pooling_mode, rng)
 
-        targets = batch.get("targets")
         if accum == 1:
-            loss, grads = jax.value_and_grad(
-                lambda p: loss_of_pooled(embed(p, batch["groups"], 0), batch["text_slot"], targets))(state.params)
+            loss, grads = jax.value_and_grad(lambda p: loss_of_pooled(embed(p, batch["groups"], 0), batch))(
+                state.params)
         else:
             micro = jax.tree.map(lambda x: sharding.split_micro(x, accum, mesh), batch["groups"])
             indices = jnp.arange(accum)
             pooled_micro = jax.lax.map(lambda xs: embed(state.params, *xs), (micro, indices))
             pooled = [_merge_micro(p, mesh) for p in pooled_micro]
-            loss, d_pooled = jax.value_and_grad(loss_of_pooled)(pooled, batch["text_slot"], targets)
+            loss, d_pooled = jax.value_and_grad(loss_of_pooled)(pooled, batch)
             d_micro = [sharding.split_micro(d, accum, mesh) for d in d_pooled]
 
             def accumulate(grads_acc, xs):
