@@ -9,6 +9,7 @@ The scripts run in subprocesses (multidevice_losses.py, test_contrastive_multide
 plain functions with `from conftest import ...`: a script's folder is first on its sys.path."""
 
 import hashlib
+import json
 import os
 import random
 
@@ -172,6 +173,20 @@ TEXTS = [
     "Split a string into words and return the list of them, dropping empty pieces on the way out.",
     "json.dumps(obj, *, skipkeys=False, ensure_ascii=True)", "Serialize obj to a JSON formatted str.",
 ]
+
+
+def packed_and_one_a_row(configure, out_dir) -> tuple[dict, dict]:
+    """A classification run with data.pack True and False: each one's logged losses and planned rows.
+    configure(output_dir, pack) -> the run's config."""
+    from neobert_jax.classify.task import train_classifier
+
+    losses, rows = {}, {}
+    for pack in (True, False):
+        out = os.path.join(str(out_dir), str(pack))
+        train_classifier(configure(out, pack))
+        losses[pack] = [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
+        rows[pack] = json.load(open(os.path.join(out, "run_config.json")))["resolved"]["rows"]
+    return losses, rows
 
 
 def tiny_tokenizer_dir(root, texts=TEXTS, vocab_size: int = 400) -> str:

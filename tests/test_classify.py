@@ -18,6 +18,7 @@ from flax import nnx
 from scipy import stats
 from sklearn import metrics as sk
 
+from conftest import packed_and_one_a_row
 from neobert_jax.classify.head import SequenceClassifier, load_classifier, read_classifier_labels, save_classifier_dir
 from neobert_jax.classify.task import train_classifier
 from neobert_jax.config import ModernBertConfig
@@ -276,12 +277,8 @@ def test_packed_rows_train_as_one_example_a_row(problem, task, tmp_path):
     values = {"classifier.problem_type": problem, "classifier.pooling": "mean" if problem == "regression" else "cls",
               "data.train_files": str(root / files[0]), "data.label_column": files[1], "train.seq_len": 64,
               "train.max_steps": 3, "train.log_every": 1}
-    losses, rows = {}, {}
-    for pack in (True, False):
-        out = tmp_path / str(pack)
-        train_classifier(config_for(out, hf_dir, **values, **{"data.pack": pack}))
-        losses[pack] = [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
-        rows[pack] = json.load(open(out / "run_config.json"))["resolved"]["rows"]
+    losses, rows = packed_and_one_a_row(lambda out, pack: config_for(out, hf_dir, **values, **{"data.pack": pack}),
+                                        tmp_path)
     assert rows[False] == 16 and rows[True] < 8, rows
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert len(losses[True]) == 3

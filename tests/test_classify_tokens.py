@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import packed_and_one_a_row
 from neobert_jax.classify.tag_data import (IGNORE, Sentences, TaggedTokens, WordTokenizer, check_tags,
                                            encode_sentences, read_sentences, tag_names)
 from neobert_jax.classify.tag_eval import tag_metrics
@@ -373,12 +374,8 @@ def test_packed_sentences_train_as_one_sentence_a_row(task, tmp_path):
     root, hf_dir, _ = task
     values = {"data.train_files": str(root / "train.jsonl"), "train.seq_len": 64, "train.max_steps": 3,
               "train.log_every": 1}
-    losses, rows = {}, {}
-    for pack in (True, False):
-        out = tmp_path / str(pack)
-        train_classifier(config_for(out, hf_dir, **values, **{"data.pack": pack}))
-        losses[pack] = [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
-        rows[pack] = json.load(open(out / "run_config.json"))["resolved"]["rows"]
+    losses, rows = packed_and_one_a_row(lambda out, pack: config_for(out, hf_dir, **values, **{"data.pack": pack}),
+                                        tmp_path)
     assert rows[False] == 16 and rows[True] < 8, rows
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert len(losses[True]) == 3
