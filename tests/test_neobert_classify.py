@@ -206,3 +206,25 @@ def test_the_torch_heads_are_ours_with_random_weights_and_padding(task, tmp_path
     loaded, fresh = load_classifier(str(tmp_path / "hf"), 3, pooling=pooling, dropout=0.0, seed=5, runtime={},
                                     config_changes={}, tokens=tokens)
     assert fresh == [] and np.array_equal(np.asarray(loaded(ids, mask)), ours)
+
+
+def test_the_release_head_drops_out_the_pooled_state_before_its_dense():
+    """NeoBERT's release: dropout -> dense -> tanh -> dropout -> classifier. The pooled dimensions the
+    first dropout zeroes get no gradient into the dense layer; without it they would."""
+    import jax.numpy as jnp
+
+    config = NeoBertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_length=64, pad_token_id=0)
+    model = SequenceClassifier(config, 3, pooling="cls", dropout=0.5, rngs=nnx.Rngs(0))
+    x_BD = jax.random.normal(jax.random.key(1), (4, 32))
+    rng = jax.random.key(2)
+    graph, params = nnx.split(model)
+
+    def loss(params):
+        return jnp.sum(nnx.merge(graph, params)._classify(x_BD, rng) ** 2)
+
+    grad_ID = np.asarray(jax.grad(loss)(params)["head"]["dense"]["kernel"][...])
+    kept_BD = jax.random.bernoulli(jax.random.fold_in(rng, 1), 1 - 0.5, x_BD.shape)  # apply_dropout's draw
+    dropped_I = np.asarray(jnp.all(~kept_BD, axis=0))  # zeroed in every example
+    assert 0 < dropped_I.sum() < 32
+    assert np.all(grad_ID[dropped_I] == 0) and np.all(np.abs(grad_ID[~dropped_I]).sum(1) > 0)

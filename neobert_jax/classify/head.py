@@ -42,12 +42,15 @@ class SequenceClassifier(nnx.Module):
         self.model = family.encoder_class(config, rngs=rngs)
         build = family.token_head if self.tokens else family.sequence_head
         self.head = build(config, rngs) if build is not None else None
+        self.dropout_before_head = family.dropout_before_head and self.head is not None
         d = config.hidden_size
         self.classifier = Linear(d, num_outputs, std=d ** -0.5, config=config, use_bias=True,
                                  axes=("embed", "labels"), rngs=rngs)
 
     def _classify(self, x, dropout_rng):
-        """The head (if any), dropout, then the classifier, in float32."""
+        """The head (if any; NeoBERT's release drops out its input too), dropout, then the classifier, in float32."""
+        if self.dropout_before_head:
+            x = apply_dropout(x, self.dropout, fold_rng(dropout_rng, 1))
         x = self.head(x) if self.head is not None else x
         return self.classifier(apply_dropout(x, self.dropout, dropout_rng)).astype(jnp.float32)
 

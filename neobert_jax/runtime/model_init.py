@@ -41,6 +41,7 @@ class ClassifierFamily:
     state_dict: Callable  # model -> HF state dict (float32 numpy, torch layout)
     load_state_dict: Callable  # (model, state_dict, source) -> (newly initialized, ignored), in place
     hf_config: Callable  # (model config, architecture name) -> (config.json dict, {file name: source to copy})
+    dropout_before_head: bool = False  # classifier dropout also on the pooled state before the sequence head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,8 @@ def architectures() -> dict[str, Architecture]:
                                 classifier=ClassifierFamily(
                                     NeoBertModel, TanhHead, None,
                                     ("NeoBERTForSequenceClassification", "NeoBERTForTokenClassification"),
-                                    neobert_state_dict_from_model, load_neobert_state_dict, neobert_classifier_config)),
+                                    neobert_state_dict_from_model, load_neobert_state_dict, neobert_classifier_config,
+                                    dropout_before_head=True)),
     }
 
 
