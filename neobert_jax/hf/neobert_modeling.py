@@ -164,7 +164,7 @@ def sequence_loss(config, logits, labels):
 
 class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
     """The first token of the final normed hidden state (config.classifier_pooling "mean": the masked
-    mean), dense H -> H, tanh, dropout, classifier: the release's head, with its key names."""
+    mean), dropout, dense H -> H, tanh, dropout, classifier: the release's head, with its key names."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -182,7 +182,7 @@ class NeoBERTForSequenceClassification(NeoBERTPreTrainedModel):
             pooled = (h * mask).sum(1) / mask.sum(1)
         else:
             pooled = h[:, 0]
-        logits = self.classifier(self.dropout(torch.tanh(self.dense(pooled))))
+        logits = self.classifier(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
         loss = None if labels is None else sequence_loss(self.config, logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
