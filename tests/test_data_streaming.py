@@ -243,6 +243,8 @@ def test_tiny_pretraining_run_streams_resumes_and_exports(corpus, tmp_path, tiny
     out = captured.out + captured.err
     assert "resumed the stream at step 4" in out and ", exactly:" in out, out[-3000:]
     assert "a stream: epoch length unknown" in out
+    assert "(within the stream's first pass)" in out  # no "0.00 epochs" before a pass has ended
+    assert json.load(open(tmp_path / "resumed" / "run_summary.json"))["epochs"] is None
     assert os.path.exists(os.path.join(resumed.hf_dir, "model.safetensors"))
     run("uninterrupted", 6)
     a, b = losses("resumed"), losses("uninterrupted")

@@ -355,9 +355,11 @@ class Runner:
             report(f"exported {task.export_name}: {export_dir}")
         lr = optim.summarize_schedule(self.config.train, s.total_steps)
         marks, now = self.reporter.marks, time.time()
-        epochs = step / task.steps_per_epoch
+        # a stream's epoch length is unknown until its first pass ends: no epoch count before then
+        epochs = step / task.steps_per_epoch if math.isfinite(task.steps_per_epoch) else None
+        passes = f"{epochs:.2f} epochs" if epochs is not None else "within the stream's first pass"
         report(f"run: {step:,} optimizer steps of {task.batch_description}, {self.totals['tokens']:,} tokens seen "
-               f"({epochs:.2f} epochs), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
+               f"({passes}), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
                f"{now - self.reporter.started:.1f} s since process start, of which training after the first step "
                f"{marks['trained'] - marks.get('first_step', marks['trained']):.1f} s and the final "
                f"save/export {now - marks['trained']:.1f} s")
