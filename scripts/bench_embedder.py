@@ -116,7 +116,7 @@ def run_st(side: str, args, init: str, train: str, test: str, out: str, seed: in
                "--lr", str(args.st_lr), "--seq-len", str(args.seq_len), "--seed", str(seed),
                "--precision", "bf16" if side.endswith("bf16") else "fp32", "--eval-dir", test,
                "--eval-points", str(args.eval_points), "--json", stats]
-    wall = _timed(command)
+    wall = timed(command)
     r = json.load(open(stats))
     return {"command": " ".join(command), "loop": loop, "steps": r["steps"], "whole_s": wall - r["evaluation_s"],
             "training_after_first_step_s": r["training_after_first_step_s"], "texts_per_s": r["texts_per_s"],
@@ -134,7 +134,19 @@ def run_ours(side: str, args, init: str, train: str, test: str, out: str, seed: 
                f"--config.train.eval_every={max(round(steps / max(args.eval_points, 1)), 1)}",
                f"--config.train.precision={'bf16' if side.endswith('bf16') else 'fp32'}",
                *[f"--config.{kv}" for kv in args.ours]]
-    wall = _timed(command)
+    wall = timed(command)
+    run = run_timings(out)
+    after_first = run["training_after_first_step_s"]
+    texts = 2 * args.batch_size * run["timed_steps"]
+    return {"command": " ".join(command), "steps": run["steps"], "whole_s": wall - run["evaluation_s"],
+            "training_after_first_step_s": after_first, "texts_per_s": texts / after_first if after_first > 0 else None,
+            "evaluation_s": run["evaluation_s"], "curve": run["curve"], "model": os.path.join(out, "st")}
+
+
+def run_timings(out: str) -> dict:
+    """One of our runs, from its metrics.jsonl with evaluation taken out of `elapsed_s`: steps,
+    evaluation_s, training_after_first_step_s, timed_steps (those after the first) and its
+    evaluations against time (curve)."""
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     evaluation = np.cumsum([r.get("evaluation_s") or 0.0 for r in records])
     curve = [{"step": r["step"], "elapsed_s": r["elapsed_s"] - spent,
@@ -142,10 +154,9 @@ def run_ours(side: str, args, init: str, train: str, test: str, out: str, seed: 
              for r, spent in zip(records, evaluation) if "evaluation_s" in r]
     first = next(i for i, r in enumerate(records) if r["step"] >= 1)
     after_first = (records[-1]["elapsed_s"] - evaluation[-1]) - (records[first]["elapsed_s"] - evaluation[first])
-    texts = 2 * args.batch_size * (records[-1]["step"] - records[first]["step"])
-    return {"command": " ".join(command), "steps": records[-1]["step"], "whole_s": wall - float(evaluation[-1]),
-            "training_after_first_step_s": after_first, "texts_per_s": texts / after_first if after_first > 0 else None,
-            "evaluation_s": float(evaluation[-1]), "curve": curve, "model": os.path.join(out, "st")}
+    return {"steps": records[-1]["step"], "evaluation_s": float(evaluation[-1]),
+            "training_after_first_step_s": float(after_first),
+            "timed_steps": records[-1]["step"] - records[first]["step"], "curve": curve}
 
 
 def _has_datasets() -> bool:
@@ -154,7 +165,7 @@ def _has_datasets() -> bool:
     return importlib.util.find_spec("datasets") is not None
 
 
-def _timed(command: list[str]) -> float:
+def timed(command: list[str]) -> float:
     print("$", " ".join(command), flush=True)
     started = time.time()
     subprocess.run(command, cwd=REPO, check=True)
@@ -188,9 +199,9 @@ def score(model_path: str, test: str, sts: str, seq_len: int, mean_pooling: bool
 # --- report
 
 
-def table(rows: list[dict], sts: bool) -> str:
-    metrics = [*METRICS, *(["spearman"] if sts else [])]
-    head = ["run", "steps", "whole command s", "training after step 1 s", "texts/s", *metrics]
+def table(rows: list[dict], metrics: list[str], rate: tuple[str, str] = ("texts_per_s", "texts/s")) -> str:
+    """One line per row: the mean of its runs (± their std for the metrics); rate: (key, heading)."""
+    head = ["run", "steps", "whole command s", "training after step 1 s", rate[1], *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         def cell(key, fmt):
@@ -201,7 +212,7 @@ def table(rows: list[dict], sts: bool) -> str:
                                                   else "")
         quality = [cell(m, "{:.3f}") for m in metrics]
         lines.append("| " + " | ".join([row["name"], cell("steps", "{:.0f}"), cell("whole_s", "{:.1f}"),
-                                         cell("training_after_first_step_s", "{:.1f}"), cell("texts_per_s", "{:,.0f}"),
+                                         cell("training_after_first_step_s", "{:.1f}"), cell(rate[0], "{:,.0f}"),
                                          *quality]) + " |")
     return "\n".join(lines)
 
@@ -261,7 +272,7 @@ def main(argv=None) -> None:
                  "ours": "ours (configs/contrastive.py)", "ours-bf16": "ours, train.precision=bf16"}[side]
         rows.append({"name": label + (f" + {' '.join(args.ours)}" if side.startswith("ours") and args.ours else ""),
                      "side": side, "runs": runs})
-    report = table(rows, bool(args.sts))
+    report = table(rows, [*METRICS, *(["spearman"] if args.sts else [])])
     print(f"\npairs {train} ({args.pairs}), test {test}, start {init}; batch {args.batch_size}, "
           f"{args.epochs} epoch(s), seq_len {args.seq_len}, seeds {seeds}\n{report}")
     results = {"args": vars(args), "train": train, "test": test, "init": init, "rows": rows, "table": report}

@@ -308,7 +308,10 @@ class Runner:
     # ------------------------------------------------------------------ eval / save / finish
     def _evaluate(self, step: int, params) -> dict:
         """The task's eval scalars and `evaluation_s`, its duration, which lets a reader of
-        metrics.jsonl take evaluation out of `elapsed_s` (scripts/bench_embedder.py does)."""
+        metrics.jsonl take evaluation out of `elapsed_s` (scripts/bench_embedder.py does). The clock
+        starts once the last step's parameters are computed: with asynchronous dispatch that step's
+        device time would otherwise count as evaluation."""
+        jax.block_until_ready(params)
         started = time.perf_counter()
         scalars, ranking = self.task.evaluate(params)
         self.last_eval = (step, scalars, ranking)
