@@ -12,7 +12,8 @@
 # Phases: A stdlib pairs, B info pairs (both: pretrain the student start, then the users'
 # trainer fp32/bf16 and ours fp32/bf16), As / Bs ours' recipe variants from the same start (in the
 # same call as A / B: a new machine has lost the start), C the 117k-pair timing, D train-step
-# throughput (ModernBERT and NeoBERT rows), E the `gpu` test set. Everything is also packed into
+# throughput (ModernBERT and NeoBERT rows), E the `gpu` test set, F classification against the users'
+# Trainer from A's student start (in the same call as A). Everything is also packed into
 # $OUT/owed_results.tgz (the device returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ if [ "${1:-}" = prepare ]; then
 fi
 
 for phase in "$@"; do
-    case "$phase" in A|B|As|Bs|C|D|E) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, C, D, E)" >&2; exit 2 ;; esac
+    case "$phase" in A|B|As|Bs|C|D|E|F) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, C, D, E, F)" >&2; exit 2 ;; esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 prepare | A [As B Bs C D E]" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -68,6 +69,10 @@ for phase in "$@"; do
                --out "$RES/throughput_$arch.json" 2>&1 | tee "$RES/throughput_$arch.log"
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
+    F) python3 scripts/bench_classify.py --init "$work/stdlib/mlm/hf" --task builtin --work-dir "$work/classify" \
+           --sides hf,hf-bf16,ours,ours-bf16 --name gpu_builtin 2>&1 | tee "$RES/gpu_builtin.log"
+       cp docs/results/classify_gpu_builtin.json "$RES/" 2>/dev/null
+       { echo "## gpu_builtin"; grep -e '^|' -e '^error' "$RES/gpu_builtin.log"; } >> "$OUT/summary.log" ;;
     E) python3 -m pytest -q -m gpu tests 2>&1 | tee "$RES/gpu_tests.log"; tail -5 "$RES/gpu_tests.log" >> "$OUT/summary.log" ;;
     esac
 done
