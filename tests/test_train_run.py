@@ -139,8 +139,8 @@ def test_sigterm_saves_and_the_resumed_cli_run_matches(reference, tmp_path):
     assert second.returncode == 0, out[-3000:]
     assert f"resumed from {output_dir / 'checkpoints'}/{stopped}" in out
     assert "start-up: " in out and "Metadata file does not exist" not in out  # orbax's warning reads as damage
-    trained = float(out.split("training after the first step ")[1].split()[0])
-    assert trained > 0.0  # the resume's first step starts the clock, logged or not
+    closing = out.split("training after the first step ")[1].split()
+    assert float(closing[0]) + float(closing[3]) > 0.0  # the resume's first step starts the clock, logged or not
     assert "tok_s=0]" not in out and "tok_s=0," not in out  # no throughput shown before one is measured
     assert "Final Student Train Loss:" in out and "Final Student Eval Loss:" in out
     assert f"run: {STEPS} optimizer steps of 8 rows x 64" in out
@@ -177,7 +177,9 @@ def test_resume_reports_start_up_between_log_points(reference, tmp_path, capsys)
     out = capsys.readouterr()
     out = out.out + out.err
     assert "resumed from" in out and "start-up: " in out, out[-2000:]
-    assert float(out.split("training after the first step ")[1].split()[0]) > 0.0
+    closing = out.split("training after the first step ")[1].split()
+    assert closing[2] == "(evaluations"  # the final evaluation, timed apart from training
+    assert float(closing[0]) + float(closing[3]) > 0.0  # the resume's first step starts the clock
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 4, 8]
 
 

@@ -168,6 +168,7 @@ class Runner:
         # the starting model's evaluation: this run's, or a resumed run's record in metrics.jsonl
         self.first_eval = next((r for r in reporter.records if r["step"] == 0), None)
         self.pace_from: tuple[int, float] | None = None  # (step, time) of this process's first step
+        self.evaluating_s = 0.0  # evaluations between the first step and the last: not training time
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: StopRequest):
@@ -319,7 +320,10 @@ class Runner:
             self.first_eval = scalars
         self.reporter.message(f"evaluation at step {step}: "
                               + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in scalars.items()))
-        return {**scalars, "evaluation_s": time.perf_counter() - started}
+        spent = time.perf_counter() - started
+        if "first_step" in self.reporter.marks and "trained" not in self.reporter.marks:
+            self.evaluating_s += spent
+        return {**scalars, "evaluation_s": spent}
 
     def _final_scores(self, step: int, params) -> dict:
         started = time.perf_counter()
@@ -364,8 +368,9 @@ class Runner:
         report(f"run: {step:,} optimizer steps of {task.batch_description}, {self.totals['tokens']:,} tokens seen "
                f"({passes}), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
                f"{now - self.reporter.started:.1f} s since process start, of which training after the first step "
-               f"{marks['trained'] - marks.get('first_step', marks['trained']):.1f} s and the final "
-               f"save/export {now - marks['trained']:.1f} s")
+               f"{marks['trained'] - marks.get('first_step', marks['trained']) - self.evaluating_s:.1f} s "
+               f"(evaluations {self.evaluating_s:.1f} s beside it) and the final save/export "
+               f"{now - marks['trained']:.1f} s")
         train_loss = self._train_loss()
         last_eval = {**self.last_eval[1], **final} if self.last_eval else None
         lines = task.closing_lines(train_loss, len(self.recent), self.first_eval, last_eval)
