@@ -67,12 +67,11 @@ class PackedBatches:
         self._lengths = lengths
 
     def describe(self) -> str:
-        planned = self.total_steps * self.rows * self.width
+        padding = lambda rows: 100 * (1 - self.tokens / max(self.total_steps * rows * self.width, 1))
         layout = "packed" if self.pack else "one a row"
         return (f"rows: {self.batch_size} examples a step {layout} in {self.rows} rows of {self.width} tokens "
-                f"(at most {self.slots} a row; {100 * (1 - self.tokens / max(planned, 1)):.0f}% of the step's tokens "
-                f"padding, against {100 * (1 - self.tokens / max(self.total_steps * self.batch_size * self.width, 1)):.0f}% "
-                "with one example a row)")
+                f"(at most {self.slots} a row; {padding(self.rows):.0f}% of the step's tokens padding, against "
+                f"{padding(self.batch_size):.0f}% with one example a row)")
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
@@ -93,8 +92,9 @@ class PackedBatches:
         self.position += self.batch_size
         rows = pack_rows(self._lengths[chosen].tolist(), self.width, self.pack)
         lo, hi = self.row_range(self.rows)
-        batch = self._assemble([[int(chosen[i]) for i in row] for row in rows[lo:hi]] + [[]] * (hi - lo - len(rows[lo:hi])))
-        own = [int(chosen[i]) for row in rows[lo:hi] for i in row]
+        own_rows = [[int(chosen[i]) for i in row] for row in rows[lo:hi]]
+        batch = self._assemble(own_rows + [[]] * (hi - lo - len(own_rows)))  # planned rows past the packing: empty
+        own = [example for row in own_rows for example in row]
         return batch, {"examples": len(own), "tokens": int(self._lengths[own].sum()) if own else 0}
 
     def _assemble(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
