@@ -40,6 +40,22 @@ def pack_rows(lengths: list[int], width: int, pack: bool) -> list[list[int]]:
     return rows
 
 
+def row_arrays(ids: list[np.ndarray], rows: list[list[int]], width: int, pad_id: int) -> dict[str, np.ndarray]:
+    """(len(rows), width) input_ids, segment_ids (example k of a row is segment k + 1) and positions
+    (from 0 in each example) of the examples `rows` name."""
+    shape = (len(rows), width)
+    input_ids = np.full(shape, pad_id, np.int32)
+    segment_ids, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    for r, row in enumerate(rows):
+        start = 0
+        for slot, example in enumerate(row):
+            end = start + len(ids[example])
+            input_ids[r, start:end], segment_ids[r, start:end] = ids[example], slot + 1
+            positions[r, start:end] = np.arange(end - start)
+            start = end
+    return {"input_ids": input_ids, "segment_ids": segment_ids, "positions": positions}
+
+
 class PackedBatches:
     """Next global batch (this process's rows), `get_state()` / `set_state()`, `steps_per_epoch`,
     and the planned step shape: `rows` x `width` tokens, at most `slots` examples a row."""
@@ -98,32 +114,22 @@ class PackedBatches:
         return batch, {"examples": len(own), "tokens": int(self._lengths[own].sum()) if own else 0}
 
     def _assemble(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
-        shape = (len(rows), self.width)
-        ids = np.full(shape, self.pad_id, np.int32)
-        segment_ids, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+        batch = row_arrays(self.data.ids, rows, self.width, self.pad_id)
         targets = self.data.targets  # per example (an array), or per token (a list of arrays)
-        per_token = isinstance(targets, list)
-        if per_token:
-            labels = np.full(shape, IGNORE, np.int32)
-        else:
-            labels = np.zeros((len(rows), self.slots, *targets.shape[1:]), targets.dtype)
-            valid = np.zeros((len(rows), self.slots), np.float32)
+        if isinstance(targets, list):
+            labels = np.full(batch["input_ids"].shape, IGNORE, np.int32)
+            for r, row in enumerate(rows):
+                start = 0
+                for example in row:
+                    labels[r, start:start + len(targets[example])] = targets[example]
+                    start += len(self.data.ids[example])
+            return {**batch, "labels": labels}
+        labels = np.zeros((len(rows), self.slots, *targets.shape[1:]), targets.dtype)
+        valid = np.zeros((len(rows), self.slots), np.float32)
         for r, row in enumerate(rows):
-            start = 0
             for slot, example in enumerate(row):
-                tokens = self.data.ids[example]
-                end = start + len(tokens)
-                ids[r, start:end], segment_ids[r, start:end] = tokens, slot + 1
-                positions[r, start:end] = np.arange(len(tokens))
-                if per_token:
-                    labels[r, start:end] = targets[example]
-                else:
-                    labels[r, slot], valid[r, slot] = targets[example], 1.0
-                start = end
-        batch = {"input_ids": ids, "segment_ids": segment_ids, "positions": positions, "labels": labels}
-        if not per_token:
-            batch["slot_valid"] = valid
-        return batch
+                labels[r, slot], valid[r, slot] = targets[example], 1.0
+        return {**batch, "labels": labels, "slot_valid": valid}
 
     def get_state(self) -> dict:
         return {"position": self.position}
