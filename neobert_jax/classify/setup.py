@@ -12,8 +12,8 @@ from neobert_jax.classify.config import BEST_METRIC
 from neobert_jax.classify.data import (ROW_MULTIPLE, PairTokenizer, encode, label_names, read_examples, resolve_files,
                                       row_length, targets)
 from neobert_jax.classify.evaluation import Evaluator
-from neobert_jax.classify.packing import PackedBatches
 from neobert_jax.classify.head import TOKEN_CLASSIFICATION, load_classifier, read_classifier_labels
+from neobert_jax.classify.packing import PackedBatches
 from neobert_jax.classify.tag_data import (TAG_SUFFIXES, WordTokenizer, check_tags, encode_sentences, read_sentences,
                                           tag_names)
 from neobert_jax.classify.tag_eval import first_token_logits
