@@ -13,7 +13,7 @@
 # trainer fp32/bf16 and ours fp32/bf16), As / Bs ours' recipe variants from the same start (in the
 # same call as A / B: a new machine has lost the start), C the 117k-pair timing, D train-step
 # throughput (ModernBERT and NeoBERT rows), E the `gpu` test set, F classification against the users'
-# Trainer from A's student start (in the same call as A). Everything is also packed into
+# Trainer from A's (else B's) student start, P where a contrastive run's start-up goes (after A or B). Everything is also packed into
 # $OUT/owed_results.tgz (the device returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ if [ "${1:-}" = prepare ]; then
 fi
 
 for phase in "$@"; do
-    case "$phase" in A|B|As|Bs|C|D|E|F) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, C, D, E, F)" >&2; exit 2 ;; esac
+    case "$phase" in A|B|As|Bs|C|D|E|F|P) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, C, D, E, F, P)" >&2; exit 2 ;; esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 prepare | A [As B Bs C D E]" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -51,9 +51,9 @@ embedder() {  # pair set, name, extra flags
     cp "docs/results/embedder_$2.json" "docs/embedder_$2.png" "$RES/" 2>/dev/null
 }
 variants() {  # pair set: ours (fp32) from the phase's start, one override each
-    for kv in train.learning_rate=5e-5 train.learning_rate=1e-4 train.learning_rate=5e-4 \
+    for kv in train.learning_rate=5e-5 train.learning_rate=1e-4 train.learning_rate=5e-4 train.learning_rate=1e-3 \
               train.layer_lr_decay=0.8 loss.name=gte; do
-        name=${kv##*.}
+        name=${kv#*.}
         embedder "$1" "gpu_$1_${name//=/-}" --sides ours --eval-points 1 --ours "$kv"
     done
 }
@@ -69,7 +69,23 @@ for phase in "$@"; do
                --out "$RES/throughput_$arch.json" 2>&1 | tee "$RES/throughput_$arch.log"
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
-    F) python3 scripts/bench_classify.py --init "$work/stdlib/mlm/hf" --task builtin --work-dir "$work/classify" \
+    P) # where the first run's start-up goes: per-function compile log, cold cache with and without XLA's autotuning, a rerun
+       start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
+       for mode in cold noautotune rerun; do
+           flags=; [ $mode = noautotune ] && flags=--xla_gpu_autotune_level=0
+           cache=/tmp/owed/cache_$mode; [ $mode = rerun ] && cache=/tmp/owed/cache_cold
+           XLA_FLAGS=$flags JAX_LOG_COMPILES=1 python3 scripts/contrastive.py --config configs/contrastive.py \
+               --config.init_from="$start" --config.data.train_files="$PAIRS/info/train.jsonl" \
+               --config.output_dir=/tmp/owed/probe_$mode --config.resume=False --config.compilation_cache_dir=$cache \
+               > "$RES/probe_$mode.log" 2>&1
+           { echo "## probe $mode"; grep -o -e 'start-up: .*' -e '^run: .*' -e '^error.*' "$RES/probe_$mode.log"
+             grep -o 'Finished XLA compilation of [^ ]* in [0-9.]* sec' "$RES/probe_$mode.log" | sort -t' ' -k7 -g | tail -4
+             awk '/^Finished tracing/{t+=$(NF-1)} /MLIR module conversion/{l+=$(NF-1)} /XLA compilation/{c+=$(NF-1)}
+                  END{printf "tracing %.1f s, lowering %.1f s, XLA compilation %.1f s\n", t, l, c}' "$RES/probe_$mode.log"
+           } >> "$OUT/summary.log"
+       done ;;
+    F) start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
+       python3 scripts/bench_classify.py --init "$start" --task builtin --work-dir "$work/classify" \
            --sides hf,hf-bf16,ours,ours-bf16 --name gpu_builtin 2>&1 | tee "$RES/gpu_builtin.log"
        cp docs/results/classify_gpu_builtin.json "$RES/" 2>/dev/null
        { echo "## gpu_builtin"; grep -e '^|' -e '^error' "$RES/gpu_builtin.log"; } >> "$OUT/summary.log" ;;
