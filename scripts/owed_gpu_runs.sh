@@ -11,7 +11,7 @@
 # runs/owed/. Carry `.whl` and `runs/owed`.
 # Phases: A stdlib pairs, B info pairs (both: pretrain the student start, then the users'
 # trainer fp32/bf16 and ours fp32/bf16), As / Bs ours' recipe variants from the same start (in the
-# same call as A / B: a new machine has lost the start), C the 117k-pair timing, D train-step
+# same call as A / B: a new machine has lost the start), An / Bn three seeds of st and ours (noise), C the 117k-pair timing, D train-step
 # throughput (ModernBERT and NeoBERT rows), E the `gpu` test set, F classification against the users'
 # Trainer from A's (else B's) student start, P where a contrastive run's start-up goes (after A or B). Everything is also packed into
 # $OUT/owed_results.tgz (the device returns at most 8 files).
@@ -31,7 +31,7 @@ if [ "${1:-}" = prepare ]; then
 fi
 
 for phase in "$@"; do
-    case "$phase" in A|B|As|Bs|C|D|E|F|P) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, C, D, E, F, P)" >&2; exit 2 ;; esac
+    case "$phase" in A|B|As|Bs|An|Bn|C|D|E|F|P) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, An, Bn, C, D, E, F, P)" >&2; exit 2 ;; esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 prepare | A [As B Bs C D E]" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -61,6 +61,8 @@ for phase in "$@"; do
     case "$phase" in
     A) embedder stdlib gpu_stdlib --sides st,st-bf16,ours,ours-bf16 ;;
     B) embedder info gpu_info --sides st,st-bf16,ours,ours-bf16 ;;
+    An) embedder stdlib gpu_stdlib_seeds --sides st,ours --seeds 0,1,2 --eval-points 1 ;;  # run-to-run noise
+    Bn) embedder info gpu_info_seeds --sides st,ours --seeds 0,1,2 --eval-points 1 ;;
     As) variants stdlib ;;
     Bs) variants info ;;
     C) embedder stdlib gpu_stdlib_100k --repeat 50 --sides st,ours-bf16 --eval-points 1 ;;
@@ -69,10 +71,12 @@ for phase in "$@"; do
                --out "$RES/throughput_$arch.json" 2>&1 | tee "$RES/throughput_$arch.log"
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
-    P) # where the first run's start-up goes: per-function compile log, cold cache with and without XLA's autotuning, a rerun
+    P) # where the first run's start-up goes: per-function compile log; cold caches: as shipped, no autotuning,
+       # no Triton GEMMs (cuBLAS only); a rerun on the first cache
        start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
-       for mode in cold noautotune rerun; do
+       for mode in cold noautotune notriton rerun; do
            flags=; [ $mode = noautotune ] && flags=--xla_gpu_autotune_level=0
+           [ $mode = notriton ] && flags=--xla_gpu_enable_triton_gemm=false
            cache=/tmp/owed/cache_$mode; [ $mode = rerun ] && cache=/tmp/owed/cache_cold
            XLA_FLAGS=$flags JAX_LOG_COMPILES=1 python3 scripts/contrastive.py --config configs/contrastive.py \
                --config.init_from="$start" --config.data.train_files="$PAIRS/info/train.jsonl" \
@@ -80,7 +84,7 @@ for phase in "$@"; do
                > "$RES/probe_$mode.log" 2>&1
            { echo "## probe $mode"; grep -o -e 'start-up: .*' -e '^run: .*' -e '^error.*' "$RES/probe_$mode.log"
              grep -o 'Finished XLA compilation of [^ ]* in [0-9.]* sec' "$RES/probe_$mode.log" | sort -t' ' -k7 -g | tail -4
-             awk '/^Finished tracing/{t+=$(NF-1)} /MLIR module conversion/{l+=$(NF-1)} /XLA compilation/{c+=$(NF-1)}
+             awk '/Finished tracing/{t+=$(NF-1)} /MLIR module conversion/{l+=$(NF-1)} /XLA compilation/{c+=$(NF-1)}
                   END{printf "tracing %.1f s, lowering %.1f s, XLA compilation %.1f s\n", t, l, c}' "$RES/probe_$mode.log"
            } >> "$OUT/summary.log"
        done ;;

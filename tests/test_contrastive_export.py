@@ -69,6 +69,25 @@ def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, nor
         neobert_jax.from_pretrained(str(st_dir))  # the public loader says so rather than hand back a random head
 
 
+def test_evaluation_packs_texts_into_calls_of_one_shape(model, contrastive_texts):
+    """Several texts to a row and a fixed row count per call: the embeddings equal each text's
+    encoded alone, and text sets of any lengths that need several calls compile one shape."""
+    _, parts, params, text_tokenizer = model
+    mesh = sharding.make_mesh(base_config().mesh)
+    alone = np.concatenate([Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=1)
+                            .encode(params, [t]) for t in contrastive_texts])
+    embedder = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=2, texts_per_row=3)
+    texts = contrastive_texts * 3
+    assert len(texts) > 2 * 3  # more than one call
+    np.testing.assert_allclose(embedder.encode(params, texts), np.tile(alone, (3, 1)), atol=1e-5)
+    words = sorted({w for t in contrastive_texts for w in t.split()}, key=len)
+    short = [w for w in words if np.diff(text_tokenizer.encode([w])[1])[0] <= 3][:7]
+    assert len(short) == 7  # 3 to a row: a full call of 6 and a call of 1 text
+    embedder.encode(params, short)
+    assert embedder._embed._cache_size() == 1
+    assert embedder.encode(params, []).shape == (0, parts.config.hidden_size)
+
+
 def test_reads_the_pooling_of_folders_saved_by_sentence_transformers(model, tmp_path):
     from sentence_transformers import SentenceTransformer
 

@@ -1,6 +1,7 @@
 """Negatives are global: 1 device and 4 simulated devices (data; data x fsdp with packed rows and
 GradCache micro-batches) give the same losses for the same global batches, and these differ
-from what per-device negatives would give.
+from what per-device negatives would give. The evaluation's embedder, whose packed rows are split
+over the devices too, gives the same embeddings on each mesh.
 
 Run as a script (by the test, in a process with 4 CPU devices) it prints the runs as JSON."""
 
@@ -33,6 +34,7 @@ def _run_all() -> dict:
     from conftest import PAD, tiny_model, train_cfg
 
     from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
+    from neobert_jax.contrastive.embedder import Embedder
     from neobert_jax.contrastive.losses import make_objective
     from neobert_jax.contrastive.pooling import gather_texts
     from neobert_jax.contrastive.setup import encoder_only
@@ -50,6 +52,16 @@ def _run_all() -> dict:
     data = TokenizedColumns(["anchor", "positive", "negative"], ids, offsets, None)
     loss_cfg = ml_collections.ConfigDict({"name": "mnrl", "scale": 20.0, "symmetric": True})
     objective = make_objective(loss_cfg, columns=3, normalize=True, dims=[32, 8], weights=[1.0, 0.5])
+
+    class Texts:  # the embedder's tokenizer side: text "n" is the first n ids of one random body
+        body_len, cls_id, sep_id, pad_id = SEQ - 2, CLS, SEP, PAD
+        words = rng.integers(5, VOCAB, SEQ).astype(np.int32)
+
+        def encode(self, texts):
+            bodies = [self.words[:min(int(t), self.body_len)] for t in texts]
+            return np.concatenate(bodies), np.concatenate([[0], np.cumsum([len(b) for b in bodies])])
+
+    texts = [str(n) for n in rng.integers(1, SEQ + 4, 30)]
 
     def run(sizes, kind, accum):
         mesh_cfg = base_config().mesh
@@ -76,7 +88,10 @@ def _run_all() -> dict:
             losses.append(float(metrics["loss"]))
             norms.append(float(metrics["grad_norm"]))
         head_moved = float(jnp.abs(st.params["head"]["dense"]["kernel"] - params["head"]["dense"]["kernel"]).max())
-        return {"losses": losses, "grad_norms": norms, "head_moved": head_moved}, parts, params, first_batch
+        embedder = Embedder(parts, Texts(), pooling_mode="mean", mesh=mesh, batch_size=2, texts_per_row=3)
+        embeddings = embedder.encode(jax.device_put(params, shardings.params), texts).tolist()
+        return ({"losses": losses, "grad_norms": norms, "head_moved": head_moved, "embeddings": embeddings},
+                parts, params, first_batch)
 
     out = {}
     for name, (sizes, kind, accum) in RUNS.items():
@@ -99,6 +114,7 @@ def test_one_and_four_devices_give_the_same_loss():
         np.testing.assert_allclose(runs[name]["losses"], reference["losses"], rtol=2e-5, err_msg=name)
         np.testing.assert_allclose(runs[name]["grad_norms"], reference["grad_norms"], rtol=2e-4, err_msg=name)
         assert runs[name]["head_moved"] == 0.0  # only the encoder trains
+        np.testing.assert_allclose(runs[name]["embeddings"], reference["embeddings"], atol=1e-5, err_msg=name)
     assert reference["losses"][-1] != reference["losses"][0]
     assert abs(runs["per_device_negatives_loss"] - reference["losses"][0]) > 0.1
 

@@ -55,7 +55,6 @@ class Layout:
     max_texts_per_row: int
     row_multiple: int  # rows of every group are a multiple of this (batch shards x micro-batches)
     view_columns: tuple[int, ...]  # data column of each text column of a step ((0, 0) for simcse)
-    power_of_two_lengths: bool = False  # bucket: fewer, coarser row lengths (fewer compiles; evaluation)
     floor: tuple[tuple[int, int], ...] = ()  # per group: (rows, length) no step goes below
 
     @property
@@ -77,21 +76,34 @@ class _GroupPlan:
     slots: int
 
 
-def pack_rows(lengths: np.ndarray, capacity: int, max_per_row: int):
-    """First-fit decreasing with at most `max_per_row` texts per row -> (row, slot, start, rows)."""
+def first_fit(lengths: np.ndarray, capacity: int, max_per_row: int, max_rows: int):
+    """First fit of texts in the given order into rows of `capacity` tokens and at most `max_per_row`
+    texts, stopping before the first text that would open row `max_rows` + 1
+    -> (placed, row, slot, start, rows): the first `placed` texts' row, segment and first token."""
     n = len(lengths)
     row_of, slot_of, start_of = (np.zeros(n, np.int64) for _ in range(3))
-    free, count, rows = np.zeros(n, np.int64), np.zeros(n, np.int64), 0
-    for t in np.argsort(-lengths, kind="stable"):
-        fits = np.flatnonzero((free[:rows] >= lengths[t]) & (count[:rows] < max_per_row))
+    free, count, rows = np.zeros(max_rows, np.int64), np.zeros(max_rows, np.int64), 0
+    for i, length in enumerate(lengths):
+        fits = np.flatnonzero((free[:rows] >= length) & (count[:rows] < max_per_row))
         if len(fits):
             r = fits[0]
+        elif rows == max_rows:
+            return i, row_of[:i], slot_of[:i], start_of[:i], rows
         else:
             r, rows = rows, rows + 1
             free[r] = capacity
-        row_of[t], slot_of[t], start_of[t] = r, count[r], capacity - free[r]
-        free[r] -= lengths[t]
+        row_of[i], slot_of[i], start_of[i] = r, count[r], capacity - free[r]
+        free[r] -= length
         count[r] += 1
+    return n, row_of, slot_of, start_of, rows
+
+
+def pack_rows(lengths: np.ndarray, capacity: int, max_per_row: int):
+    """First-fit decreasing with at most `max_per_row` texts per row -> (row, slot, start, rows)."""
+    order = np.argsort(-lengths, kind="stable")
+    _, row, slot, start, rows = first_fit(lengths[order], capacity, max_per_row, len(lengths))
+    row_of, slot_of, start_of = (np.zeros(len(lengths), np.int64) for _ in range(3))
+    row_of[order], slot_of[order], start_of[order] = row, slot, start
     return row_of, slot_of, start_of, rows
 
 
@@ -114,8 +126,7 @@ def _plan_groups(lengths_N: np.ndarray, batch_size: int, layout: Layout) -> list
     for lo, hi in bounds:
         texts = np.arange(lo, hi)
         longest = int(lengths_N[lo:hi].max())
-        rounded = 1 << (longest - 1).bit_length() if layout.power_of_two_lengths else ladder(longest)
-        length = min(rounded, layout.seq_len)
+        length = min(ladder(longest), layout.seq_len)
         zeros = np.zeros(len(texts), np.int64)
         plans.append(_GroupPlan(texts, texts - lo, zeros, zeros, round_up(len(texts), layout.row_multiple), length, 1))
     return plans

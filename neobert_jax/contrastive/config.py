@@ -83,7 +83,7 @@ def contrastive_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({
         "sts_files": files(),  # sentence1, sentence2, score -> Spearman of cosine similarities
         "retrieval_dirs": files(),  # corpus.jsonl, queries.jsonl, qrels.tsv -> nDCG@10, recall@10, MRR@10
-        "batch_size": 64,  # texts per encoding batch
+        "batch_size": 64,  # rows of train.seq_len tokens per encoding call, texts packed several to a row
     })
 
     t = c.train

@@ -1,8 +1,10 @@
 """Texts -> L2-normalized sentence embeddings with the (sharded) JAX model, for evaluation.
 
-One text per row, sorted by length and padded per batch to a power of two, so a corpus compiles
-a handful of shapes and sorted batches waste little on padding. The rows of a batch are split over the
-mesh's batch axes; the embeddings come back replicated.
+Texts are packed, longest first, several to a row of `seq_len` tokens (each its own segment,
+positions from 0, attention inside it, pooled per segment), into calls of a fixed number of rows:
+a text set compiles one shape whatever its lengths, and short texts pay for little padding. A set
+that fits one call gets only the rows it needs (rounded up, `ladder`). The rows of a call are split
+over the mesh's batch axes; the embeddings come back replicated.
 """
 
 from __future__ import annotations
@@ -11,29 +13,31 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from neobert_jax.contrastive.batching import Layout, assemble, round_up
+from neobert_jax.contrastive.batching import SPECIALS, first_fit, ladder, round_up
 from neobert_jax.contrastive.pooling import l2_normalize, pool_rows
 from neobert_jax.contrastive.step import ROW_KEYS
-from neobert_jax.contrastive.tokenized import TextTokenizer, TokenizedColumns
+from neobert_jax.contrastive.tokenized import TextTokenizer
 from neobert_jax.runtime import sharding
 from neobert_jax.runtime.state import ModelParts
 
 
 class Embedder:
     def __init__(self, parts: ModelParts, text_tokenizer: TextTokenizer, *, pooling_mode: str, mesh: Mesh,
-                 batch_size: int):
+                 batch_size: int, texts_per_row: int = 32):
+        """batch_size: rows of `text_tokenizer`'s seq_len tokens per call; texts_per_row bounds the
+        pooling work (segments per row)."""
         self.text_tokenizer, self.mesh, self.dim = text_tokenizer, mesh, parts.config.hidden_size
-        self.rows = round_up(batch_size, sharding.batch_rows_divisor(mesh))
-        self.layout = Layout("bucket", text_tokenizer.body_len + 2, 1, self.rows, (0,), power_of_two_lengths=True)
-        self.special_ids = dict(cls_id=text_tokenizer.cls_id, sep_id=text_tokenizer.sep_id,
-                                pad_id=text_tokenizer.pad_id)
+        self.divisor = sharding.batch_rows_divisor(mesh)
+        self.rows = round_up(batch_size, self.divisor)
+        self.width, self.slots = text_tokenizer.body_len + SPECIALS, texts_per_row
         params_sh = sharding.param_shardings(parts.abstract_params, parts.axes, mesh)
         rows_sh = sharding.batch_sharding(mesh)
 
         def embed(params, group):
             hidden_RTD = parts.merge(params).encode(group["input_ids"], segment_ids_BT=group["segment_ids"],
                                                     positions_BT=group["positions"])
-            return l2_normalize(pool_rows(hidden_RTD, group["segment_ids"], group["positions"], 1, pooling_mode)[:, 0])
+            return l2_normalize(pool_rows(hidden_RTD, group["segment_ids"], group["positions"], self.slots,
+                                          pooling_mode))
 
         self._embed = jax.jit(embed,
                               in_shardings=(params_sh, {k: rows_sh for k in ROW_KEYS}),
@@ -42,17 +46,37 @@ class Embedder:
     def encode(self, params, texts: list[str]) -> np.ndarray:
         """(len(texts), D) float32 unit vectors, in the order of `texts`."""
         ids, offsets = self.text_tokenizer.encode(list(texts))
-        data = TokenizedColumns(["text"], [ids], [offsets], None)
-        order = np.argsort(-np.diff(offsets), kind="stable")
+        lengths = np.diff(offsets) + SPECIALS
+        order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(texts), self.dim), np.float32)
-        for start in range(0, len(order), self.rows):
-            chunk = order[start:start + self.rows]
-            batch, stats = assemble(data, chunk, self.layout,
-                                    row_range=lambda r: sharding.process_row_range(self.mesh, r), **self.special_ids)
-            placed = sharding.place_groups(batch, stats["rows"], self.mesh)
-            emb_RD = np.asarray(jax.device_get(self._embed(params, placed["groups"][0])))
-            out[chunk] = emb_RD[batch["text_slot"]]
+        done = 0
+        while done < len(order):
+            ahead = lengths[order[done:done + self.rows * self.slots]]  # no call holds more texts
+            placed, row, slot, start, used = first_fit(ahead, self.width, self.slots, self.rows)
+            chunk = order[done:done + placed]
+            whole_set = done == 0 and placed == len(order)
+            rows = min(self.rows, round_up(ladder(used), self.divisor)) if whole_set else self.rows
+            group = self._rows(ids, offsets, chunk, row, slot, start, rows)
+            placed_group = sharding.place_groups({"groups": [group]}, [rows], self.mesh)["groups"][0]
+            emb_RSD = np.asarray(jax.device_get(self._embed(params, placed_group)))
+            out[chunk] = emb_RSD.reshape(-1, self.dim)[row * self.slots + slot]
+            done += placed
         return out
+
+    def _rows(self, ids, offsets, chunk, row, slot, start, rows: int) -> dict[str, np.ndarray]:
+        """This process's rows of one call: [CLS] body [SEP] of each text at its row and start."""
+        lo, hi = sharding.process_row_range(self.mesh, rows)
+        tok = self.text_tokenizer
+        input_ids = np.full((hi - lo, self.width), tok.pad_id, np.int32)
+        segments, positions = np.zeros_like(input_ids), np.zeros_like(input_ids)
+        for t, r, s, first in zip(chunk, row, slot, start):
+            if lo <= r < hi:
+                body = ids[offsets[t]:offsets[t + 1]]
+                end = first + len(body) + SPECIALS
+                input_ids[r - lo, first:end] = np.concatenate([[tok.cls_id], body, [tok.sep_id]])
+                segments[r - lo, first:end] = s + 1
+                positions[r - lo, first:end] = np.arange(end - first)
+        return {"input_ids": input_ids, "segment_ids": segments, "positions": positions}
 
 
 def load_encoder(model_dir: str, *, pooling: str | None, seq_len: int | None, batch_size: int, mesh_config=None):
