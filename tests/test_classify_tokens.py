@@ -379,3 +379,32 @@ def test_packed_sentences_train_as_one_sentence_a_row(task, tmp_path):
     assert rows[False] == 16 and rows[True] < 8, rows
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert len(losses[True]) == 3
+
+
+def test_evaluation_packs_sentences_and_gives_each_ones_logits(task):
+    """The evaluator packs several sentences a row; each one's word logits equal its logits alone."""
+    from neobert_jax.classify.evaluation import Evaluator
+    from neobert_jax.classify.head import load_classifier
+    from neobert_jax.classify.tag_eval import first_token_logits
+    from neobert_jax.data import load_tokenizer
+    from neobert_jax.runtime import sharding, state
+
+    _, hf_dir, rows = task
+    model, _ = load_classifier(hf_dir, len(TAGS), pooling="mean", dropout=0.0, seed=0, runtime={},
+                               config_changes={}, tokens=True)
+    parts, params = state.ModelParts.split(model)
+    mesh = sharding.make_mesh(runtime_config.base_config().mesh)
+    tokenizer = WordTokenizer(load_tokenizer(hf_dir), SEQ_LEN)
+    data = encode_sentences(Sentences([w for w, _ in rows[:40]], [t for _, t in rows[:40]], ["x"] * 40), tokenizer, TAGS)
+
+    def word_logits(batch_size):
+        evaluator = Evaluator(parts, mesh, data, batch_size=batch_size, seq_len=SEQ_LEN, pad_id=tokenizer.pad_id,
+                              select=first_token_logits(data))
+        return evaluator, evaluator.logits(params)
+
+    packed, packed_logits = word_logits(16)
+    _, alone_logits = word_logits(1)
+    assert max(map(len, packed.chunks[0])) > 1  # rows really hold several sentences
+    assert [len(x) for x in packed_logits] == [len(f) for f in data.first_tokens]
+    for ours, reference in zip(packed_logits, alone_logits):
+        np.testing.assert_allclose(ours, reference, atol=1e-5)

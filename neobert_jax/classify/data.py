@@ -166,7 +166,7 @@ class PairTokenizer:
         self.cut = Tokenizer.from_str(self.full.to_str())
         self.cut.enable_truncation(seq_len, strategy="longest_first")
         self.seq_len = seq_len
-        self.pad_id, self.cls_id = tokenizer.pad_token_id, tokenizer.cls_token_id
+        self.pad_id = tokenizer.pad_token_id
 
     def encode(self, texts: list[str], pairs: list[str] | None) -> tuple[list[np.ndarray], int]:
         inputs = texts if pairs is None else list(zip(texts, pairs))
@@ -191,11 +191,3 @@ def row_length(ids: list[np.ndarray], seq_len: int) -> int:
     work for nothing; one width per set keeps one compiled shape."""
     longest = max((len(row) for row in ids), default=1)
     return min(seq_len, -(-longest // ROW_MULTIPLE) * ROW_MULTIPLE)
-
-
-def pad_rows(rows: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    input_ids = np.full((len(rows), seq_len), pad_id, np.int32)
-    mask = np.zeros((len(rows), seq_len), np.int32)
-    for r, ids in enumerate(rows):
-        input_ids[r, :len(ids)], mask[r, :len(ids)] = ids, 1
-    return {"input_ids": input_ids, "attention_mask": mask}

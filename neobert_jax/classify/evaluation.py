@@ -12,9 +12,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from neobert_jax.classify.data import Encoded, pad_rows
+from neobert_jax.classify.data import Encoded
 from neobert_jax.classify.packing import pack_rows, row_arrays
 from neobert_jax.runtime import sharding
+
+ROW_KEYS = ("input_ids", "segment_ids", "positions")
 
 
 def metrics(problem_type: str, logits_NL: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -63,60 +65,49 @@ def write_predictions(path: str, problem_type: str, logits_NL: np.ndarray, gold:
 class Evaluator:
     """Logits of an encoded eval set, in the order of its examples, from the model split over the mesh.
 
-    Sequence labels: the examples, `batch_size` at a time in order, packed into rows as training
-    packs them (one planned row count: one compiled shape). Token labels (`select`): one example a
-    row, `batch_size` rows a batch, the last filled with one-token rows.
+    The examples, `batch_size` at a time in order, are packed into rows as training packs them (one
+    planned row count: one compiled shape). Sequence labels come back per slot; token labels
+    (`select`) as each example's own stretch of its row.
     """
 
-    def __init__(self, parts, mesh: Mesh, data: Encoded, *, batch_size: int, seq_len: int, pad_id: int, cls_id: int,
+    def __init__(self, parts, mesh: Mesh, data: Encoded, *, batch_size: int, seq_len: int, pad_id: int,
                  select=None):
-        """select: (a batch's logits, its example indices) -> what to keep of each example (token
-        classification: the logits at its words' first sub-tokens), instead of its whole row."""
-        self.mesh, self.data, self.seq_len, self.pad_id, self.cls_id = mesh, data, seq_len, pad_id, cls_id
-        self.select = select
+        """select: (each example's (tokens, labels) logits, their example indices) -> what to keep of
+        each (token classification: the logits at its words' first sub-tokens)."""
+        self.mesh, self.data, self.seq_len, self.pad_id, self.select = mesh, data, seq_len, pad_id, select
         divisor = sharding.batch_rows_divisor(mesh)
-        rows_sh = sharding.batch_sharding(mesh)
-        params_sh = sharding.param_shardings(parts.abstract_params, parts.axes, mesh)
-        if select is None:
-            lengths = [len(ids) for ids in data.ids]
-            self.chunks = [[[start + i for i in row] for row in
-                            pack_rows(lengths[start:start + batch_size], seq_len, pack=True)]
-                           for start in range(0, len(data), batch_size)]
-            self.rows = -(-max(map(len, self.chunks), default=1) // divisor) * divisor
-            self.slots = max((len(row) for chunk in self.chunks for row in chunk), default=1)
+        lengths = [len(ids) for ids in data.ids]
+        self.chunks = [[[start + i for i in row] for row in
+                        pack_rows(lengths[start:start + batch_size], seq_len, pack=True)]
+                       for start in range(0, len(data), batch_size)]
+        self.rows = -(-max(map(len, self.chunks), default=1) // divisor) * divisor
+        self.slots = max((len(row) for chunk in self.chunks for row in chunk), default=1)
 
-            def logits(params, batch):
-                return parts.merge(params).packed(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                                                  self.slots)
+        def logits(params, batch):
+            return parts.merge(params).packed(batch["input_ids"], batch["segment_ids"], batch["positions"],
+                                              self.slots)
 
-            keys = ("input_ids", "segment_ids", "positions")
-        else:
-            self.rows = -(-batch_size // divisor) * divisor
-
-            def logits(params, batch):
-                return parts.merge(params)(batch["input_ids"], batch["attention_mask"])
-
-            keys = ("input_ids", "attention_mask")
-        self._logits = jax.jit(logits, in_shardings=(params_sh, {k: rows_sh for k in keys}),
+        self._logits = jax.jit(logits, in_shardings=(sharding.param_shardings(parts.abstract_params, parts.axes, mesh),
+                                                     {k: sharding.batch_sharding(mesh) for k in ROW_KEYS}),
                                out_shardings=sharding.replicated(mesh))
 
     def logits(self, params) -> np.ndarray | list:
         lo, hi = sharding.process_row_range(self.mesh, self.rows)
-        if self.select is None:
-            out = [None] * len(self.data)
-            for chunk in self.chunks:
-                own = chunk[lo:hi] + [[]] * (hi - lo - len(chunk[lo:hi]))
-                batch = sharding.global_batch(row_arrays(self.data.ids, own, self.seq_len, self.pad_id), self.mesh)
-                logits_RSL = np.asarray(jax.device_get(self._logits(params, batch)))
-                for r, row in enumerate(chunk):
-                    for slot, example in enumerate(row):
-                        out[example] = logits_RSL[r, slot]
-            return np.stack(out)
-        n, out = len(self.data), []
-        filler = np.asarray([self.cls_id], np.int32)
-        for start in range(0, n, self.rows):
-            rows = [self.data.ids[i] if i < n else filler for i in range(start + lo, start + hi)]
-            batch = sharding.global_batch(pad_rows(rows, self.seq_len, self.pad_id), self.mesh)
-            logits = np.asarray(jax.device_get(self._logits(params, batch)))[:min(self.rows, n - start)]
-            out += self.select(logits, range(start, start + len(logits)))
-        return out
+        out = [None] * len(self.data)
+        for chunk in self.chunks:
+            own = chunk[lo:hi] + [[]] * (hi - lo - len(chunk[lo:hi]))
+            batch = sharding.global_batch(row_arrays(self.data.ids, own, self.seq_len, self.pad_id), self.mesh)
+            logits_R = np.asarray(jax.device_get(self._logits(params, batch)))  # (R, slots, L) or (R, T, L)
+            examples, pieces = [], []
+            for r, row in enumerate(chunk):
+                start = 0
+                for slot, example in enumerate(row):
+                    end = start + len(self.data.ids[example])
+                    examples.append(example)
+                    pieces.append(logits_R[r, slot] if self.select is None else logits_R[r, start:end])
+                    start = end
+            if self.select is not None:
+                pieces = self.select(pieces, examples)
+            for example, piece in zip(examples, pieces):
+                out[example] = piece
+        return out if self.select is not None else np.stack(out)

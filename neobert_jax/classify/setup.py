@@ -119,7 +119,7 @@ def setup_classify(config, log) -> ClassifySetup:
     evaluator, eval_gold, eval_words = None, [], None
     if tokens:
         word_tokenizer = WordTokenizer(tokenizer, t.seq_len)
-        pad_id, cls_id = word_tokenizer.pad_id, word_tokenizer.cls_id
+        pad_id = word_tokenizer.pad_id
         data = encode_sentences(train, word_tokenizer, names)
         log(f"data: {len(data)} training sentences, tags {names}, {data.truncated} cut to train.seq_len={t.seq_len} "
             f"tokens ({data.words_cut} of {sum(map(len, train.words))} words cut, untrained)")
@@ -128,12 +128,12 @@ def setup_classify(config, log) -> ClassifySetup:
             log(f"eval: {len(eval_data)} sentences, {eval_data.truncated} cut to {t.seq_len} tokens "
                 f"({eval_data.words_cut} of {sum(map(len, evaluation.words))} words cut, predicted 'O')")
             evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size,
-                                  seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id, cls_id=cls_id,
+                                  seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id,
                                   select=first_token_logits(eval_data))
             eval_gold, eval_words = evaluation.tags, evaluation.words
     else:
         pair_tokenizer = PairTokenizer(tokenizer, t.seq_len)
-        pad_id, cls_id = pair_tokenizer.pad_id, pair_tokenizer.cls_id
+        pad_id = pair_tokenizer.pad_id
         data = encode(train, pair_tokenizer, train_targets)
         shown = f"labels {names}" if k.problem_type != REGRESSION else f"regression on {d.label_column!r}"
         log(f"data: {len(data)} training examples, {shown}, {data.truncated} cut to train.seq_len={t.seq_len} tokens")
@@ -142,7 +142,7 @@ def setup_classify(config, log) -> ClassifySetup:
             eval_data = encode(examples, pair_tokenizer, eval_targets)
             log(f"eval: {len(eval_data)} examples, {eval_data.truncated} cut to {t.seq_len} tokens")
             evaluator = Evaluator(parts, mesh, eval_data, batch_size=config.eval.batch_size,
-                                  seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id, cls_id=cls_id)
+                                  seq_len=row_length(eval_data.ids, t.seq_len), pad_id=pad_id)
             eval_gold = examples.labels
     width = row_length(data.ids, t.seq_len)
     log(f"rows of {width} tokens: the longest training {'sentence' if tokens else 'example'} "

@@ -182,7 +182,7 @@ class WordTokenizer:
         self.cut = Tokenizer.from_str(json.dumps(spec))
         self.cut.enable_truncation(seq_len)
         self.seq_len = seq_len
-        self.pad_id, self.cls_id = tokenizer.pad_token_id, tokenizer.cls_token_id
+        self.pad_id = tokenizer.pad_token_id
 
     def encode(self, words: list[list[str]]):
         """-> the encodings (`ids`, `word_ids`) and how many were cut."""
