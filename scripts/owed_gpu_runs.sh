@@ -35,7 +35,7 @@ for phase in "$@"; do
 done
 [ $# -gt 0 ] || { echo "usage: $0 prepare | A [As B Bs C D E]" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1  # tokenizers keep their default parallelism, as users run them
 OUT=${OUT:-runs/owed/out}
 RES=/tmp/owed/results
 mkdir -p "$OUT" "$RES"
