@@ -80,6 +80,9 @@ def test_contrastive_run_leaves_its_config_as_given_and_records_the_row_shapes(t
     start_up = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("start-up:"))
     for phase in ("devices", "model", "tokenizer", "data", "state", "run files", "reporting"):
         assert f"{phase} " in start_up, start_up
+    assert "programs (" in start_up and "XLA " in start_up, start_up  # what the first steps compiled
+    compiled = json.load(open(tmp_path / "run" / "run_summary.json"))["compilation"]
+    assert compiled["programs"] > 0 and compiled["xla_s"] > 0, compiled
 
     written = read_run_config(tmp_path / "run")
     shapes = "ladder" if jax.default_backend() == "cpu" else "one"

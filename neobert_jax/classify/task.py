@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +40,9 @@ class ClassifyResult:
 
 def train_classifier(config) -> ClassifyResult:
     validate(config)  # from here on the config is only read; what setup decides is setup.resolved
-    with run_frame(config) as stop:
-        setup_started = time.time()
+    with run_frame(config) as frame:
         setup = setup_classify(config, main_process_print)
-        return run_task(config, setup, ClassifyTask, stop, setup_started)
+        return run_task(config, setup, ClassifyTask, frame)
 
 
 def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, classifier_dropout: float, slots: int):

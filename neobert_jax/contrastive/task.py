@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import numpy as np
@@ -38,10 +37,9 @@ class ContrastiveResult:
 
 def train_contrastive(config) -> ContrastiveResult:
     validate(config)  # from here on the config is only read; what setup decides is setup.resolved
-    with run_frame(config) as stop:
-        setup_started = time.time()
+    with run_frame(config) as frame:
         setup = setup_contrastive(config, main_process_print)
-        return run_task(config, setup, ContrastiveTask, stop, setup_started)
+        return run_task(config, setup, ContrastiveTask, frame)
 
 
 class ContrastiveTask:

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import math
 import os
-import time
 
 import jax
 import numpy as np
@@ -37,10 +36,9 @@ class RunResult:
 
 def train(config) -> RunResult:
     validate(config)  # from here on the config is only read; what setup decides is setup.resolved
-    with run_frame(config) as stop:
-        setup_started = time.time()
+    with run_frame(config) as frame:
         setup = setup_run(config, main_process_print)
-        return run_task(config, setup, MlmTask, stop, setup_started)
+        return run_task(config, setup, MlmTask, frame)
 
 
 class MlmTask:

@@ -1,4 +1,4 @@
-"""The one training loop every task runs: `run_task(config, setup, TaskClass, stop, setup_started)`.
+"""The one training loop every task runs: `run_task(config, setup, TaskClass, frame)`.
 
 A task (MLM: neobert_jax.mlm.task.MlmTask; contrastive: neobert_jax.contrastive.task.
 ContrastiveTask) supplies what differs, through the `Task` protocol below: its batches, compiled
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import jax
 
 from neobert_jax.runtime import optim
+from neobert_jax.runtime.compile_log import CompileLog
 from neobert_jax.runtime.model_card import write_model_card
 from neobert_jax.runtime.model_init import matmul_precision
 from neobert_jax.runtime.reporting import RunReporter, WandbTracker
@@ -129,16 +130,26 @@ def main_process_print(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """What surrounds a run's setup and loop: the stop request, the compilation totals, and when
+    the setup started."""
+
+    stop: StopRequest
+    compiles: CompileLog
+    setup_started: float
+
+
 @contextlib.contextmanager
 def run_frame(config):
-    """Signal handling, the output dir's lock and the matmul precision around a run."""
+    """Signal handling, the output dir's lock, the matmul precision and the compile log around a run."""
     say = write_stderr if jax.process_index() == 0 else (lambda text: None)
     with StopRequest(on_signal=say) as stop, RunDirLock(config.output_dir, jax.process_index() == 0):
-        with jax.default_matmul_precision(matmul_precision(config.train.precision)):
-            yield stop
+        with jax.default_matmul_precision(matmul_precision(config.train.precision)), CompileLog() as compiles:
+            yield Frame(stop, compiles, time.time())
 
 
-def run_task(config, setup, task_cls, stop: StopRequest, setup_started: float):
+def run_task(config, setup, task_cls, frame: Frame):
     """Runs `task_cls(config, setup, log)` to its end (or its stop) and closes the run's files; `log`
     writes a line beside the progress bar."""
     reporting = time.time()
@@ -149,17 +160,18 @@ def run_task(config, setup, task_cls, stop: StopRequest, setup_started: float):
     reporter = RunReporter(output_dir, setup.total_steps, setup.start_step, enabled=jax.process_index() == 0,
                            trackers=trackers if config.logging.wandb else list)
     setup.phases["reporting"] = time.time() - reporting
-    reporter.marks.update(setup_started=setup_started, setup_done=time.time())
+    reporter.marks.update(setup_started=frame.setup_started, setup_done=time.time())
     try:
-        return Runner(config, setup, task_cls(config, setup, reporter.message), reporter).run(stop)
+        task = task_cls(config, setup, reporter.message)
+        return Runner(config, setup, task, reporter, frame.compiles).run(frame.stop)
     finally:
         setup.checkpointer.close()
         reporter.close()
 
 
 class Runner:
-    def __init__(self, config, setup: TaskSetup, task: Task, reporter: RunReporter):
-        self.config, self.setup, self.task, self.reporter = config, setup, task, reporter
+    def __init__(self, config, setup: TaskSetup, task: Task, reporter: RunReporter, compiles: CompileLog):
+        self.config, self.setup, self.task, self.reporter, self.compiles = config, setup, task, reporter, compiles
         totals = dict(self.setup.loss_totals)
         self.recent = collections.deque(totals.pop("recent", []), maxlen=RECENT_STEPS)
         self.interval = Interval.restored(totals.pop("interval", {}))
@@ -304,7 +316,7 @@ class Runner:
             f"start-up: {now - self.reporter.started:.1f} s from process start to the first step's result: "
             f"imports {marks['setup_started'] - self.reporter.started:.1f} s, setup "
             f"{marks['setup_done'] - marks['setup_started']:.1f} s ({phases}), first steps (compilation or "
-            f"loading it) {now - marks['setup_done']:.1f} s")
+            f"loading it) {now - marks['setup_done']:.1f} s; so far {self.compiles.describe()}")
 
     # ------------------------------------------------------------------ eval / save / finish
     def _evaluate(self, step: int, params) -> dict:
@@ -380,7 +392,7 @@ class Runner:
             step=step, batch=task.batch_description, epochs=epochs, tokens=self.totals["tokens"],
             lr_peak=lr.peak_lr, lr_final=lr.final_lr, warmup_steps=lr.warmup_steps, train_loss=train_loss,
             first_eval=self.first_eval, last_eval=last_eval, closing_lines=lines, loss_curve=curve is not None,
-            export_dir=export_dir))
+            export_dir=export_dir, compilation=self.compiles.snapshot()))
         if export_dir and self.reporter.enabled:
             write_model_card(export_dir, self.reporter.output_dir)
         return task.result(step, True, train_loss, self.first_eval, last_eval, export_dir)
