@@ -138,9 +138,12 @@ def run_ours(side: str, args, init: str, train: str, test: str, out: str, seed: 
     run = run_timings(out)
     after_first = run["training_after_first_step_s"]
     texts = 2 * args.batch_size * run["timed_steps"]
+    with open(os.path.join(out, "run_summary.json")) as f:
+        compilation = json.load(f)["compilation"]  # the whole run's, evaluations' programs included
     return {"command": " ".join(command), "steps": run["steps"], "whole_s": wall - run["evaluation_s"],
             "training_after_first_step_s": after_first, "texts_per_s": texts / after_first if after_first > 0 else None,
-            "evaluation_s": run["evaluation_s"], "curve": run["curve"], "model": os.path.join(out, "st")}
+            "evaluation_s": run["evaluation_s"], "curve": run["curve"], "model": os.path.join(out, "st"),
+            "compilation": compilation}
 
 
 def run_timings(out: str) -> dict:
@@ -275,6 +278,13 @@ def main(argv=None) -> None:
     report = table(rows, [*METRICS, *(["spearman"] if args.sts else [])])
     print(f"\npairs {train} ({args.pairs}), test {test}, start {init}; batch {args.batch_size}, "
           f"{args.epochs} epoch(s), seq_len {args.seq_len}, seeds {seeds}\n{report}")
+    for row in rows:
+        for run in row["runs"]:
+            if "compilation" in run:
+                c = run["compilation"]
+                print(f"compilation, {row['name']}, seed {run['seed']}: {c['programs']} programs, {c['cache_hits']} "
+                      f"from the persistent cache; tracing {c['tracing_s']:.1f} s, lowering {c['lowering_s']:.1f} s, "
+                      f"XLA {c['xla_s']:.1f} s")
     results = {"args": vars(args), "train": train, "test": test, "init": init, "rows": rows, "table": report}
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

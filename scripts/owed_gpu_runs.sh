@@ -47,7 +47,7 @@ work=/tmp/owed
 embedder() {  # pair set, name, extra flags
     python3 scripts/bench_embedder.py --pairs "$PAIRS/$1" --work-dir "$work/$1" --name "$2" "${@:3}" 2>&1 \
         | grep -v -e 'Loading weights' -e 'UNEXPECTED' | tee "$RES/$2.log"
-    { echo "## $2"; grep -e '^|' -e '^error' -e 'Error' "$RES/$2.log"; } >> "$OUT/summary.log"
+    { echo "## $2"; grep -e '^|' -e '^compilation' -e '^error' -e 'Error' "$RES/$2.log"; } >> "$OUT/summary.log"
     cp "docs/results/embedder_$2.json" "docs/embedder_$2.png" "$RES/" 2>/dev/null
 }
 variants() {  # pair set: ours (fp32) from the phase's start, one override each
@@ -71,7 +71,7 @@ for phase in "$@"; do
                --out "$RES/throughput_$arch.json" 2>&1 | tee "$RES/throughput_$arch.log"
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
-    P) # where the first run's start-up goes: per-function compile log; cold caches: as shipped, no autotuning,
+    P) # where the first run's start-up goes (its start-up line) and the largest programs; cold caches: as shipped, no autotuning,
        # no Triton GEMMs (cuBLAS only); a rerun on the first cache
        start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
        for mode in cold noautotune notriton rerun; do
@@ -84,8 +84,6 @@ for phase in "$@"; do
                > "$RES/probe_$mode.log" 2>&1
            { echo "## probe $mode"; grep -o -e 'start-up: .*' -e '^run: .*' -e '^error.*' "$RES/probe_$mode.log"
              grep -o 'Finished XLA compilation of [^ ]* in [0-9.]* sec' "$RES/probe_$mode.log" | sort -t' ' -k7 -g | tail -4
-             awk '/Finished tracing/{t+=$(NF-1)} /MLIR module conversion/{l+=$(NF-1)} /XLA compilation/{c+=$(NF-1)}
-                  END{printf "tracing %.1f s, lowering %.1f s, XLA compilation %.1f s\n", t, l, c}' "$RES/probe_$mode.log"
            } >> "$OUT/summary.log"
        done ;;
     F) start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
