@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import jax
 
 from neobert_jax.runtime import optim
+from neobert_jax.runtime.clocks import HostTime, Interval
 from neobert_jax.runtime.compile_log import CompileLog
 from neobert_jax.runtime.model_card import write_model_card
 from neobert_jax.runtime.model_init import matmul_precision
@@ -95,36 +96,6 @@ class Task(Protocol):
                last_eval: dict | None, export_dir: str | None): ...
 
 
-@dataclasses.dataclass
-class Interval:
-    """Host-side sums over the steps since the last log line."""
-
-    steps: int = 0
-    finite_steps: int = 0
-    loss_sum: float = 0.0
-    counters: dict = dataclasses.field(default_factory=dict)
-    started: float = dataclasses.field(default_factory=time.perf_counter)
-    untimed: int = 0  # leading steps before `started`: a process's first, mostly compilation
-
-    def saved(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("started", "untimed")}
-
-    def elapsed(self) -> float | None:
-        """Seconds the interval's steps took, the untimed ones counted at the timed steps' mean;
-        None while every step is untimed."""
-        timed = self.steps - self.untimed
-        return (time.perf_counter() - self.started) * self.steps / timed if timed > 0 else None
-
-    @classmethod
-    def restored(cls, saved: dict) -> "Interval":
-        """From a checkpoint's `saved()`; one of the release before the runner kept the MLM counters
-        as fields (real_tokens, predicted_tokens, flops)."""
-        counters = dict(saved.get("counters", {}))
-        legacy = {"real_tokens": "tokens", "predicted_tokens": "predicted_tokens", "flops": "flops"}
-        counters.update({new: saved[old] for old, new in legacy.items() if old in saved})
-        return cls(saved.get("steps", 0), saved.get("finite_steps", 0), saved.get("loss_sum", 0.0), counters)
-
-
 def main_process_print(text: str) -> None:
     if jax.process_index() == 0:
         print(text, file=sys.stderr, flush=True)
@@ -181,6 +152,7 @@ class Runner:
         self.first_eval = next((r for r in reporter.records if r["step"] == 0), None)
         self.pace_from: tuple[int, float] | None = None  # (step, time) of this process's first step
         self.evaluating_s = 0.0  # evaluations between the first step and the last: not training time
+        self.host = HostTime(lambda: "first_step" in reporter.marks and "trained" not in reporter.marks)
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: StopRequest):
@@ -190,10 +162,13 @@ class Runner:
         if task.has_eval and task.eval_before_training and step == 0 and not stopped_early:
             self.reporter.log(0, self._evaluate(0, state.params))
             self.interval = Interval()  # the evaluation's time is not training time
-        while step < s.total_steps and not stop.requested(pending[1] if pending else None):
+        while step < s.total_steps and not self.host.timed("waiting_on_device", stop.requested,
+                                                             pending[1] if pending else None):
             steps = self._steps_in_call(step)
+            started = time.perf_counter()
             batch, hosts = task.next_batch(steps)
             state, metrics = task.train_step(state, batch, steps)
+            self.host.count("batches_and_dispatch", started)
             if pending is not None:
                 self._record_call(*pending)
             pending = (step, metrics, hosts)
@@ -234,7 +209,7 @@ class Runner:
 
     def _record_call(self, first_step: int, metrics, hosts: list[dict], extra: dict | None = None) -> None:
         """The steps of one call, read back in one transfer; `extra` goes with the last step's record."""
-        m = jax.device_get(metrics)
+        m = self.host.timed("waiting_on_device", jax.device_get, metrics)
         for i, host in enumerate(hosts):
             one = {k: v[i] for k, v in m.items()} if self.task.steps_per_call > 1 else m
             self._record(first_step + i + 1, one, host, extra if i == len(hosts) - 1 else None)
@@ -324,7 +299,7 @@ class Runner:
         metrics.jsonl take evaluation out of `elapsed_s` (scripts/bench_embedder.py does). The clock
         starts once the last step's parameters are computed: with asynchronous dispatch that step's
         device time would otherwise count as evaluation."""
-        jax.block_until_ready(params)
+        self.host.timed("waiting_on_device", jax.block_until_ready, params)
         started = time.perf_counter()
         scalars, ranking = self.task.evaluate(params)
         self.last_eval = (step, scalars, ranking)
@@ -377,12 +352,13 @@ class Runner:
         # a stream's epoch length is unknown until its first pass ends: no epoch count before then
         epochs = step / task.steps_per_epoch if math.isfinite(task.steps_per_epoch) else None
         passes = f"{epochs:.2f} epochs" if epochs is not None else "within the stream's first pass"
+        training_s = marks['trained'] - marks.get('first_step', marks['trained']) - self.evaluating_s
         report(f"run: {step:,} optimizer steps of {task.batch_description}, {self.totals['tokens']:,} tokens seen "
                f"({passes}), lr peak {lr.peak_lr:.3g} -> last {lr.final_lr:.3g}; "
                f"{now - self.reporter.started:.1f} s since process start, of which training after the first step "
-               f"{marks['trained'] - marks.get('first_step', marks['trained']) - self.evaluating_s:.1f} s "
-               f"(evaluations {self.evaluating_s:.1f} s beside it) and the final save/export "
-               f"{now - marks['trained']:.1f} s")
+               f"{training_s:.1f} s (evaluations {self.evaluating_s:.1f} s beside it; of the training, the host's batches and dispatch "
+               f"{self.host.seconds['batches_and_dispatch']:.1f} s, its waits on the device "
+               f"{self.host.seconds['waiting_on_device']:.1f} s) and the final save/export {now - marks['trained']:.1f} s")
         train_loss = self._train_loss()
         last_eval = {**self.last_eval[1], **final} if self.last_eval else None
         lines = task.closing_lines(train_loss, len(self.recent), self.first_eval, last_eval)
@@ -392,7 +368,8 @@ class Runner:
             step=step, batch=task.batch_description, epochs=epochs, tokens=self.totals["tokens"],
             lr_peak=lr.peak_lr, lr_final=lr.final_lr, warmup_steps=lr.warmup_steps, train_loss=train_loss,
             first_eval=self.first_eval, last_eval=last_eval, closing_lines=lines, loss_curve=curve is not None,
-            export_dir=export_dir, compilation=self.compiles.snapshot()))
+            export_dir=export_dir, compilation=self.compiles.snapshot(),
+            training_s=round(training_s, 3), host_s={k: round(v, 3) for k, v in self.host.seconds.items()}))
         if export_dir and self.reporter.enabled:
             write_model_card(export_dir, self.reporter.output_dir)
         return task.result(step, True, train_loss, self.first_eval, last_eval, export_dir)
