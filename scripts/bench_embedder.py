@@ -139,11 +139,11 @@ def run_ours(side: str, args, init: str, train: str, test: str, out: str, seed: 
     after_first = run["training_after_first_step_s"]
     texts = 2 * args.batch_size * run["timed_steps"]
     with open(os.path.join(out, "run_summary.json")) as f:
-        compilation = json.load(f)["compilation"]  # the whole run's, evaluations' programs included
+        summary = json.load(f)  # compilation: the whole run's, evaluations' programs included
     return {"command": " ".join(command), "steps": run["steps"], "whole_s": wall - run["evaluation_s"],
             "training_after_first_step_s": after_first, "texts_per_s": texts / after_first if after_first > 0 else None,
             "evaluation_s": run["evaluation_s"], "curve": run["curve"], "model": os.path.join(out, "st"),
-            "compilation": compilation}
+            "compilation": summary["compilation"], "host_s": summary["host_s"]}
 
 
 def run_timings(out: str) -> dict:
@@ -284,7 +284,9 @@ def main(argv=None) -> None:
                 c = run["compilation"]
                 print(f"compilation, {row['name']}, seed {run['seed']}: {c['programs']} programs, {c['cache_hits']} "
                       f"from the persistent cache; tracing {c['tracing_s']:.1f} s, lowering {c['lowering_s']:.1f} s, "
-                      f"XLA {c['xla_s']:.1f} s")
+                      f"XLA {c['xla_s']:.1f} s; after the first step, the host's batches and dispatch "
+                      f"{run['host_s']['batches_and_dispatch']:.2f} s, its waits on the device "
+                      f"{run['host_s']['waiting_on_device']:.2f} s")
     results = {"args": vars(args), "train": train, "test": test, "init": init, "rows": rows, "table": report}
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
