@@ -194,9 +194,20 @@ def score(model_path: str, test: str, sts: str, seq_len: int, mean_pooling: bool
     else:
         model = SentenceTransformer(model_path, device="cpu")
     prompts = ("", "") if mean_pooling else read_sentence_transformers_prompts(model_path)  # as it was trained
+    per_query = {}
     found = evaluate(lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True),
-                     [load_sts(sts)] if sts else [], [load_retrieval(test)], *prompts)
-    return {key.split("_", 1)[1]: value for key, value in found.items()}
+                     [load_sts(sts)] if sts else [], [load_retrieval(test)], *prompts, per_query=per_query)
+    ndcg = next(values for key, values in per_query.items() if key.endswith("_ndcg@10"))
+    return {**{key.split("_", 1)[1]: value for key, value in found.items()}, "per_query_ndcg@10": ndcg.tolist()}
+
+
+def paired_difference(ours: list[list[float]], theirs: list[list[float]], resamples: int = 10_000):
+    """Mean per-query nDCG@10 difference (each side's seeds averaged per query) and its 95% interval
+    from a paired bootstrap over the queries: how much the test set's sampling alone could move it."""
+    d = np.mean(ours, axis=0) - np.mean(theirs, axis=0)
+    means = d[np.random.default_rng(0).integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(low), float(high)
 
 
 # --- report
@@ -278,6 +289,14 @@ def main(argv=None) -> None:
     report = table(rows, [*METRICS, *(["spearman"] if args.sts else [])])
     print(f"\npairs {train} ({args.pairs}), test {test}, start {init}; batch {args.batch_size}, "
           f"{args.epochs} epoch(s), seq_len {args.seq_len}, seeds {seeds}\n{report}")
+    users = next((row for row in rows if row.get("side") == "st"), None)
+    for row in rows[1:]:
+        if users is not None and row is not users:
+            mean, low, high = paired_difference([r["per_query_ndcg@10"] for r in row["runs"]],
+                                                [r["per_query_ndcg@10"] for r in users["runs"]])
+            row["ndcg@10_minus_st"] = {"mean": mean, "low": low, "high": high}
+            print(f"nDCG@10, {row['name']} minus {users['name']}: {mean:+.3f}, 95% interval [{low:+.3f}, "
+                  f"{high:+.3f}] over {len(users['runs'][0]['per_query_ndcg@10'])} queries (paired bootstrap)")
     for row in rows:
         for run in row["runs"]:
             if "compilation" in run:

@@ -8,7 +8,7 @@ import scipy.stats
 
 from neobert_jax.contrastive import losses
 from neobert_jax.contrastive.batching import ladder, pack_rows
-from neobert_jax.contrastive.evaluation import retrieval_metrics, spearman, top_k
+from neobert_jax.contrastive.evaluation import per_query_metrics, retrieval_metrics, spearman, top_k
 from neobert_jax.contrastive.pooling import pool_rows
 
 
@@ -177,6 +177,9 @@ def test_retrieval_metrics_on_a_hand_made_ranking():
     deep = retrieval_metrics(top_k(queries, corpus, k=100), relevance)  # 12 documents: all of them ranked
     assert {k: deep[k] for k in metrics if k != "recall@100"} == {k: v for k, v in metrics.items() if k != "recall@100"}
     assert metrics["recall@100"] == pytest.approx((0.5 + 1.0) / 2) and deep["recall@100"] == 1.0
+    each = per_query_metrics(ranked, relevance)  # what the bench's paired comparison reads
+    np.testing.assert_allclose(each["ndcg@10"], [ndcg_0, 1.0])
+    np.testing.assert_allclose(each["mrr@10"], [1 / 3, 1.0])
 
 
 # --- score losses (sentence-transformers' CoSENTLoss, MarginMSELoss, DistillKLDivLoss)

@@ -36,9 +36,15 @@ def test_ours_is_not_worse_than_sentence_transformers(tmp_path):
                     "--work-dir", str(work), "--sides", "st,ours", "--batch-size", "32", "--epochs", "2",
                     "--seq-len", "64", "--eval-points", "1", *[f"--pretrain={kv}" for kv in PRETRAIN]],
                    cwd=REPO, check=True)
-    rows = {row.get("side", "start"): row["runs"][0] for row in json.loads((work / "results.json").read_text())["rows"]}
+    table = json.loads((work / "results.json").read_text())["rows"]
+    rows = {row.get("side", "start"): row["runs"][0] for row in table}
     assert rows["st"]["loop"] == "trainer" and rows["st"]["steps"] == rows["ours"]["steps"] == 32
     ours, theirs, start = (rows[side]["ndcg@10"] for side in ("ours", "st", "start"))
     assert ours >= theirs - MARGIN, f"nDCG@10: ours {ours:.4f}, sentence-transformers {theirs:.4f}, start {start:.4f}"
     # the run's own evaluation of its last step agrees with the exported folder read by sentence-transformers
     assert rows["ours"]["curve"][-1]["test_ndcg@10"] == pytest.approx(ours, abs=1e-3)
+    # the paired difference over the test queries: its mean is the two scores' difference, inside its interval
+    assert all(len(rows[side]["per_query_ndcg@10"]) == 128 for side in ("ours", "st", "start"))
+    difference = next(row for row in table if row.get("side") == "ours")["ndcg@10_minus_st"]
+    assert difference["mean"] == pytest.approx(ours - theirs, abs=1e-9)
+    assert difference["low"] <= difference["mean"] <= difference["high"] and difference["low"] < difference["high"]

@@ -152,9 +152,9 @@ def top_k(query_QD: np.ndarray, corpus_CD: np.ndarray, k: int = K) -> np.ndarray
     return out
 
 
-def retrieval_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) -> dict[str, float]:
-    """nDCG@10 (linear gains, as trec_eval), recall@10, MRR@10 and recall@100, averaged over
-    queries; `ranked_QK` holds each query's best RECALL_DEPTH (or fewer) documents in order."""
+def per_query_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) -> dict[str, np.ndarray]:
+    """Each query's nDCG@10 (linear gains, as trec_eval), recall@10, MRR@10 and recall@100;
+    `ranked_QK` holds each query's best RECALL_DEPTH (or fewer) documents in order."""
     discounts = 1.0 / np.log2(np.arange(2, K + 2))
     ndcg, recall, mrr, recall_deep = [], [], [], []
     for ranked, relevant in zip(ranked_QK, relevance):
@@ -166,13 +166,20 @@ def retrieval_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) 
         recall_deep.append(float(np.count_nonzero(gains_all[:RECALL_DEPTH])) / len(relevant))
         hits = np.flatnonzero(gains)
         mrr.append(1.0 / (hits[0] + 1) if len(hits) else 0.0)
-    return {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall)), f"mrr@{K}": float(np.mean(mrr)),
-            f"recall@{RECALL_DEPTH}": float(np.mean(recall_deep))}
+    return {f"ndcg@{K}": np.asarray(ndcg), f"recall@{K}": np.asarray(recall), f"mrr@{K}": np.asarray(mrr),
+            f"recall@{RECALL_DEPTH}": np.asarray(recall_deep)}
+
+
+def retrieval_metrics(ranked_QK: np.ndarray, relevance: list[dict[int, float]]) -> dict[str, float]:
+    """The per-query metrics averaged over the queries."""
+    return {name: float(np.mean(values)) for name, values in per_query_metrics(ranked_QK, relevance).items()}
 
 
 def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
-             retrieval_sets: list[RetrievalSet], query_prompt: str = "", document_prompt: str = "") -> dict[str, float]:
-    """{"<set>_spearman" | "<set>_ndcg@10" | ...: value}; `encode` gives unit vectors."""
+             retrieval_sets: list[RetrievalSet], query_prompt: str = "", document_prompt: str = "",
+             per_query: dict | None = None) -> dict[str, float]:
+    """{"<set>_spearman" | "<set>_ndcg@10" | ...: value}; `encode` gives unit vectors. `per_query`, when
+    given, receives each retrieval metric's per-query values under the same keys (paired comparisons)."""
     results = {}
 
     def encode_with(prompt, texts):
@@ -183,8 +190,10 @@ def evaluate(encode: Callable[[list[str]], np.ndarray], sts_sets: list[StsSet],
         results[f"{s.name}_spearman"] = spearman(np.sum(a * b, axis=1), s.scores)
     for r in retrieval_sets:
         ranked = top_k(encode_with(query_prompt, r.queries), encode_with(document_prompt, r.corpus), k=RECALL_DEPTH)
-        metrics = retrieval_metrics(ranked, r.relevance)
-        results.update({f"{r.name}_{metric}": value for metric, value in metrics.items()})
+        each = per_query_metrics(ranked, r.relevance)
+        results.update({f"{r.name}_{metric}": float(np.mean(values)) for metric, values in each.items()})
+        if per_query is not None:
+            per_query.update({f"{r.name}_{metric}": values for metric, values in each.items()})
     return results
 
 
