@@ -86,6 +86,13 @@ def test_evaluation_packs_texts_into_calls_of_one_shape(model, contrastive_texts
     embedder.encode(params, short)
     assert embedder._embed._cache_size() == 1
     assert embedder.encode(params, []).shape == (0, parts.config.hidden_size)
+    # sets that fit one call take rows in powers of two: sets of 1..8 full rows compile 4 shapes, not 8
+    full = [t for t in contrastive_texts if np.diff(text_tokenizer.encode([t])[1])[0] >= SEQ_LEN - 2]
+    assert len(full) >= 3
+    small_sets = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=8)
+    for k in range(1, 9):
+        small_sets.encode(params, (full * 3)[:k])
+    assert small_sets._embed._cache_size() == 4
 
 
 def test_reads_the_pooling_of_folders_saved_by_sentence_transformers(model, tmp_path):

@@ -3,8 +3,9 @@
 Texts are packed, longest first, several to a row of `seq_len` tokens (each its own segment,
 positions from 0, attention inside it, pooled per segment), into calls of a fixed number of rows:
 a text set compiles one shape whatever its lengths, and short texts pay for little padding. A set
-that fits one call gets only the rows it needs (rounded up, `ladder`). The rows of a call are split
-over the mesh's batch axes; the embeddings come back replicated.
+that fits one call gets only the rows it needs, rounded up to a power of two, so that the many small
+sets of a multi-task evaluation share a few shapes. The rows of a call are split over the mesh's
+batch axes; the embeddings come back replicated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from neobert_jax.contrastive.batching import SPECIALS, first_fit, ladder, round_up
+from neobert_jax.contrastive.batching import SPECIALS, first_fit, round_up
 from neobert_jax.contrastive.pooling import l2_normalize, pool_rows
 from neobert_jax.contrastive.step import ROW_KEYS
 from neobert_jax.contrastive.tokenized import TextTokenizer
@@ -55,7 +56,7 @@ class Embedder:
             placed, row, slot, start, used = first_fit(ahead, self.width, self.slots, self.rows)
             chunk = order[done:done + placed]
             whole_set = done == 0 and placed == len(order)
-            rows = min(self.rows, round_up(ladder(used), self.divisor)) if whole_set else self.rows
+            rows = min(self.rows, round_up(1 << (used - 1).bit_length(), self.divisor)) if whole_set else self.rows
             group = self._rows(ids, offsets, chunk, row, slot, start, rows)
             placed_group = sharding.place_groups({"groups": [group]}, [rows], self.mesh)["groups"][0]
             emb_RSD = np.asarray(jax.device_get(self._embed(params, placed_group)))
