@@ -69,14 +69,17 @@ def test_sentence_transformers_encode_matches_ours(model, tmp_path, pooling, nor
         neobert_jax.from_pretrained(str(st_dir))  # the public loader says so rather than hand back a random head
 
 
-def test_evaluation_packs_texts_into_calls_of_one_shape(model, contrastive_texts):
+@pytest.mark.parametrize("row_shapes", ["ladder", "one"])
+def test_evaluation_packs_texts_into_calls_of_one_shape(model, contrastive_texts, row_shapes):
     """Several texts to a row and a fixed row count per call: the embeddings equal each text's
-    encoded alone, and text sets of any lengths that need several calls compile one shape."""
+    encoded alone, and text sets of any lengths that need several calls compile one shape. A set
+    that fits one call takes the rows it needs under "ladder" (CPU), the full count under "one"."""
     _, parts, params, text_tokenizer = model
     mesh = sharding.make_mesh(base_config().mesh)
     alone = np.concatenate([Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=1)
                             .encode(params, [t]) for t in contrastive_texts])
-    embedder = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=2, texts_per_row=3)
+    embedder = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=2, texts_per_row=3,
+                        row_shapes=row_shapes)
     texts = contrastive_texts * 3
     assert len(texts) > 2 * 3  # more than one call
     np.testing.assert_allclose(embedder.encode(params, texts), np.tile(alone, (3, 1)), atol=1e-5)
@@ -86,13 +89,13 @@ def test_evaluation_packs_texts_into_calls_of_one_shape(model, contrastive_texts
     embedder.encode(params, short)
     assert embedder._embed._cache_size() == 1
     assert embedder.encode(params, []).shape == (0, parts.config.hidden_size)
-    # sets that fit one call take rows in powers of two: sets of 1..8 full rows compile 4 shapes, not 8
+    # sets of 1..8 texts of a full row each, every set in one call: 8 row counts under "ladder", 1 under "one"
     full = [t for t in contrastive_texts if np.diff(text_tokenizer.encode([t])[1])[0] >= SEQ_LEN - 2]
     assert len(full) >= 3
-    small_sets = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=8)
+    small_sets = Embedder(parts, text_tokenizer, pooling_mode="mean", mesh=mesh, batch_size=8, row_shapes=row_shapes)
     for k in range(1, 9):
         small_sets.encode(params, (full * 3)[:k])
-    assert small_sets._embed._cache_size() == 4
+    assert small_sets._embed._cache_size() == (8 if row_shapes == "ladder" else 1)
 
 
 def test_reads_the_pooling_of_folders_saved_by_sentence_transformers(model, tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import numpy as np
 
 from neobert_jax.contrastive.sampling import PROPORTIONAL, Schedule, Source, text_keys
@@ -46,6 +47,14 @@ def ladder(n: int) -> int:
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def resolve_row_shapes(setting: str) -> str:
+    """"auto": one shape on GPU/TPU, where a compilation costs far more than padded rows, and the
+    ladder's few shapes on CPU, where every padded row costs its full compute."""
+    if setting != "auto":
+        return setting
+    return "ladder" if jax.default_backend() == "cpu" else "one"
 
 
 @dataclasses.dataclass(frozen=True)

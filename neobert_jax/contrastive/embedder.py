@@ -2,10 +2,11 @@
 
 Texts are packed, longest first, several to a row of `seq_len` tokens (each its own segment,
 positions from 0, attention inside it, pooled per segment), into calls of a fixed number of rows:
-a text set compiles one shape whatever its lengths, and short texts pay for little padding. A set
-that fits one call gets only the rows it needs, rounded up to a power of two, so that the many small
-sets of a multi-task evaluation share a few shapes. The rows of a call are split over the mesh's
-batch axes; the embeddings come back replicated.
+a text set compiles one shape whatever its lengths, and short texts pay for little padding. Row
+shapes follow `data.row_shapes`: with "one" (GPU/TPU by default) every call has the full row count,
+so a whole evaluation, however many sets, compiles once; with "ladder" (CPU) a set that fits one
+call gets only the rows it needs, rounded up by `ladder`. The rows of a call are split over the
+mesh's batch axes; the embeddings come back replicated.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from neobert_jax.contrastive.batching import SPECIALS, first_fit, round_up
+from neobert_jax.contrastive.batching import SPECIALS, first_fit, ladder, resolve_row_shapes, round_up
 from neobert_jax.contrastive.pooling import l2_normalize, pool_rows
 from neobert_jax.contrastive.step import ROW_KEYS
 from neobert_jax.contrastive.tokenized import TextTokenizer
@@ -24,13 +25,14 @@ from neobert_jax.runtime.state import ModelParts
 
 class Embedder:
     def __init__(self, parts: ModelParts, text_tokenizer: TextTokenizer, *, pooling_mode: str, mesh: Mesh,
-                 batch_size: int, texts_per_row: int = 32):
+                 batch_size: int, texts_per_row: int = 32, row_shapes: str = "auto"):
         """batch_size: rows of `text_tokenizer`'s seq_len tokens per call; texts_per_row bounds the
-        pooling work (segments per row)."""
+        pooling work (segments per row); row_shapes: "one" | "ladder" | "auto" (by platform)."""
         self.text_tokenizer, self.mesh, self.dim = text_tokenizer, mesh, parts.config.hidden_size
         self.divisor = sharding.batch_rows_divisor(mesh)
         self.rows = round_up(batch_size, self.divisor)
         self.width, self.slots = text_tokenizer.body_len + SPECIALS, texts_per_row
+        self.one_shape = resolve_row_shapes(row_shapes) == "one"
         params_sh = sharding.param_shardings(parts.abstract_params, parts.axes, mesh)
         rows_sh = sharding.batch_sharding(mesh)
 
@@ -56,7 +58,7 @@ class Embedder:
             placed, row, slot, start, used = first_fit(ahead, self.width, self.slots, self.rows)
             chunk = order[done:done + placed]
             whole_set = done == 0 and placed == len(order)
-            rows = min(self.rows, round_up(1 << (used - 1).bit_length(), self.divisor)) if whole_set else self.rows
+            rows = self.rows if self.one_shape or not whole_set else min(self.rows, round_up(ladder(used), self.divisor))
             group = self._rows(ids, offsets, chunk, row, slot, start, rows)
             placed_group = sharding.place_groups({"groups": [group]}, [rows], self.mesh)["groups"][0]
             emb_RSD = np.asarray(jax.device_get(self._embed(params, placed_group)))

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from neobert_jax.contrastive.batching import ContrastiveBatches, Layout
+from neobert_jax.contrastive.batching import ContrastiveBatches, Layout, resolve_row_shapes
 from neobert_jax.contrastive.columns import concat_sources, read_training_columns, with_prompts
 from neobert_jax.contrastive.config import (BEST_METRIC, IN_BATCH_LOSSES, as_list, data_sources, dropout_overrides,
                                             matryoshka, prompts, source_weights)
@@ -104,14 +104,6 @@ def _read_data(config, text_tokenizer: TextTokenizer, tokenizer, dim: int, log):
                   zip(names, starts, sizes, source_columns)]
 
 
-def _row_shapes(setting: str) -> str:
-    """"auto": one shape on GPU/TPU, where a compilation costs far more than padded rows, and the
-    ladder's few shapes on CPU, where every padded row costs its full compute."""
-    if setting != "auto":
-        return setting
-    return "ladder" if jax.default_backend() == "cpu" else "one"
-
-
 def setup_contrastive(config, log) -> ContrastiveSetup:
     begun = begin_setup(config)
     output_dir, mesh, phases, t = begun.output_dir, begun.mesh, begun.phases, config.train
@@ -152,7 +144,7 @@ def setup_contrastive(config, log) -> ContrastiveSetup:
     log(f"{total_steps} steps ({batches.steps_per_epoch} per epoch) of {t.batch_size} examples, loss "
         f"{config.loss.name}, layout {layout.kind}, on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
     log(optim.summarize_schedule(t, total_steps).describe(t, total_steps))
-    row_shapes = _row_shapes(config.data.row_shapes)
+    row_shapes = resolve_row_shapes(config.data.row_shapes)
     if row_shapes == "one":
         batches.layout = dataclasses.replace(layout, floor=batches.largest_shapes(total_steps))
         shapes = " + ".join(f"{rows} x {length}" for rows, length in batches.layout.floor)

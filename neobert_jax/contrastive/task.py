@@ -61,7 +61,8 @@ class ContrastiveTask:
         if self.has_eval:
             self.embedder = Embedder(setup.parts, setup.text_tokenizer, pooling_mode=config.pooling.mode,
                                      mesh=setup.mesh, batch_size=config.eval.batch_size,
-                                     texts_per_row=config.data.max_texts_per_row)
+                                     texts_per_row=config.data.max_texts_per_row,
+                                     row_shapes=setup.resolved.row_shapes)
         self.loss_label = f"{config.loss.name} loss"
         self.batch_description = f"{setup.resolved.batch_size} examples"
         self.steps_per_epoch = setup.batches.steps_per_epoch
