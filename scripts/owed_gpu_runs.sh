@@ -47,7 +47,7 @@ work=/tmp/owed
 embedder() {  # pair set, name, extra flags
     python3 scripts/bench_embedder.py --pairs "$PAIRS/$1" --work-dir "$work/$1" --name "$2" "${@:3}" 2>&1 \
         | grep -v -e 'Loading weights' -e 'UNEXPECTED' | tee "$RES/$2.log"
-    { echo "## $2"; grep -e '^|' -e '^compilation' -e '^error' -e 'Error' "$RES/$2.log"; } >> "$OUT/summary.log"
+    { echo "## $2"; grep -e '^|' -e '^compilation' -e '^nDCG@10' -e '^error' -e 'Error' "$RES/$2.log"; } >> "$OUT/summary.log"
     cp "docs/results/embedder_$2.json" "docs/embedder_$2.png" "$RES/" 2>/dev/null
 }
 variants() {  # pair set: ours (fp32) from the phase's start, one override each
