@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mteb", default="", help="comma list of MTEB task names (needs the optional mteb package)")
     parser.add_argument("--pooling", choices=("mean", "cls"), help="default: the folder's, else mean")
     parser.add_argument("--seq-len", type=int, help="tokens per text; default: the folder's max_seq_length, else 512")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="jax: rows of seq_len tokens per call, texts packed several a row; sentence-transformers: texts")
     parser.add_argument("--backend", choices=BACKENDS, default="jax")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--pooling", choices=("mean", "cls"), help="default: the folder's, else mean")
     p.add_argument("--seq-len", type=int, help="tokens per text; default: the folder's max_seq_length, else 512")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows of seq_len tokens per encoding call (texts packed)")
     p.add_argument("--query-prompt", help="put before anchors; default: the folder's 'query' prompt")
     p.add_argument("--document-prompt", help="put before corpus texts; default: the folder's 'document' prompt")
     args = p.parse_args(argv)
