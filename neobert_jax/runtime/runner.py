@@ -308,7 +308,7 @@ class Runner:
         self.reporter.message(f"evaluation at step {step}: "
                               + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in scalars.items()))
         spent = time.perf_counter() - started
-        if "first_step" in self.reporter.marks and "trained" not in self.reporter.marks:
+        if self.host.counting():  # between the first step and the last
             self.evaluating_s += spent
         return {**scalars, "evaluation_s": spent}
 
