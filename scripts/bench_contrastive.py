@@ -28,7 +28,7 @@ def bench(args, layout: str) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         c.output_dir = output_dir
         s = setup_contrastive(c, log=lambda _: None)
-        step = make_contrastive_step(s.parts, s.tx, s.schedule, s.objective, slots=s.batches.layout.slots,
+        step = make_contrastive_step(s.parts, s.optimizer, s.objective, slots=s.batches.layout.slots,
                                      pooling_mode="mean", accum=args.accum, has_targets=False,
                                      state_sh=s.shardings, mesh=s.mesh)
         batches = [next(s.batches) for _ in range(args.steps)]

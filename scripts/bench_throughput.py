@@ -121,7 +121,7 @@ def run_jax(args, precision: str, implementation: str, data: str, algorithm: str
     from neobert_jax.runtime import sharding
     from neobert_jax.mlm.config import default_config
     from neobert_jax.runtime.model_init import architecture, matmul_precision
-    from neobert_jax.runtime.optim import make_optimizer, make_schedule
+    from neobert_jax.runtime.optim import Optimizer, hyperparameters
     from neobert_jax.runtime.state import ModelParts, create_train_state, state_shardings
     from neobert_jax.mlm.step import make_train_step
     from neobert_jax.runtime.throughput import peak_flops_per_device, train_flops_per_step
@@ -140,11 +140,11 @@ def run_jax(args, precision: str, implementation: str, data: str, algorithm: str
     config = model_config(args, vocab, precision, implementation)
     parts, params = ModelParts.split(architecture(args.arch).model_class(config, rngs=nnx.Rngs(0)))
     mesh = sharding.make_mesh(cfg.mesh)
-    schedule = make_schedule(cfg.train, 10_000)
-    tx = make_optimizer(cfg.train, schedule)
-    state_sh = state_shardings(parts, tx, mesh)
-    state = create_train_state(params, tx, state_sh, seed=0)
-    step = make_train_step(parts, tx, schedule, cfg.train, state_sh, mesh)
+    optimizer, hparams = Optimizer(cfg.train), hyperparameters(cfg.train, 10_000)
+    tx = optimizer.tx(hparams)
+    state_sh = state_shardings(parts, tx, hparams, mesh)
+    state = create_train_state(params, tx, hparams, state_sh, seed=0)
+    step = make_train_step(parts, optimizer, cfg.train, state_sh, mesh)
     device_batches = [sharding.global_batch(b, mesh) for b in batches]
 
     def batch_at(i):  # random rows live on the device; text rows come from the host every step

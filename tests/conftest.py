@@ -101,11 +101,11 @@ def train_cfg(**overrides):
 def compiled_step(model, cfg, mesh, total_steps: int = 100):
     """-> (train_step, initial train state, parts, state shardings) for `model` on `mesh`."""
     parts, params = state.ModelParts.split(model)
-    schedule = optim.make_schedule(cfg, total_steps)
-    tx = optim.make_optimizer(cfg, schedule)
-    shardings = state.state_shardings(parts, tx, mesh)
-    train_state = state.create_train_state(params, tx, shardings, seed=0)
-    return step.make_train_step(parts, tx, schedule, cfg, shardings, mesh), train_state, parts, shardings
+    optimizer, hparams = optim.Optimizer(cfg), optim.hyperparameters(cfg, total_steps)
+    tx = optimizer.tx(hparams)
+    shardings = state.state_shardings(parts, tx, hparams, mesh)
+    train_state = state.create_train_state(params, tx, hparams, shardings, seed=0)
+    return step.make_train_step(parts, optimizer, cfg, shardings, mesh), train_state, parts, shardings
 
 
 # --- tiny corpora, tokenizers and configs for whole runs; dir snapshots

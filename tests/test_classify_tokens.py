@@ -352,12 +352,12 @@ def test_the_loss_is_the_mean_over_the_batchs_labelled_tokens_however_it_is_spli
     results = []
     for accum in (1, 2):
         cfg = train_cfg(grad_accum_steps=accum)
-        schedule = optim.make_schedule(cfg, 10)
-        tx = optim.make_optimizer(cfg, schedule)
-        shardings = state.state_shardings(parts, tx, one_device_mesh)
-        setup = SimpleNamespace(parts=parts, mesh=one_device_mesh, shardings=shardings, tx=tx, schedule=schedule)
+        optimizer, hparams = optim.Optimizer(cfg), optim.hyperparameters(cfg, 10)
+        tx = optimizer.tx(hparams)
+        shardings = state.state_shardings(parts, tx, hparams, one_device_mesh)
+        setup = SimpleNamespace(parts=parts, mesh=one_device_mesh, shardings=shardings, optimizer=optimizer)
         step = make_classify_step(setup, "token_classification", accum, 0.0, 1)
-        train_state = state.create_train_state(params, tx, shardings, seed=0)
+        train_state = state.create_train_state(params, tx, hparams, shardings, seed=0)
         _, metrics = step(train_state, sharding.global_batch(batch, one_device_mesh))
         results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
     logits = np.asarray(jax.jit(lambda p: parts.merge(p)(ids, np.ones_like(ids)))(params), np.float64)

@@ -69,15 +69,16 @@ def _run_all() -> dict:
         mesh = sharding.make_mesh(mesh_cfg, devices=jax.devices()[:int(np.prod(sizes))])
         parts, params = state.ModelParts.split(tiny_model())
         t = train_cfg(learning_rate=3e-3, grad_accum_steps=accum)
-        schedule = optim.make_schedule(t, 10)
-        tx = encoder_only(optim.make_optimizer(t, schedule), params)
-        shardings = state.state_shardings(parts, tx, mesh)
-        st = state.create_train_state(params, tx, shardings, seed=0)
+        optimizer = optim.Optimizer(t, wrap=lambda tx: encoder_only(tx, params))
+        hparams = optim.hyperparameters(t, 10)
+        tx = optimizer.tx(hparams)
+        shardings = state.state_shardings(parts, tx, hparams, mesh)
+        st = state.create_train_state(params, tx, hparams, shardings, seed=0)
         layout = Layout(kind, SEQ, 6, sharding.batch_rows_divisor(mesh) * accum, (0, 1, 2))
         batches = ContrastiveBatches(data, batch_size=BATCH, seed=0, shuffle=True, layout=layout,
                                      special_ids=dict(cls_id=CLS, sep_id=SEP, pad_id=PAD),
                                      row_range=lambda rows: sharding.process_row_range(mesh, rows))
-        step = make_contrastive_step(parts, tx, schedule, objective, slots=layout.slots, pooling_mode="mean",
+        step = make_contrastive_step(parts, optimizer, objective, slots=layout.slots, pooling_mode="mean",
                                      accum=accum, has_targets=False, state_sh=shardings, mesh=mesh)
         losses, norms, first_batch = [], [], None
         for _ in range(STEPS):

@@ -10,7 +10,7 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 
 from neobert_jax.mlm import config as train_config
 from neobert_jax.runtime import config as runtime_config
-from neobert_jax.runtime import optim, state
+from neobert_jax.runtime import optim, sharding, state
 
 TOTAL, WARMUP, PEAK = 50, 8, 1e-3
 
@@ -106,7 +106,7 @@ def test_decay_mask_spares_norms_and_biases(tiny_model):
 def test_decay_is_decoupled_and_scaled_by_lr(train_cfg):
     """A zero gradient leaves Adam's step at 0, so the update is exactly -lr * wd * p on matrices."""
     cfg = train_cfg(schedule="constant", warmup_steps=0, learning_rate=0.1, weight_decay=0.5, max_grad_norm=0.0)
-    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))
+    tx = optim.make_optimizer(cfg, optim.hyperparameters(cfg, 10))
     params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones((2,), np.float32)}
     updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.05, rtol=1e-6)
@@ -136,7 +136,7 @@ def test_muon_first_update_matches_a_numpy_reference(tiny_model, train_cfg):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     rng = np.random.default_rng(0)
     grads = jax.tree_util.tree_unflatten(treedef, [rng.normal(size=p.shape).astype(np.float32) for p in leaves])
-    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))
+    tx = optim.make_optimizer(cfg, optim.hyperparameters(cfg, 10))
     updates, _ = tx.update(grads, tx.init(params), params)
     labels = optim.muon_labels(params)
     seen = set()
@@ -214,7 +214,7 @@ def test_layer_lr_decay_scales_each_layers_update(tiny_model, train_cfg):
     grads = jax.tree_util.tree_unflatten(treedef, [rng.normal(size=p.shape).astype(np.float32) for p in leaves])
     updates = {}
     for name, cfg in (("plain", plain_cfg), ("layered", layered_cfg)):
-        tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 10))
+        tx = optim.make_optimizer(cfg, optim.hyperparameters(cfg, 10))
         out, _ = tx.update(grads, tx.init(params), params)
         updates[name] = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(u)
                          for path, u in jax.tree_util.tree_flatten_with_path(out)[0]}
@@ -225,3 +225,57 @@ def test_layer_lr_decay_scales_each_layers_update(tiny_model, train_cfg):
         key = next(k for k in updates["plain"] if k.startswith(name))
         assert np.abs(updates["plain"][key]).max() > 0, key
         np.testing.assert_allclose(updates["layered"][key], factor * updates["plain"][key], rtol=1e-6, err_msg=key)
+
+
+def _changed(value):
+    """Another valid value of a train.* key of the same kind (on stays on: clipping, layer decay)."""
+    if isinstance(value, bool):
+        return not value
+    return value + 1 if isinstance(value, int) else value * 0.5
+
+
+def _lowered_step(compiled_step, tiny_model, cfg, mesh, mlm_batch, total_steps: int) -> str:
+    train_step, st, _, _ = compiled_step(tiny_model(), cfg, mesh, total_steps=total_steps)
+    return train_step.lower(st, sharding.global_batch(mlm_batch(4, 16, 96), mesh)).as_text()
+
+
+def test_the_step_is_one_program_whatever_its_hyperparameters(compiled_step, tiny_model, train_cfg, one_device_mesh,
+                                                               mlm_batch):
+    """Every optim.DATA_KEYS key changed, and the run's length: the lowered train step is the same
+    program (the persistent cache serves a run of another length or learning rate), and so is the
+    key the executable cache files it under. What decides the structure (the schedule, clipping or
+    layer decay switched on or off) gives another program and key."""
+    base = dict(layer_lr_decay=0.8, warmup_steps=3, schedule="linear")
+    first = train_cfg(**base)
+    other = train_cfg(**base)
+    for key in optim.DATA_KEYS:
+        other[key] = _changed(first[key])
+    assert other.max_grad_norm > 0 and other.layer_lr_decay < 1
+    program = _lowered_step(compiled_step, tiny_model, first, one_device_mesh, mlm_batch, total_steps=100)
+    assert _lowered_step(compiled_step, tiny_model, other, one_device_mesh, mlm_batch, total_steps=37) == program
+    assert optim.Optimizer(other).program_settings() == optim.Optimizer(first).program_settings()
+    for change in ({"schedule": "cosine"}, {"max_grad_norm": 0.0}, {"layer_lr_decay": 1.0}):
+        structural = train_cfg(**{**base, **change})
+        assert optim.Optimizer(structural).program_settings() != optim.Optimizer(first).program_settings(), change
+        assert _lowered_step(compiled_step, tiny_model, structural, one_device_mesh, mlm_batch, total_steps=100) != program, change
+
+
+def test_the_step_reads_its_learning_rate_from_the_state(compiled_step, tiny_model, train_cfg, one_device_mesh,
+                                                         mlm_batch):
+    """One compiled step, two states: each state's hparams give its own learning rate and update."""
+    cfg = train_cfg(schedule="constant", warmup_steps=0, max_grad_norm=0.0)
+    train_step, st, _, shardings = compiled_step(tiny_model(), cfg, one_device_mesh)
+    batch = sharding.global_batch(mlm_batch(4, 16, 96), one_device_mesh)
+    host = jax.device_get(st)  # each call donates the state it is given
+    start = host.params
+    moved = {}
+    for lr in (1e-3, 4e-3):
+        hp = optim.hyperparameters(train_cfg(schedule="constant", warmup_steps=0, max_grad_norm=0.0,
+                                             learning_rate=lr, weight_decay=0.0), 100)
+        new, metrics = train_step(jax.device_put(host.replace(hparams=hp), shardings), batch)
+        assert float(metrics["learning_rate"]) == pytest.approx(lr)
+        moved[lr] = jax.device_get(new.params)
+    assert train_step._cache_size() == 1
+    # Adam's first step is lr * sign(g): four times the rate moves every parameter four times as far
+    for a, b, p in zip(jax.tree.leaves(moved[1e-3]), jax.tree.leaves(moved[4e-3]), jax.tree.leaves(start)):
+        np.testing.assert_allclose(b - p, 4 * (a - p), rtol=2e-3, atol=1e-7)

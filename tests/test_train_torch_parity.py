@@ -77,11 +77,11 @@ def jax_losses(hf, batches, cfg) -> list[float]:
     load_state_dict_into_model(model, {k: v.detach().numpy() for k, v in hf.state_dict().items()})
     parts, params = state.ModelParts.split(model)
     mesh = sharding.make_mesh(train_config.default_config().mesh)
-    schedule = optim.make_schedule(cfg, STEPS)
-    tx = optim.make_optimizer(cfg, schedule)
-    shardings = state.state_shardings(parts, tx, mesh)
-    train_state = state.create_train_state(params, tx, shardings, seed=0)
-    train_step = step.make_train_step(parts, tx, schedule, cfg, shardings, mesh)
+    optimizer, hparams = optim.Optimizer(cfg), optim.hyperparameters(cfg, STEPS)
+    tx = optimizer.tx(hparams)
+    shardings = state.state_shardings(parts, tx, hparams, mesh)
+    train_state = state.create_train_state(params, tx, hparams, shardings, seed=0)
+    train_step = step.make_train_step(parts, optimizer, cfg, shardings, mesh)
     losses = []
     for batch in batches:
         train_state, metrics = train_step(train_state, sharding.global_batch(batch, mesh))

@@ -81,9 +81,10 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
             zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
             (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
                                             (micro, jnp.arange(accum)))
-        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, setup.tx)
+        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, setup.optimizer)
         return new_state, {"loss": loss, "grad_norm": grad_norm,
-                           "learning_rate": setup.schedule(state.step - state.nonfinite_total),
+                           "learning_rate": setup.optimizer.learning_rate(state.hparams,
+                                                                           state.step - state.nonfinite_total),
                            "nonfinite_streak": new_state.nonfinite_streak,
                            "nonfinite_total": new_state.nonfinite_total}
 

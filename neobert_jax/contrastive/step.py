@@ -17,7 +17,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from neobert_jax.contrastive.pooling import gather_texts, pool_rows
@@ -55,8 +54,7 @@ def batch_shardings(mesh: Mesh, num_groups: int, has_targets: bool) -> dict:
     return out
 
 
-def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                          objective: Callable, *, slots: tuple[int, ...], pooling_mode: str, accum: int,
+def make_contrastive_step(parts: ModelParts, optimizer: optim.Optimizer, objective: Callable, *, slots: tuple[int, ...], pooling_mode: str, accum: int,
                           has_targets: bool, state_sh: TrainState, mesh: Mesh) -> Callable:
     """(state, placed batch) -> (state, metrics); the state is donated, metrics are replicated scalars."""
     dropout = uses_dropout(parts.config)
@@ -90,11 +88,11 @@ def make_contrastive_step(parts: ModelParts, tx: optax.GradientTransformation, s
 
             zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
             grads, _ = jax.lax.scan(accumulate, zeros, (micro, d_micro, indices))
-        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, tx)
+        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, optimizer)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "learning_rate": schedule(state.step - state.nonfinite_total),
+            "learning_rate": optimizer.learning_rate(state.hparams, state.step - state.nonfinite_total),
             "nonfinite_streak": new_state.nonfinite_streak,
             "nonfinite_total": new_state.nonfinite_total,
         }

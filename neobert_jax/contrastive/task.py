@@ -54,7 +54,7 @@ class ContrastiveTask:
         t = config.train
         layout = setup.batches.layout
         self._step = make_contrastive_step(
-            setup.parts, setup.tx, setup.schedule, setup.objective, slots=layout.slots,
+            setup.parts, setup.optimizer, setup.objective, slots=layout.slots,
             pooling_mode=config.pooling.mode, accum=t.grad_accum_steps,
             has_targets=setup.batches.data.vectors is not None, state_sh=setup.shardings, mesh=setup.mesh)
         self.has_eval = bool(setup.sts_sets or setup.retrieval_sets)

@@ -13,7 +13,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 
 from neobert_jax.runtime import multistep, optim, sharding
@@ -41,8 +40,8 @@ def nll_sum_and_count(model, batch: dict, masked_logits_only: bool, dropout_rng=
     return jnp.sum(nll), jnp.sum(labels != IGNORE_LABEL)
 
 
-def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    train_cfg, state_sh: TrainState, mesh: Mesh, steps_per_call: int = 1) -> Callable:
+def make_train_step(parts: ModelParts, optimizer: optim.Optimizer, train_cfg, state_sh: TrainState, mesh: Mesh,
+                    steps_per_call: int = 1) -> Callable:
     """(state, batch) -> (state, metrics); the state is donated, metrics are replicated scalars.
     Non-finite steps are skipped (`optim.apply_update_if_finite`). steps_per_call > 1:
     (state, stacked batches, n) -> (state, metrics of each of the steps_per_call slots), n steps run."""
@@ -71,11 +70,11 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
         zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), state_sh.params)
         grads, nll_sums = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum)))
         loss = jnp.sum(nll_sums) / denom
-        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, tx)
+        new_state, grad_norm = optim.apply_update_if_finite(state, grads, loss, optimizer)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "learning_rate": schedule(state.step - state.nonfinite_total),
+            "learning_rate": optimizer.learning_rate(state.hparams, state.step - state.nonfinite_total),
             "predicted_tokens": predicted,
             "real_tokens": jnp.sum(batch["segment_ids"] != 0),
             "nonfinite_streak": new_state.nonfinite_streak,

@@ -56,11 +56,12 @@ class MlmTask:
         # what the compiled steps are made of besides their arguments (neobert_jax.runtime.executables)
         # (the model's fields but its mesh, which config.mesh and the devices stand for)
         model = {k: v for k, v in dataclasses.asdict(setup.parts.config.replace(mesh=None)).items() if k != "mesh"}
-        made_of = dict(model=model, train=t.to_dict(), mesh=config.mesh.to_dict(),
-                       resolved=dataclasses.asdict(self.resolved))
+        resolved = {k: v for k, v in dataclasses.asdict(self.resolved).items() if k != "total_steps"}  # hparams
+        made_of = dict(model=model, train=setup.optimizer.program_settings(), mesh=config.mesh.to_dict(),
+                       resolved=resolved)
         cache = functools.partial(executables.cached, settings=made_of, cache_dir=config.compilation_cache_dir,
                                   log=log)
-        self._step = cache(make_train_step(setup.parts, setup.tx, setup.schedule, t, setup.shardings, setup.mesh,
+        self._step = cache(make_train_step(setup.parts, setup.optimizer, t, setup.shardings, setup.mesh,
                                            self.steps_per_call), "mlm_train_step")
         self.has_eval = setup.eval_data is not None
         if self.has_eval:

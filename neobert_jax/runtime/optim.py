@@ -4,11 +4,15 @@ Every schedule warms up linearly from 0 (as HF's do, so step 0 trains with lr 0)
 indexed by the number of applied updates, which is optax's own step count. The warmup is
 `train.warmup_steps` (HF's meaning, also when it is longer than the run) unless
 `train.warmup_fraction` sets it as a share of the run, which every run length fits.
+
+The config decides the update's structure; its numbers (HPARAMS) reach the compiled step as data, in
+the train state, so that one program serves every learning rate and run length.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,30 +28,58 @@ def warmup_steps(train_cfg, total_steps: int) -> int:
     return train_cfg.warmup_steps
 
 
-def make_schedule(train_cfg, total_steps: int) -> optax.Schedule:
-    """cosine/linear match HF's `get_{cosine,linear}_schedule_with_warmup` (a warmup longer than
-    the run climbs to step/warmup of the peak and stops there, as in HF); wsd is
-    warmup-stable-decay (constant peak, then a linear decay to 0 over the last `decay_fraction`
-    of the steps)."""
-    peak = train_cfg.learning_rate
+# The numbers an update reads, float32 scalars that the compiled step takes as data (TrainState.hparams), so
+# that a run of another length, learning rate, warmup or decay reuses the program compiled for this one.
+HPARAMS = ("peak_lr", "warmup", "decay", "stable", "weight_decay", "max_grad_norm", "layer_lr_decay")
+# train.* keys that reach the step only through HPARAMS or the loop: the compiled program does not depend on them
+DATA_KEYS = ("learning_rate", "warmup_steps", "warmup_fraction", "decay_fraction", "weight_decay", "max_grad_norm",
+             "layer_lr_decay", "epochs", "max_steps", "max_nonfinite_steps", "log_every", "eval_every", "save_every",
+             "keep_checkpoints", "keep_best_checkpoint")
+
+
+def hyperparameters(train_cfg, total_steps: int) -> dict[str, np.ndarray]:
+    """HPARAMS of this run: the schedule's peak and step counts (warmup; decay, the steps of its
+    main phase; stable, wsd's constant stretch) and the optimizer's numbers."""
     warmup = warmup_steps(train_cfg, total_steps)
-    name = train_cfg.schedule
+    name, stable = train_cfg.schedule, 0
     if name == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1), 0.0)
-    warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
-    if name == "linear":
-        main = optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))
-    elif name == "constant":
-        main = optax.constant_schedule(peak)
+        decay = max(total_steps, warmup + 1) - warmup
     elif name == "wsd":
         decay = max(int(round(train_cfg.decay_fraction * total_steps)), 1)
         stable = max(total_steps - warmup - decay, 0)
-        main = optax.join_schedules(
-            [optax.constant_schedule(peak), optax.linear_schedule(peak, 0.0, decay)], [stable]
-        )
     else:
-        raise AssertionError(f"train.schedule {name!r}: validate_training lets only SCHEDULES through")
-    return optax.join_schedules([warmup_fn, main], [warmup])
+        decay = max(total_steps - warmup, 1)
+    values = dict(peak_lr=train_cfg.learning_rate, warmup=warmup, decay=decay, stable=stable,
+                  weight_decay=train_cfg.weight_decay, max_grad_norm=train_cfg.max_grad_norm,
+                  layer_lr_decay=train_cfg.layer_lr_decay)
+    return {k: np.float32(values[k]) for k in HPARAMS}
+
+
+def learning_rate(schedule: str, hp: dict, count):
+    """The learning rate of update `count` (0-based) under `schedule` with `hp`'s numbers (arrays or
+    tracers). cosine/linear match HF's `get_{cosine,linear}_schedule_with_warmup` (a warmup longer
+    than the run climbs to step/warmup of the peak and stops there, as in HF); wsd is
+    warmup-stable-decay (constant peak, then a linear decay to 0 over its last `decay` steps)."""
+    count = jnp.asarray(count, jnp.float32)
+    peak, warmup, decay = hp["peak_lr"], hp["warmup"], hp["decay"]
+    t = jnp.maximum(count - warmup, 0.0)  # steps into the main phase
+    if schedule == "cosine":
+        main = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, decay) / decay))
+    elif schedule == "linear":
+        main = peak * (1.0 - jnp.minimum(t, decay) / decay)
+    elif schedule == "constant":
+        main = peak * jnp.ones_like(t)
+    elif schedule == "wsd":
+        main = peak * (1.0 - jnp.clip(t - hp["stable"], 0.0, decay) / decay)
+    else:
+        raise AssertionError(f"train.schedule {schedule!r}: validate_training lets only SCHEDULES through")
+    return jnp.where(count < warmup, peak * count / jnp.maximum(warmup, 1.0), main)
+
+
+def make_schedule(train_cfg, total_steps: int) -> optax.Schedule:
+    """count -> learning rate with this run's numbers, for the host (the step reads TrainState.hparams)."""
+    hp = hyperparameters(train_cfg, total_steps)
+    return lambda count: learning_rate(train_cfg.schedule, hp, count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +100,12 @@ class ScheduleSummary:
 
 
 def summarize_schedule(train_cfg, total_steps: int) -> ScheduleSummary:
-    schedule = make_schedule(train_cfg, total_steps)
     warmup = warmup_steps(train_cfg, total_steps)
     steps = np.clip([warmup - 1, warmup, warmup + 1, total_steps - 1], 0, max(total_steps - 1, 0))
-    lrs = np.asarray(jax.jit(schedule)(steps))  # one compiled evaluation: each eager op would compile on its own
+    # one compiled evaluation (each eager op would compile on its own), the numbers as arguments (the same program
+    # for every run of this schedule)
+    lrs = np.asarray(jax.jit(learning_rate, static_argnums=0)(train_cfg.schedule,
+                                                              hyperparameters(train_cfg, total_steps), steps))
     return ScheduleSummary(warmup, float(lrs[:3].max()), float(lrs[3]))
 
 
@@ -149,37 +183,64 @@ def scale_by_layer(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(train_cfg, hp: dict) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW (`train.optimizer="adamw"`; optax's decoupled decay, lr * wd * p,
     equals torch AdamW's), or Muon on the hidden weight matrices and AdamW on the rest (`"muon"`),
-    one schedule and weight decay for both."""
+    one schedule and weight decay for both. train_cfg decides the structure (schedule, optimizer,
+    whether clipping and layer decay are on), `hp` (hyperparameters(), or their traced values) the numbers."""
+    def schedule(count):
+        return learning_rate(train_cfg.schedule, hp, count)
+
     adamw = optax.adamw(
         schedule,
         b1=train_cfg.adam_b1,
         b2=train_cfg.adam_b2,
         eps=train_cfg.adam_eps,
-        weight_decay=train_cfg.weight_decay,
+        weight_decay=hp["weight_decay"],
         mask=decay_mask,
     )
     tx = adamw
     if train_cfg.optimizer == "muon":
         muon = optax.contrib.muon(schedule, beta=MUON_BETA, eps=train_cfg.adam_eps,
-                                  weight_decay=train_cfg.weight_decay, consistent_rms=MUON_RMS)
+                                  weight_decay=hp["weight_decay"], consistent_rms=MUON_RMS)
         tx = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
     if train_cfg.layer_lr_decay < 1.0:
-        tx = optax.chain(tx, scale_by_layer(train_cfg.layer_lr_decay))
+        tx = optax.chain(tx, scale_by_layer(hp["layer_lr_decay"]))
     if train_cfg.max_grad_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), tx)
+        return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), tx)
     return tx
 
 
-def apply_update_if_finite(state: TrainState, grads, loss, tx: optax.GradientTransformation):
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """A run's update rule: its structure from train_cfg (and the task's `wrap`, e.g. freezing
+    parameters), its numbers from the hparams it is given, which inside the step are the state's."""
+
+    train_cfg: Any
+    wrap: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = None
+
+    def tx(self, hp: dict) -> optax.GradientTransformation:
+        tx = make_optimizer(self.train_cfg, hp)
+        return self.wrap(tx) if self.wrap is not None else tx
+
+    def learning_rate(self, hp: dict, count):
+        return learning_rate(self.train_cfg.schedule, hp, count)
+
+    def program_settings(self) -> dict:
+        """train.* as far as the compiled step depends on it (executable-cache keys): the keys read
+        as data left out, whether clipping and layer decay are on kept."""
+        t = self.train_cfg
+        kept = {k: v for k, v in t.to_dict().items() if k not in DATA_KEYS}
+        return dict(kept, clips=t.max_grad_norm > 0, layer_decay=t.layer_lr_decay < 1.0)
+
+
+def apply_update_if_finite(state: TrainState, grads, loss, optimizer: Optimizer):
     """-> (next state, gradient norm). A step whose loss or gradient norm is not finite leaves
     params and optimizer state untouched and raises `nonfinite_streak`; a finite one resets it.
     Every task's step ends with it."""
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, new_opt_state = optimizer.tx(state.hparams).update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
 
     def keep_if_finite(new, old):

@@ -3,19 +3,18 @@
 A task's setup (neobert_jax.mlm.setup, neobert_jax.contrastive.setup) reads top to bottom:
 `begin_setup` (the checks before anything is read, the mesh), then what is its own (tokenizer,
 data, model, its `Resolved` record; `check_model_fits` once model and tokenizer are known), then
-`finish_setup` (schedule -> optimizer -> shardings -> start or resume -> run files).
+`finish_setup` (optimizer and its hyperparameters -> shardings -> start or resume -> run files).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
-
 from typing import Callable
 
 import jax
-import optax
 from jax.sharding import Mesh
 
 from neobert_jax.runtime import optim, sharding
@@ -23,7 +22,8 @@ from neobert_jax.runtime.checkpoint import RunCheckpointer
 from neobert_jax.runtime.model_init import architecture_of
 from neobert_jax.runtime.resolved import Resolved
 from neobert_jax.runtime.run_dir import TOKENIZER_DIR, check_resume, write_run_files
-from neobert_jax.runtime.state import ModelParts, TrainState, abstract_state, create_train_state, state_shardings
+from neobert_jax.runtime.state import (ModelParts, TrainState, abstract_state, create_train_state, place_hparams,
+                                      state_shardings)
 
 
 class Phases:
@@ -43,8 +43,7 @@ class Phases:
 class TaskSetup:
     mesh: Mesh
     parts: ModelParts
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
+    optimizer: optim.Optimizer  # the step builds its update from it and the state's hparams
     shardings: TrainState
     state: TrainState
     resolved: Resolved  # what the run decided that the config left open; the run reads it, not the config
@@ -59,8 +58,8 @@ class TaskSetup:
         return self.resolved.total_steps
 
 
-def start_or_resume(config, resolved: Resolved, output_dir: str, parts, params, tx, shardings, data, log,
-                    best: tuple[str, str]):
+def start_or_resume(config, resolved: Resolved, output_dir: str, parts, params, tx, hparams: dict, shardings, data,
+                    log, best: tuple[str, str]):
     """-> (checkpointer, state, loss_totals): the latest checkpoint of output_dir (restoring the data
     iterator too) unless config.resume is False, which deletes them; otherwise a fresh state.
     `best`: the metric and mode that pick the checkpoint train.keep_best_checkpoint keeps."""
@@ -74,11 +73,11 @@ def start_or_resume(config, resolved: Resolved, output_dir: str, parts, params, 
         state, data_state, meta = checkpointer.restore(latest, abstract_state(shardings, parts, tx))
         data.set_state(data_state)
         log(f"resumed from {checkpointer.directory}/{latest}")
-        return checkpointer, state, meta["loss_totals"]
+        return checkpointer, state.replace(hparams=place_hparams(hparams, shardings)), meta["loss_totals"]
     if latest is not None:
         log(f"config.resume=False: replacing the checkpoints in {checkpointer.directory}")
         checkpointer.delete_all()
-    return checkpointer, create_train_state(params, tx, shardings, config.seed), {"sum": 0.0, "count": 0}
+    return checkpointer, create_train_state(params, tx, hparams, shardings, config.seed), {"sum": 0.0, "count": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +120,21 @@ def check_model_fits(config, model_config, tokenizer) -> None:
 
 def finish_setup(config, log, begun: Begun, setup_cls: type, *, parts: ModelParts, params, data, resolved: Resolved,
                  tokenizer, tokenizer_note: dict | None, write_tokenizer: bool, best: tuple[str, str],
-                 wrap_tx: Callable = lambda tx, params: tx, **own):
+                 wrap_tx: Callable | None = None, **own):
     """-> `setup_cls` (a TaskSetup) with the common fields and the task's `own`, once the state is started
     or resumed; run_config.json, config.json and the tokenizer are written last, so a refused run leaves
-    nothing behind. `data`: the train iterator a resume restores; `wrap_tx`: the task's change to the
-    optimizer; `best`: start_or_resume's."""
+    nothing behind. `data`: the train iterator a resume restores; `wrap_tx(tx, params)`: the task's change to the
+    optimizer, given the parameters' shapes; `best`: start_or_resume's."""
     t, model_config = config.train, parts.config
-    schedule = optim.make_schedule(t, resolved.total_steps)
-    tx = wrap_tx(optim.make_optimizer(t, schedule), params)
-    shardings = state_shardings(parts, tx, begun.mesh)
-    checkpointer, state, loss_totals = start_or_resume(config, resolved, begun.output_dir, parts, params, tx,
+    optimizer = optim.Optimizer(t, wrap=wrap_tx and functools.partial(wrap_tx, params=parts.abstract_params))
+    hparams = optim.hyperparameters(t, resolved.total_steps)
+    tx = optimizer.tx(hparams)
+    shardings = state_shardings(parts, tx, hparams, begun.mesh)
+    checkpointer, state, loss_totals = start_or_resume(config, resolved, begun.output_dir, parts, params, tx, hparams,
                                                        shardings, data, log, best)
     begun.phases.done("state")
     write_run_files(config, resolved, begun.output_dir, model_config, tokenizer, tokenizer_note, write_tokenizer)
     begun.phases.done("run files")
-    return setup_cls(mesh=begun.mesh, parts=parts, tx=tx, schedule=schedule, shardings=shardings, state=state,
+    return setup_cls(mesh=begun.mesh, parts=parts, optimizer=optimizer, shardings=shardings, state=state,
                      resolved=resolved, start_step=int(state.step), loss_totals=loss_totals, checkpointer=checkpointer,
                      tokenizer_dir=os.path.join(begun.output_dir, TOKENIZER_DIR), phases=begun.phases.seconds, **own)

@@ -11,6 +11,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -27,6 +28,9 @@ class TrainState:
     rng: jax.Array  # uint32[2]: base key; step s uses fold_in(rng, s) for dropout
     nonfinite_streak: jax.Array  # int32: consecutive skipped (non-finite) steps
     nonfinite_total: jax.Array  # int32: all skipped steps; step - total = optimizer updates
+    # float32 scalars of optim.HPARAMS: the schedule's and optimizer's numbers, read by the step as data.
+    # Not checkpointed: a run, resumed or not, takes them from its own config.
+    hparams: Any = None
 
     def trainer_item(self) -> dict:
         """Everything but the parameters, checkpointed as one item so params can load alone."""
@@ -54,7 +58,7 @@ class ModelParts:
         return nnx.merge(self.graphdef, params, self.rest)
 
 
-def state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def state_shardings(parts: ModelParts, tx: optax.GradientTransformation, hparams: dict, mesh: Mesh) -> TrainState:
     abstract_params = parts.abstract_params
     params_sh = sharding.param_shardings(abstract_params, parts.axes, mesh)
     scalar = sharding.replicated(mesh)
@@ -62,10 +66,16 @@ def state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: M
         params=params_sh,
         opt_state=sharding.opt_state_shardings(tx, abstract_params, params_sh, mesh),
         step=scalar, rng=scalar, nonfinite_streak=scalar, nonfinite_total=scalar,
+        hparams={k: scalar for k in hparams},
     )
 
 
-def create_train_state(params, tx: optax.GradientTransformation, shardings: TrainState, seed: int) -> TrainState:
+def place_hparams(hparams: dict, shardings: TrainState) -> dict:
+    return jax.device_put({k: np.float32(v) for k, v in hparams.items()}, shardings.hparams)
+
+
+def create_train_state(params, tx: optax.GradientTransformation, hparams: dict, shardings: TrainState,
+                       seed: int) -> TrainState:
     """Places the parameters on the mesh and builds the optimizer state there (never on one device)."""
     params = jax.device_put(params, shardings.params)
 
@@ -74,15 +84,17 @@ def create_train_state(params, tx: optax.GradientTransformation, shardings: Trai
         return TrainState(params=params, opt_state=tx.init(params), step=zero,
                           rng=jax.random.PRNGKey(seed), nonfinite_streak=zero, nonfinite_total=zero)
 
-    return jax.jit(build, out_shardings=shardings)(params)
+    state = jax.jit(build, out_shardings=shardings.replace(hparams=None))(params)
+    return state.replace(hparams=place_hparams(hparams, shardings))
 
 
 def abstract_state(shardings: TrainState, parts: ModelParts, tx: optax.GradientTransformation) -> TrainState:
-    """Shapes, dtypes and shardings of the state, the restore target for checkpoints."""
+    """Shapes, dtypes and shardings of the checkpointed state, the restore target for checkpoints."""
     shapes = jax.eval_shape(
         lambda p: TrainState(params=p, opt_state=tx.init(p), step=jnp.zeros((), jnp.int32),
                              rng=jax.random.PRNGKey(0), nonfinite_streak=jnp.zeros((), jnp.int32),
                              nonfinite_total=jnp.zeros((), jnp.int32)),
         parts.abstract_params,
     )
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        shardings.replace(hparams=None))
