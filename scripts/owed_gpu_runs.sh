@@ -13,7 +13,8 @@
 # trainer fp32/bf16 and ours fp32/bf16), As / Bs ours' recipe variants from the same start (in the
 # same call as A / B: a new machine has lost the start), An / Bn three seeds of st and ours (noise), C the 117k-pair timing, D train-step
 # throughput (ModernBERT and NeoBERT rows), E the `gpu` test set, F classification against the users'
-# Trainer from A's (else B's) student start, P where a contrastive run's start-up goes (after A or B). Everything is also packed into
+# Trainer from A's (else B's) student start, M float32 matrix products by algorithm (scripts/bench_matmul.py),
+# P where a contrastive run's start-up goes (from A's or B's start, else a few pretraining steps'). Everything is also packed into
 # $OUT/owed_results.tgz (the device returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ if [ "${1:-}" = prepare ]; then
 fi
 
 for phase in "$@"; do
-    case "$phase" in A|B|As|Bs|An|Bn|C|D|E|F|P) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, An, Bn, C, D, E, F, P)" >&2; exit 2 ;; esac
+    case "$phase" in A|B|As|Bs|An|Bn|C|D|E|F|M|P) ;; *) echo "unknown phase $phase (prepare, A, B, As, Bs, An, Bn, C, D, E, F, M, P)" >&2; exit 2 ;; esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 prepare | A [As B Bs C D E]" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -72,14 +73,23 @@ for phase in "$@"; do
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
     P) # where the first run's start-up goes (its start-up line) and the largest programs; cold caches: as shipped, no autotuning,
-       # no Triton GEMMs (cuBLAS only); a rerun on the first cache
+       # no Triton GEMMs (cuBLAS only); a rerun on the first cache, and one with another learning rate and length
        start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
-       for mode in cold noautotune notriton rerun; do
+       if [ ! -d "$start" ]; then  # no A or B before it: a few pretraining steps give a start (only its shape matters)
+           python3 -c "import json, sys; [print(' '.join(json.loads(l)['positive'].split())) for l in sys.stdin if l.strip()]" \
+               < "$PAIRS/info/train.jsonl" > $work/probe_passages.txt
+           python3 scripts/pretrain.py --config configs/student.py --config.data.train_files=$work/probe_passages.txt \
+               --config.output_dir=$work/probe_mlm --config.train.max_steps=16 --config.train.eval_every=0 \
+               > "$RES/probe_start.log" 2>&1 || { echo "## probe: no start (probe_start.log)" >> "$OUT/summary.log"; continue; }
+           start=$work/probe_mlm/hf
+       fi
+       for mode in cold noautotune notriton rerun rerun-lr; do
            flags=; [ $mode = noautotune ] && flags=--xla_gpu_autotune_level=0
            [ $mode = notriton ] && flags=--xla_gpu_enable_triton_gemm=false
-           cache=/tmp/owed/cache_$mode; [ $mode = rerun ] && cache=/tmp/owed/cache_cold
+           cache=/tmp/owed/cache_$mode; [ "${mode#rerun}" != $mode ] && cache=/tmp/owed/cache_cold
+           other=; [ $mode = rerun-lr ] && other="--config.train.learning_rate=1e-4 --config.train.epochs=2"
            XLA_FLAGS=$flags JAX_LOG_COMPILES=1 python3 scripts/contrastive.py --config configs/contrastive.py \
-               --config.init_from="$start" --config.data.train_files="$PAIRS/info/train.jsonl" \
+               --config.init_from="$start" --config.data.train_files="$PAIRS/info/train.jsonl" $other \
                --config.output_dir=/tmp/owed/probe_$mode --config.resume=False --config.compilation_cache_dir=$cache \
                > "$RES/probe_$mode.log" 2>&1
            { echo "## probe $mode"; grep -o -e 'start-up: .*' -e '^run: .*' -e '^error.*' "$RES/probe_$mode.log"
@@ -91,6 +101,8 @@ for phase in "$@"; do
            --sides hf,hf-bf16,ours,ours-bf16 --name gpu_builtin 2>&1 | tee "$RES/gpu_builtin.log"
        cp docs/results/classify_gpu_builtin.json "$RES/" 2>/dev/null
        { echo "## gpu_builtin"; grep -e '^|' -e '^error' "$RES/gpu_builtin.log"; } >> "$OUT/summary.log" ;;
+    M) python3 scripts/bench_matmul.py --out "$RES/matmul.jsonl" 2>&1 | tee "$RES/matmul.log"
+       grep -e '^|' -e '^error' "$RES/matmul.log" >> "$OUT/summary.log" ;;
     E) python3 -m pytest -q -m gpu tests 2>&1 | tee "$RES/gpu_tests.log"; tail -5 "$RES/gpu_tests.log" >> "$OUT/summary.log" ;;
     esac
 done
