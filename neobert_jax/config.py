@@ -15,7 +15,8 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 # Fields that only steer how this project computes (not part of the checkpoint).
-RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp", "tf32x3", "mesh")
+RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp", "tf32x3", "rope_in_kernel",
+                  "mesh")
 # The hand-written kernels' backends: "pallas" (GPU), "xla", "interpret" (the Pallas kernel run on
 # the CPU, for tests); "auto" is the Pallas kernel on GPU and XLA elsewhere (`kernel_backend`).
 KERNEL_BACKENDS = ("auto", "pallas", "xla", "interpret")
@@ -101,6 +102,9 @@ class ModernBertConfig(HFConfigFile):
     # float32 dots of the hand-written kernels as three TF32 passes: the fp32 policy on GPU, where
     # the run's XLA dots use TF32_TF32_F32_X3 (neobert_jax.runtime.model_init.matmul_precision)
     tf32x3: bool = False
+    # RoPE applied inside the Pallas attention kernel (as its q/k tiles load) rather than as separate passes
+    # (neobert_jax.model.attention); other backends rotate first either way
+    rope_in_kernel: bool = False
     # The run's device mesh (jax.sharding.Mesh): the hand-written kernels run on each device's rows of its
     # batch axes (neobert_jax.model.shards); None: on the inputs as they come. A run's setup sets it
     # (neobert_jax.runtime.model_init.runtime_policy), so the step's kernels get it from the model.

@@ -40,6 +40,7 @@ class NeoBertConfig(HFConfigFile):
     layer_norm_backward: str = "auto"
     logsumexp: str = "auto"
     tf32x3: bool = False
+    rope_in_kernel: bool = False
     mesh: Any = None
 
     # The shared Linear's truncated-normal init cuts at this many standard deviations.

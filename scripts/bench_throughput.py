@@ -30,18 +30,22 @@ import time
 import numpy as np
 
 ROWS = {
-    # name: (framework, precision, attention implementation, data[, float32 matmul algorithm override])
+    # name: (framework, precision, attention implementation[+rope: RoPE inside the Pallas kernel], data[, float32
+    # matmul algorithm override])
     "torch-bf16": ("torch", "bf16", "sdpa", "random"),
     "jax-bf16-xla": ("jax", "bf16", "xla", "random"),
     "jax-bf16-cudnn": ("jax", "bf16", "cudnn", "random"),
     "jax-bf16-pallas": ("jax", "bf16", "pallas", "random"),
     "jax-bf16-auto": ("jax", "bf16", "auto", "random"),
+    "jax-bf16-rope": ("jax", "bf16", "auto+rope", "random"),  # model.rope_in_kernel
     "torch-fp32": ("torch", "fp32", "sdpa", "random"),
     "jax-fp32": ("jax", "fp32", "auto", "random"),  # the project's fp32: 3-pass TF32 matmuls on GPU
     "jax-fp32-pallas": ("jax", "fp32", "pallas", "random"),  # our kernel with 3-pass TF32 dots
+    "jax-fp32-rope": ("jax", "fp32", "auto+rope", "random"),
     "jax-fp32-plain": ("jax", "fp32", "xla", "random", "float32"),  # single-pass IEEE float32 matmuls
     "torch-bf16-text": ("torch", "bf16", "sdpa", "text"),
     "jax-bf16-text": ("jax", "bf16", "auto", "text"),
+    "jax-bf16-text-rope": ("jax", "bf16", "auto+rope", "text"),
 }
 STUDENT = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=768)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
@@ -57,8 +61,10 @@ def model_config(args, vocab_size: int, precision: str, implementation: str):
     config_class = architecture(args.arch).config_class
     names = {f.name for f in dataclasses.fields(config_class)}
     special = {k: v for k, v in SPECIAL_IDS.items() if k in names}
+    implementation, _, extra = implementation.partition("+")
     return config_class(vocab_size=vocab_size, **(TINY if args.tiny else STUDENT), **special,
-                        dtype="bfloat16" if precision == "bf16" else "float32", attn_implementation=implementation)
+                        dtype="bfloat16" if precision == "bf16" else "float32", attn_implementation=implementation,
+                        rope_in_kernel=extra == "rope")
 
 
 def random_batches(args, vocab_size: int, count: int) -> list[dict]:

@@ -68,7 +68,7 @@ for phase in "$@"; do
     Bs) variants info ;;
     C) embedder stdlib gpu_stdlib_100k --repeat 50 --sides st,ours-bf16 --eval-points 1 ;;
     D) for arch in modernbert neobert; do
-           python3 scripts/bench_throughput.py --arch "$arch" --rows jax-bf16-auto,torch-bf16,jax-fp32,torch-fp32 \
+           python3 scripts/bench_throughput.py --arch "$arch" --rows jax-bf16-auto,jax-bf16-rope,torch-bf16,jax-fp32,jax-fp32-rope,torch-fp32 \
                --out "$RES/throughput_$arch.json" 2>&1 | tee "$RES/throughput_$arch.log"
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;

@@ -13,7 +13,7 @@ from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.model import ModernBertForMaskedLM
-from neobert_jax.model.attention import xla_attention
+from neobert_jax.model.attention import apply_rope, rope_cos_sin, xla_attention
 from neobert_jax.model.attention_pallas import _tile_ranges, pallas_attention
 from neobert_jax.model.attention_splash import splash_attention
 
@@ -110,6 +110,34 @@ def test_other_head_dims(H):
         np.testing.assert_allclose(g, ref_g, atol=FP32_ATOL, rtol=0, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("dtype, window, block_q, block_k", [(jnp.float32, None, 32, 64), (jnp.bfloat16, 16, 64, 32)])
+def test_rope_in_the_kernel_equals_rotating_q_and_k_first(dtype, window, block_q, block_k):
+    """rope=(cos, sin): tiles rotated as they load, gradients rotated back before they are written; the
+    same outputs and d(q, k, v) as the kernel on q and k rotated by the model's apply_rope. Packed rows
+    restart their positions at each document, so each token's angle is its own."""
+    T, H = 128, 64
+    seg_BT = _segments([[50, 40], [128]], T)
+    positions_BT = jnp.asarray(np.stack([np.r_[np.arange(50), np.arange(40), np.zeros(38)], np.arange(128)]),
+                               jnp.int32)
+    cos, sin = rope_cos_sin(positions_BT, H, 10000.0)
+    halves = (cos[:, :, 0, :H // 2], sin[:, :, 0, :H // 2])
+    q, k, v, w = _inputs((2, T, 2, H), dtype, seed=3)
+    options = dict(window=window, block_q=block_q, block_k=block_k, interpret=True)
+    in_kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, rope=halves, **options)
+    rotated_first = lambda q, k, v: pallas_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, seg_BT,
+                                                     **options)
+    out, grads = _out_and_grads(in_kernel, q, k, v, w.astype(jnp.float32))
+    ref_out, ref_grads = _out_and_grads(rotated_first, q, k, v, w.astype(jnp.float32))
+    atol = FP32_ATOL if dtype == jnp.float32 else BF16_ATOL["grad"]
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref_out.astype(jnp.float32), atol=atol, rtol=0)
+    for name, g, ref_g in zip("qkv", grads, ref_grads):
+        np.testing.assert_allclose(g.astype(jnp.float32), ref_g.astype(jnp.float32), atol=atol, rtol=0,
+                                   err_msg=f"d{name}")
+    unrotated, _ = _out_and_grads(lambda q, k, v: pallas_attention(q, k, v, seg_BT, **options), q, k, v, w)
+    assert float(jnp.max(jnp.abs(unrotated.astype(jnp.float32) - out.astype(jnp.float32)))) > 10 * atol
+
+
 def test_tile_ranges_skip_invisible_tiles():
     """Rows are [lo, flo, fhi, hi]: visible tiles [lo, hi), mask-free full tiles [flo, fhi)."""
     T = 512
@@ -188,6 +216,47 @@ def test_splash_backend_runs_the_model():
         return jax.jit(jax.value_and_grad(loss))(state)
 
     (v_ref, g_ref), (v, g) = value_and_grads("xla"), value_and_grads("splash")
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
+
+
+@pytest.mark.parametrize("architecture", ["modernbert", "neobert"])
+def test_model_with_rope_in_the_kernel_equals_the_xla_model(architecture):
+    """model.rope_in_kernel reaches the kernel through the model config (runtime_policy), and the model's
+    loss and gradients stay those of the XLA path, for both families (packed rows, padding)."""
+    from neobert_jax.mlm.config import default_config
+    from neobert_jax.runtime.model_init import architecture as family, runtime_policy
+
+    config = default_config()
+    config.model.rope_in_kernel, config.model.attn_implementation = True, "pallas"
+    runtime = runtime_policy(config, None)
+    assert runtime["rope_in_kernel"] is True
+    arch = family(architecture)
+    base = arch.config_class(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, pad_token_id=3)
+    ids = np.random.RandomState(0).randint(5, 64, (1, 96)).astype(np.int32)
+    seg = np.repeat([[1, 2, 0]], 32, axis=1).astype(np.int32)
+    pos = np.tile(np.arange(32), 3)[None].astype(np.int32)
+
+    def kernel_inputs(jaxpr) -> list[int]:
+        """The input count of every pallas_call in `jaxpr` and the jaxprs inside it."""
+        counts = []
+        for eqn in jaxpr.eqns:
+            counts += [len(eqn.invars)] if eqn.primitive.name == "pallas_call" else []
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)
+                if hasattr(inner, "eqns"):
+                    counts += kernel_inputs(inner)
+        return counts
+
+    def value_and_grads(**fields):
+        graphdef, state = nnx.split(arch.model_class(base.replace(**fields), rngs=nnx.Rngs(0)))
+        loss = lambda state: (nnx.merge(graphdef, state)(ids, segment_ids_BT=seg, positions_BT=pos)[0, :64] ** 2).mean()
+        return jax.jit(jax.value_and_grad(loss))(state), kernel_inputs(jax.make_jaxpr(loss)(state).jaxpr)
+
+    (v_ref, g_ref), _ = value_and_grads(attn_implementation="xla", rope_in_kernel=True)  # XLA rotates first
+    (v, g), calls = value_and_grads(attn_implementation="pallas", rope_in_kernel=runtime["rope_in_kernel"])
+    assert calls == [5 + 4, 5 + 4]  # each layer's forward kernel takes the RoPE tables (tile's and rows')
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
 

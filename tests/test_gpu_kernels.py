@@ -16,7 +16,7 @@ from flax import nnx
 
 from neobert_jax.config import ModernBertConfig
 from neobert_jax.model import ModernBertForMaskedLM, NeoBertForMaskedLM
-from neobert_jax.model.attention import attention, cudnn_backend, xla_attention
+from neobert_jax.model.attention import apply_rope, attention, cudnn_backend, rope_cos_sin, xla_attention
 from neobert_jax.model.attention_pallas import pallas_attention
 from neobert_jax.neobert_config import NeoBertConfig
 
@@ -92,6 +92,27 @@ def test_pallas_bfloat16(window):
     assert o_err < BF16_ATOL["o"] and grad_err < BF16_ATOL["grad"], (o_err, grad_err)
 
 
+@pytest.mark.parametrize("dtype, tf32x3, window", [(jnp.float32, True, 64), (jnp.float32, False, None),
+                                                   (jnp.bfloat16, False, None), (jnp.bfloat16, False, 64)])
+def test_pallas_rope_in_the_kernel(dtype, tf32x3, window):
+    """RoPE applied as the tiles load (Triton: half-width loads and stores) against the XLA reference on q and
+    k rotated first, in float32 math; per-document positions of packed rows."""
+    rows = LAYOUTS["packed"]
+    seg_BT = _segments(rows)
+    positions_BT = jnp.asarray(np.stack([np.r_[tuple(np.arange(n) for n in lengths), np.zeros(T - sum(lengths))]
+                                         for lengths in rows]), jnp.int32)
+    cos, sin = rope_cos_sin(positions_BT, H, 10000.0)
+    qkv, w = _inputs(dtype)
+    fn = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, scale=SCALE, tf32x3=tf32x3,
+                                          rope=(cos[:, :, 0, :H // 2], sin[:, :, 0, :H // 2]))
+    rotated = lambda q, k, v: xla_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, seg_BT,
+                                            window=window, scale=SCALE)
+    reference = _out_and_grads(rotated, tuple(x.astype(jnp.float32) for x in qkv), w, "highest")
+    errors = _max_errors(_out_and_grads(fn, qkv, w, "float32" if dtype == jnp.float32 else "default"), reference)
+    limits = (FP32_ATOL, FP32_ATOL) if dtype == jnp.float32 else (BF16_ATOL["o"], BF16_ATOL["grad"])
+    assert errors[0] < limits[0] and errors[1] < limits[1], errors
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("length", [16, 200])
 def test_pallas_lengths_off_the_tiles(dtype, length):
@@ -145,11 +166,13 @@ MODELS = {  # the model families and their configs' shared fields (NeoBERT: RMSN
 }
 
 
+@pytest.mark.parametrize("rope_in_kernel", [False, True])
 @pytest.mark.parametrize("family", sorted(MODELS))
 @pytest.mark.parametrize("dtype, precision, rtol", [("bfloat16", "default", 2e-2), ("float32", "TF32_TF32_F32_X3", 1e-4)])
-def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol, family):
+def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol, family, rope_in_kernel):
     """The whole MLM loss and its gradients with every kernel field on `auto` (attention, LayerNorm
-    backward, log-sum-exp: all Pallas on GPU) against every field on `xla`."""
+    backward, log-sum-exp: all Pallas on GPU; RoPE inside the attention kernel or not) against every
+    field on `xla`."""
     model_class, make_config = MODELS[family]
     base = make_config(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
                        num_attention_heads=2, pad_token_id=3, dtype=dtype)
@@ -162,7 +185,7 @@ def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol, family):
 
     def loss_and_grads(kernels):
         config = base.replace(attn_implementation=kernels, layer_norm_backward=kernels, logsumexp=kernels,
-                              tf32x3=precision == "TF32_TF32_F32_X3")
+                              tf32x3=precision == "TF32_TF32_F32_X3", rope_in_kernel=rope_in_kernel)
         graphdef, state = nnx.split(model_class(config, rngs=nnx.Rngs(0)))
         loss = lambda state: nnx.merge(graphdef, state).mlm_nll(
             ids_BT, labels_BT, segment_ids_BT=seg_BT, positions_BT=pos_BT).sum() / jnp.sum(labels_BT >= 0)

@@ -18,6 +18,21 @@ from neobert_jax.model.shards import per_batch_shard
 _MASKED = -1e30  # finite, so a fully masked row gives uniform weights rather than NaN
 
 
+def rope_cos_sin(positions_BT, head_dim: int, theta: float):
+    """Non-interleaved (rotate-half) RoPE tables in float32, shaped (B, T, 1, H)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    emb_BTH = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)[:, :, None, :]
+    return jnp.cos(emb_BTH), jnp.sin(emb_BTH)
+
+
+def apply_rope(x_BTNH, cos, sin):
+    x32 = x_BTNH.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
 def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
                   dropout_rate=0.0, dropout_rng=None):
     """Reference: explicit (B, N, T, T) logits, softmax in float32."""
@@ -37,10 +52,10 @@ def xla_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32
     return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
 
 
-def _per_device(kernel, mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
+def _per_device(kernel, mesh, *arrays):
     """A kernel backend on each device's rows when `mesh` splits the batch (model/shards.py says why)."""
-    run = per_batch_shard(lambda *args: (kernel(*args),), mesh, ("rows",) * 4, ("rows",))
-    return run(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)[0]
+    run = per_batch_shard(lambda *args: (kernel(*args),), mesh, ("rows",) * len(arrays), ("rows",))
+    return run(*arrays)[0]
 
 
 def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, mesh, **options):
@@ -51,12 +66,23 @@ def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, sc
 
 
 def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
-                   dropout_rate=0.0, dropout_rng=None):
-    """Our flash kernel (attention_pallas); tf32x3: its float32 dots as three TF32 passes."""
+                   dropout_rate=0.0, dropout_rng=None, rope=None):
+    """Our flash kernel (attention_pallas); tf32x3: its float32 dots as three TF32 passes; rope: (cos, sin)
+    of rope_cos_sin, applied to the unrotated q and k inside the kernel."""
     from neobert_jax.model.attention_pallas import pallas_attention
 
-    return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
-                          mesh=mesh, tf32x3=tf32x3)
+    if rope is None:
+        return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
+                              mesh=mesh, tf32x3=tf32x3)
+    half = q_BTNH.shape[-1] // 2  # rotate-half tables repeat their first half
+    interpret = jax.default_backend() == "cpu"
+
+    def kernel(q, k, v, seg, cos, sin):
+        return pallas_attention(q, k, v, seg, window=window, scale=scale, interpret=interpret, tf32x3=tf32x3,
+                                rope=(cos, sin))
+
+    return _per_device(kernel, mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, rope[0][:, :, 0, :half],
+                       rope[1][:, :, 0, :half])
 
 
 def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
@@ -116,13 +142,20 @@ def runs_per_device(mesh) -> bool:
     return mesh is not None or jax.device_count() == 1
 
 
+def _resolve(implementation: str, q_BTNH, window, tf32x3: bool, mesh) -> str:
+    """`auto` as `choose_backend` decides it from the trace's platform, dtype and window, and the model's
+    tf32x3 and mesh; any other name as it is."""
+    if implementation != "auto":
+        return implementation
+    return choose_backend(jax.default_backend(), q_BTNH.dtype == jnp.float32, window is not None, tf32x3=tf32x3,
+                          per_device=runs_per_device(mesh))
+
+
 def auto_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
                  dropout_rate=0.0, dropout_rng=None):
-    """`choose_backend` from the trace's platform, dtype and window, and the model's tf32x3 and mesh."""
-    name = choose_backend(jax.default_backend(), q_BTNH.dtype == jnp.float32, window is not None,
-                          tf32x3=tf32x3, per_device=runs_per_device(mesh))
-    return _BACKENDS[name](q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3,
-                           mesh=mesh)
+    """The backend `_resolve` picks for these inputs."""
+    return _BACKENDS[_resolve("auto", q_BTNH, window, tf32x3, mesh)](
+        q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3, mesh=mesh)
 
 
 _BACKENDS: dict[str, Callable] = {  # neobert_jax.config.ATTENTION_BACKENDS names these for validation
@@ -136,10 +169,14 @@ def backends() -> list[str]:
 
 
 def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, implementation: str = "xla",
-              tf32x3: bool = False, mesh=None, dropout_rate: float = 0.0, dropout_rng=None):
+              tf32x3: bool = False, mesh=None, dropout_rate: float = 0.0, dropout_rng=None, rope=None,
+              rope_in_kernel: bool = False):
     """Scaled dot-product attention over (batch, seq, heads, head_dim) inputs.
 
     window: half-width of a two-sided local window (inclusive), or None for full attention.
+    rope: (cos, sin) of rope_cos_sin: q and k are unrotated and attend rotated. The Pallas kernel rotates
+    them as its tiles load when `rope_in_kernel` (no rotated copies in memory, no separate RoPE passes
+    forward or backward); every other backend gets them rotated by apply_rope.
     tf32x3: the kernels' float32 dots as three TF32 passes (the model config's, from the run's precision).
     mesh: the run's device mesh (the model config's); the kernels run on each device's rows of it.
     Attention-probability dropout is only applied by backends that support it; the others
@@ -150,6 +187,11 @@ def attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window: int | None, imp
         raise ValueError(f"unknown attention implementation {implementation!r}; available: {backends()}")
     if dropout_rate > 0.0 and dropout_rng is not None:
         implementation = "xla"
+    if rope is not None:
+        if rope_in_kernel and _resolve(implementation, q_BTNH, window, tf32x3, mesh) == "pallas":
+            return pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3,
+                                  mesh=mesh, rope=rope)
+        q_BTNH, k_BTNH = apply_rope(q_BTNH, *rope), apply_rope(k_BTNH, *rope)
     return _BACKENDS[implementation](
         q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale, tf32x3=tf32x3, mesh=mesh,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from neobert_jax.config import SLIDING, ModernBertConfig
-from neobert_jax.model.attention import attention
+from neobert_jax.model.attention import attention, rope_cos_sin
 from neobert_jax.model.masked_lm import MaskedLM
 from neobert_jax.model.layer_norm import add_layer_norm, layer_norm
 
@@ -106,21 +106,6 @@ class Embeddings(nnx.Module):
         return apply_dropout(self.norm(x_BTD), self.dropout, dropout_rng)
 
 
-def rope_cos_sin(positions_BT, head_dim: int, theta: float):
-    """Non-interleaved (rotate-half) RoPE tables in float32, shaped (B, T, 1, H)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-    emb_BTH = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)[:, :, None, :]
-    return jnp.cos(emb_BTH), jnp.sin(emb_BTH)
-
-
-def apply_rope(x_BTNH, cos, sin):
-    x32 = x_BTNH.astype(jnp.float32)
-    half = x32.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x_BTNH.dtype)
-
-
 class Attention(nnx.Module):
     def __init__(self, config: ModernBertConfig, layer_idx: int, stds: dict, rngs: nnx.Rngs):
         d = config.hidden_size
@@ -136,16 +121,16 @@ class Attention(nnx.Module):
         self.dropout = config.attention_dropout
         self.implementation = config.attn_implementation
         self.tf32x3 = config.tf32x3
+        self.rope_in_kernel = config.rope_in_kernel
         self.mesh = config.mesh
 
     def __call__(self, x_BTD, segment_ids_BT, positions_BT, dropout_rng):
         B, T, _ = x_BTD.shape
         q_BTNH, k_BTNH, v_BTNH = (y.reshape(B, T, self.num_heads, self.head_dim) for y in self.Wqkv.split(x_BTD, 3))
-        cos, sin = rope_cos_sin(positions_BT, self.head_dim, self.theta)
-        q_BTNH, k_BTNH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTNH, cos, sin)
         o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=self.window,
-                           implementation=self.implementation, tf32x3=self.tf32x3, mesh=self.mesh,
-                           dropout_rate=self.dropout,
+                           rope=rope_cos_sin(positions_BT, self.head_dim, self.theta),
+                           rope_in_kernel=self.rope_in_kernel, implementation=self.implementation,
+                           tf32x3=self.tf32x3, mesh=self.mesh, dropout_rate=self.dropout,
                            dropout_rng=fold_rng(dropout_rng, 0))
         return apply_dropout(self.Wo(o_BTNH.reshape(B, T, -1)), self.dropout, fold_rng(dropout_rng, 1))
 

@@ -21,17 +21,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from neobert_jax.model.attention import attention
+from neobert_jax.model.attention import attention, rope_cos_sin
 from neobert_jax.model.masked_lm import MaskedLM
 from neobert_jax.model.layer_norm import add_rms_norm, rms_norm
 from neobert_jax.model.modernbert import (
     REMAT_POLICIES,
     Linear,
     apply_dropout,
-    apply_rope,
     fold_rng,
     resolve_inputs,
-    rope_cos_sin,
     trunc_normal,
 )
 from neobert_jax.neobert_config import NeoBertConfig
@@ -84,14 +82,14 @@ class EncoderBlock(nnx.Module):
         self.num_heads, self.head_dim, self.theta = config.num_attention_heads, config.head_dim, config.rope_theta
         self.dropout = config.dropout
         self.implementation, self.tf32x3, self.mesh = config.attn_implementation, config.tf32x3, config.mesh
+        self.rope_in_kernel = config.rope_in_kernel
 
     def attention(self, x_BTD, segment_ids_BT, positions_BT, dropout_rng):
         B, T, _ = x_BTD.shape
         q_BTNH, k_BTNH, v_BTNH = (y.reshape(B, T, self.num_heads, self.head_dim) for y in self.qkv.split(x_BTD, 3))
-        cos, sin = rope_cos_sin(positions_BT, self.head_dim, self.theta)
-        q_BTNH, k_BTNH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTNH, cos, sin)
         o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=None, implementation=self.implementation,
-                           tf32x3=self.tf32x3, mesh=self.mesh, dropout_rate=self.dropout,
+                           rope=rope_cos_sin(positions_BT, self.head_dim, self.theta),
+                           rope_in_kernel=self.rope_in_kernel, tf32x3=self.tf32x3, mesh=self.mesh, dropout_rate=self.dropout,
                            dropout_rng=fold_rng(dropout_rng, 0))
         return apply_dropout(self.wo(o_BTNH.reshape(B, T, -1)), self.dropout, fold_rng(dropout_rng, 1))
 

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.layer_norm_backward = "auto"
     c.model.logsumexp = "auto"
     c.model.remat = "none"  # none | full | dots: per-layer activation checkpointing
+    c.model.rope_in_kernel = False  # RoPE inside the Pallas attention kernel (GPU; measured in docs/performance.md)
 
     # Weights & Biases beside metrics.jsonl and TensorBoard (optional: pip install wandb)
     c.logging = ml_collections.ConfigDict({"wandb": False, "wandb_project": "neobert_jax", "wandb_name": "",
