@@ -111,31 +111,29 @@ def test_other_head_dims(H):
 
 
 @pytest.mark.parametrize("dtype, window, block_q, block_k", [(jnp.float32, None, 32, 64), (jnp.bfloat16, 16, 64, 32)])
-def test_rope_in_the_kernel_equals_rotating_q_and_k_first(dtype, window, block_q, block_k):
+def test_rope_in_the_kernel_equals_attention_over_rotated_q_and_k(dtype, window, block_q, block_k):
     """rope=(cos, sin): tiles rotated as they load, gradients rotated back before they are written; the
-    same outputs and d(q, k, v) as the kernel on q and k rotated by the model's apply_rope. Packed rows
-    restart their positions at each document, so each token's angle is its own."""
+    outputs and d(q, k, v) of attention over q and k rotated by the model's apply_rope (float32 math).
+    Packed rows restart their positions at each document, so each token's angle is its own."""
     T, H = 128, 64
     seg_BT = _segments([[50, 40], [128]], T)
     positions_BT = jnp.asarray(np.stack([np.r_[np.arange(50), np.arange(40), np.zeros(38)], np.arange(128)]),
                                jnp.int32)
     cos, sin = rope_cos_sin(positions_BT, H, 10000.0)
-    halves = (cos[:, :, 0, :H // 2], sin[:, :, 0, :H // 2])
-    q, k, v, w = _inputs((2, T, 2, H), dtype, seed=3)
-    options = dict(window=window, block_q=block_q, block_k=block_k, interpret=True)
-    in_kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, rope=halves, **options)
-    rotated_first = lambda q, k, v: pallas_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, seg_BT,
-                                                     **options)
+    q, k, v, w = _inputs((2, T, 1, H), dtype, seed=3)
+    in_kernel = lambda q, k, v: pallas_attention(q, k, v, seg_BT, window=window, block_q=block_q, block_k=block_k,
+                                                 interpret=True, rope=(cos[:, :, 0, :H // 2], sin[:, :, 0, :H // 2]))
+    rotated_first = lambda q, k, v: _reference(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, seg_BT, window)
     out, grads = _out_and_grads(in_kernel, q, k, v, w.astype(jnp.float32))
-    ref_out, ref_grads = _out_and_grads(rotated_first, q, k, v, w.astype(jnp.float32))
-    atol = FP32_ATOL if dtype == jnp.float32 else BF16_ATOL["grad"]
+    ref_out, ref_grads = _out_and_grads(rotated_first, *(x.astype(jnp.float32) for x in (q, k, v)),
+                                        w.astype(jnp.float32))
+    atol = (FP32_ATOL, FP32_ATOL) if dtype == jnp.float32 else (BF16_ATOL["o"], BF16_ATOL["grad"])
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    np.testing.assert_allclose(out.astype(jnp.float32), ref_out.astype(jnp.float32), atol=atol, rtol=0)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref_out, atol=atol[0], rtol=0)
     for name, g, ref_g in zip("qkv", grads, ref_grads):
-        np.testing.assert_allclose(g.astype(jnp.float32), ref_g.astype(jnp.float32), atol=atol, rtol=0,
-                                   err_msg=f"d{name}")
-    unrotated, _ = _out_and_grads(lambda q, k, v: pallas_attention(q, k, v, seg_BT, **options), q, k, v, w)
-    assert float(jnp.max(jnp.abs(unrotated.astype(jnp.float32) - out.astype(jnp.float32)))) > 10 * atol
+        np.testing.assert_allclose(g.astype(jnp.float32), ref_g, atol=atol[1], rtol=0, err_msg=f"d{name}")
+    unrotated = _reference(*(x.astype(jnp.float32) for x in (q, k, v)), seg_BT, window)
+    assert float(jnp.max(jnp.abs(unrotated - out.astype(jnp.float32)))) > 10 * atol[0]
 
 
 def test_tile_ranges_skip_invisible_tiles():
