@@ -73,7 +73,8 @@ for phase in "$@"; do
            grep '^|' "$RES/throughput_$arch.log" >> "$OUT/summary.log"
        done ;;
     P) # where the first run's start-up goes (its start-up line) and the largest programs; cold caches: as shipped, no autotuning,
-       # no Triton GEMMs (cuBLAS only); a rerun on the first cache, and one with another learning rate and length
+       # autotuning without its buffer initialisation and result checks (level 1), no Triton GEMMs (cuBLAS only); a rerun on
+       # the first cache (the executable cache: no tracing), and one with another learning rate and length
        start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
        if [ ! -d "$start" ]; then  # no A or B before it: a few pretraining steps give a start (only its shape matters)
            python3 -c "import json, sys; [print(' '.join(json.loads(l)['positive'].split())) for l in sys.stdin if l.strip()]" \
@@ -83,8 +84,9 @@ for phase in "$@"; do
                > "$RES/probe_start.log" 2>&1 || { echo "## probe: no start (probe_start.log)" >> "$OUT/summary.log"; continue; }
            start=$work/probe_mlm/hf
        fi
-       for mode in cold noautotune notriton rerun rerun-lr; do
+       for mode in cold noautotune autotune1 notriton rerun rerun-lr; do
            flags=; [ $mode = noautotune ] && flags=--xla_gpu_autotune_level=0
+           [ $mode = autotune1 ] && flags=--xla_gpu_autotune_level=1
            [ $mode = notriton ] && flags=--xla_gpu_enable_triton_gemm=false
            cache=/tmp/owed/cache_$mode; [ "${mode#rerun}" != $mode ] && cache=/tmp/owed/cache_cold
            other=; [ $mode = rerun-lr ] && other="--config.train.learning_rate=1e-4 --config.train.epochs=2"

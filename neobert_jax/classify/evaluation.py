@@ -91,6 +91,10 @@ class Evaluator:
                                                      {k: sharding.batch_sharding(mesh) for k in ROW_KEYS}),
                                out_shardings=sharding.replicated(mesh))
 
+    def use_cache(self, cache) -> None:
+        """Serve the logits program from a run's executable cache (runtime.executables.for_run)."""
+        self._logits = cache(self._logits, "classify_logits", slots=self.slots)
+
     def logits(self, params) -> np.ndarray | list:
         lo, hi = sharding.process_row_range(self.mesh, self.rows)
         out = [None] * len(self.data)

@@ -18,7 +18,7 @@ from neobert_jax.classify.evaluation import metrics, write_predictions
 from neobert_jax.classify.head import IGNORE, TOKEN_CLASSIFICATION, example_losses, save_classifier_dir, token_nll_sum
 from neobert_jax.classify.setup import ClassifySetup, setup_classify
 from neobert_jax.classify.tag_eval import tag_metrics, write_tag_predictions
-from neobert_jax.runtime import optim, sharding
+from neobert_jax.runtime import executables, optim, sharding
 from neobert_jax.runtime.model_init import uses_dropout
 from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning_closing_lines
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
@@ -94,6 +94,13 @@ def make_classify_step(setup: ClassifySetup, problem_type: str, accum: int, clas
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
 
 
+def program_settings(config, setup: ClassifySetup) -> dict:
+    """The executable cache's settings of the classification programs: the run's
+    (executables.run_settings) and what the step closes over besides."""
+    return executables.run_settings(config, setup, classifier=config.classifier.to_dict(),
+                                    slots=setup.batches.slots, accum=config.train.grad_accum_steps)
+
+
 class ClassifyTask:
     """Labelled texts (or tagged sentences) in, the eval set's metrics as the eval (before the first
     step too), an HF sequence- (token-) classification dir of the encoder's family out."""
@@ -105,9 +112,12 @@ class ClassifyTask:
         self.problem_type = config.classifier.problem_type
         self.tokens = self.problem_type == TOKEN_CLASSIFICATION
         self.export_name = f"HF {'token' if self.tokens else 'sequence'}-classification model"
-        self._step = make_classify_step(setup, self.problem_type, config.train.grad_accum_steps,
-                                        config.classifier.dropout, setup.batches.slots)
+        cache = executables.for_run(config, program_settings(config, setup), log)
+        self._step = cache(make_classify_step(setup, self.problem_type, config.train.grad_accum_steps,
+                                              config.classifier.dropout, setup.batches.slots), "classify_train_step")
         self.has_eval = setup.evaluator is not None
+        if self.has_eval:
+            setup.evaluator.use_cache(cache)
         self.loss_label = f"{self.problem_type} loss"
         self.batch_description = f"{setup.resolved.batch_size} {'sentences' if self.tokens else 'examples'}"
         self.steps_per_epoch = setup.batches.steps_per_epoch

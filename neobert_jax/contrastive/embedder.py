@@ -25,9 +25,10 @@ from neobert_jax.runtime.state import ModelParts
 
 class Embedder:
     def __init__(self, parts: ModelParts, text_tokenizer: TextTokenizer, *, pooling_mode: str, mesh: Mesh,
-                 batch_size: int, texts_per_row: int = 32, row_shapes: str = "auto"):
+                 batch_size: int, texts_per_row: int = 32, row_shapes: str = "auto", cache=None):
         """batch_size: rows of `text_tokenizer`'s seq_len tokens per call; texts_per_row bounds the
-        pooling work (segments per row); row_shapes: "one" | "ladder" | "auto" (by platform)."""
+        pooling work (segments per row); row_shapes: "one" | "ladder" | "auto" (by platform); cache: a
+        run's executable cache (runtime.executables.for_run), whose settings name the pooling and slots."""
         self.text_tokenizer, self.mesh, self.dim = text_tokenizer, mesh, parts.config.hidden_size
         self.divisor = sharding.batch_rows_divisor(mesh)
         self.rows = round_up(batch_size, self.divisor)
@@ -45,6 +46,8 @@ class Embedder:
         self._embed = jax.jit(embed,
                               in_shardings=(params_sh, {k: rows_sh for k in ROW_KEYS}),
                               out_shardings=sharding.replicated(mesh))
+        if cache is not None:
+            self._embed = cache(self._embed, "contrastive_embed")
 
     def encode(self, params, texts: list[str]) -> np.ndarray:
         """(len(texts), D) float32 unit vectors, in the order of `texts`."""

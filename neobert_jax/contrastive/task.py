@@ -17,7 +17,7 @@ from neobert_jax.contrastive.evaluation import evaluate
 from neobert_jax.contrastive.setup import ContrastiveSetup, setup_contrastive
 from neobert_jax.contrastive.step import make_contrastive_step
 from neobert_jax.hf.sentence_transformers import save_sentence_transformers_dir
-from neobert_jax.runtime import sharding
+from neobert_jax.runtime import executables, sharding
 from neobert_jax.runtime.reporting import EVAL_PREFIX, eval_metrics, fine_tuning_closing_lines
 from neobert_jax.runtime.runner import main_process_print, run_frame, run_task
 
@@ -42,6 +42,16 @@ def train_contrastive(config) -> ContrastiveResult:
         return run_task(config, setup, ContrastiveTask, frame)
 
 
+def program_settings(config, setup: ContrastiveSetup) -> dict:
+    """The executable cache's settings of the contrastive programs: the run's (executables.run_settings)
+    and what the step and the embedder close over besides."""
+    layout = setup.batches.layout
+    return executables.run_settings(
+        config, setup, loss=config.loss.to_dict(), pooling=config.pooling.to_dict(), slots=list(layout.slots),
+        views=list(layout.view_columns), accum=config.train.grad_accum_steps,
+        texts_per_row=config.data.max_texts_per_row, has_targets=setup.batches.data.vectors is not None)
+
+
 class ContrastiveTask:
     """Text pairs / triplets in, the evaluation sets' metrics as the eval (before the first step
     too), a sentence-transformers folder out."""
@@ -53,16 +63,18 @@ class ContrastiveTask:
         self.config, self.setup = config, setup
         t = config.train
         layout = setup.batches.layout
-        self._step = make_contrastive_step(
+        cache = executables.for_run(config, program_settings(config, setup), log)
+        self._step = cache(make_contrastive_step(
             setup.parts, setup.optimizer, setup.objective, slots=layout.slots,
             pooling_mode=config.pooling.mode, accum=t.grad_accum_steps,
-            has_targets=setup.batches.data.vectors is not None, state_sh=setup.shardings, mesh=setup.mesh)
+            has_targets=setup.batches.data.vectors is not None, state_sh=setup.shardings, mesh=setup.mesh),
+            "contrastive_train_step")
         self.has_eval = bool(setup.sts_sets or setup.retrieval_sets)
         if self.has_eval:
             self.embedder = Embedder(setup.parts, setup.text_tokenizer, pooling_mode=config.pooling.mode,
                                      mesh=setup.mesh, batch_size=config.eval.batch_size,
                                      texts_per_row=config.data.max_texts_per_row,
-                                     row_shapes=setup.resolved.row_shapes)
+                                     row_shapes=setup.resolved.row_shapes, cache=cache)
         self.loss_label = f"{config.loss.name} loss"
         self.batch_description = f"{setup.resolved.batch_size} examples"
         self.steps_per_epoch = setup.batches.steps_per_epoch

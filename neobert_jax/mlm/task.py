@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 
@@ -53,14 +52,7 @@ class MlmTask:
         self.config, self.setup = config, setup
         t, self.resolved = config.train, setup.resolved
         self.steps_per_call = self.resolved.steps_per_call
-        # what the compiled steps are made of besides their arguments (neobert_jax.runtime.executables)
-        # (the model's fields but its mesh, which config.mesh and the devices stand for)
-        model = {k: v for k, v in dataclasses.asdict(setup.parts.config.replace(mesh=None)).items() if k != "mesh"}
-        resolved = {k: v for k, v in dataclasses.asdict(self.resolved).items() if k != "total_steps"}  # hparams
-        made_of = dict(model=model, train=setup.optimizer.program_settings(), mesh=config.mesh.to_dict(),
-                       resolved=resolved)
-        cache = functools.partial(executables.cached, settings=made_of, cache_dir=config.compilation_cache_dir,
-                                  log=log)
+        cache = executables.for_run(config, executables.run_settings(config, setup), log)
         self._step = cache(make_train_step(setup.parts, setup.optimizer, t, setup.shardings, setup.mesh,
                                            self.steps_per_call), "mlm_train_step")
         self.has_eval = setup.eval_data is not None

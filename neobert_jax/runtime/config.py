@@ -41,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 42
     # JAX's persistent compilation cache: a rerun (or another run of the same shapes) skips
     # compilation; "" disables it. Applied by the command line (scripts/*.py). Its executables/
-    # subdir keeps MLM's compiled steps (GPU/TPU), so a rerun skips tracing too (runtime/executables.py).
+    # subdir keeps every task's compiled steps and evaluation programs (GPU/TPU), so a rerun skips
+    # tracing and lowering too (runtime/executables.py).
     c.compilation_cache_dir = "~/.cache/neobert_jax/jax"
     c.compilation_cache_max_gb = 2.0  # JAX drops the least recently used entries past it; negative: no bound
 

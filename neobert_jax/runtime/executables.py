@@ -8,14 +8,15 @@ JAX/XLA environment variables, the caller's settings (the task passes its model,
 config) and the arguments' shapes, dtypes and shardings. A hit loads the serialized executable
 (jax.experimental.serialize_executable); a miss compiles as `jax.jit` would and stores it.
 
-It lives in `<compilation_cache_dir>/executables` (the newest MAX_ENTRIES are kept) and is used by
-single-process GPU and TPU runs: processes of a multi-host run must compile the same program
+It lives in `<compilation_cache_dir>/executables` (the newest MAX_ENTRIES are kept) and serves every
+task's train step and its evaluation programs (`for_run`) in single-process GPU and TPU runs: processes of a multi-host run must compile the same program
 together, and XLA:CPU executables of the train step do not survive serialization (jax 0.10: a
 loaded one fails with "Function ... not found"), so the CPU traces each run as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -113,3 +114,24 @@ or the CPU)."""
     if not cache_dir or jax.process_count() > 1 or jax.default_backend() not in PLATFORMS:
         return jitted
     return CachedStep(jitted, name, settings, os.path.join(os.path.expanduser(cache_dir), "executables"), log)
+
+
+def run_settings(config, setup, **task) -> dict:
+    """What a task's compiled programs are made of besides their arguments, the keys' settings: the
+    model's fields but its mesh (config.mesh and the devices stand for it), train.* as far as the step
+    reads it, the mesh config, what the run resolved but its length, and `task`: whatever else the
+    task's programs close over (its loss, pooling, slots...)."""
+    model = {k: v for k, v in dataclasses.asdict(setup.parts.config.replace(mesh=None)).items() if k != "mesh"}
+    resolved = {k: v for k, v in dataclasses.asdict(setup.resolved).items() if k != "total_steps"}  # hparams
+    return dict(model=model, train=setup.optimizer.program_settings(), mesh=config.mesh.to_dict(),
+                resolved=resolved, **task)
+
+
+def for_run(config, settings: dict, log: Callable[[str], None]) -> Callable:
+    """(jitted, name, **more settings) -> `cached(jitted, name, settings + more, ...)` in the run's
+    compilation cache."""
+
+    def cache(jitted, name: str, **more):
+        return cached(jitted, name, {**settings, **more}, config.compilation_cache_dir, log)
+
+    return cache
