@@ -16,7 +16,7 @@ SLIDING = "sliding_attention"
 
 # Fields that only steer how this project computes (not part of the checkpoint).
 RUNTIME_FIELDS = ("dtype", "attn_implementation", "remat", "layer_norm_backward", "logsumexp", "tf32x3", "rope_in_kernel",
-                  "mesh")
+                  "tf32_split", "mesh")
 # The hand-written kernels' backends: "pallas" (GPU), "xla", "interpret" (the Pallas kernel run on
 # the CPU, for tests); "auto" is the Pallas kernel on GPU and XLA elsewhere (`kernel_backend`).
 KERNEL_BACKENDS = ("auto", "pallas", "xla", "interpret")
@@ -105,6 +105,9 @@ class ModernBertConfig(HFConfigFile):
     # RoPE applied inside the Pallas attention kernel (as its q/k tiles load) rather than as separate passes
     # (neobert_jax.model.attention); other backends rotate first either way
     rope_in_kernel: bool = False
+    # with tf32x3: the dense layers' and the MLM head's products as three TF32 passes written out
+    # (neobert_jax.model.tf32), which XLA may give to cuBLAS, instead of XLA's X3 algorithm
+    tf32_split: bool = False
     # The run's device mesh (jax.sharding.Mesh): the hand-written kernels run on each device's rows of its
     # batch axes (neobert_jax.model.shards); None: on the inputs as they come. A run's setup sets it
     # (neobert_jax.runtime.model_init.runtime_policy), so the step's kernels get it from the model.

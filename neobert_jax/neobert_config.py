@@ -41,6 +41,7 @@ class NeoBertConfig(HFConfigFile):
     logsumexp: str = "auto"
     tf32x3: bool = False
     rope_in_kernel: bool = False
+    tf32_split: bool = False
     mesh: Any = None
 
     # The shared Linear's truncated-normal init cuts at this many standard deviations.

@@ -46,53 +46,27 @@ def shapes(tokens: int, hidden: int, intermediate: int, predicted: int, vocab: i
     ]
 
 
-def round_to_tf32(x):
-    """x (float32) rounded to the nearest TF32 value (10 mantissa bits), ties to even."""
-    import jax
-    import jax.numpy as jnp
-
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    bits = (bits + jnp.uint32(0x0FFF) + ((bits >> 13) & jnp.uint32(1))) & jnp.uint32(0xFFFFE000)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def tf32_dot(emulate: bool):
-    """One TF32 pass; `emulate` (no TF32 hardware): operands rounded to TF32, then a float32 product."""
-    import jax
-
-    preset = jax.lax.DotAlgorithmPreset
-    if emulate:
-        return lambda a, b: jax.lax.dot(round_to_tf32(a), round_to_tf32(b), precision=preset.F32_F32_F32)
-    return lambda a, b: jax.lax.dot(a, b, precision=preset.TF32_TF32_F32)
-
-
 def product(method: str, emulate: bool):
-    """(a, b) -> a @ b in float32 by `method`."""
+    """(a, b) -> a @ b in float32 by `method` (the passes are neobert_jax.model.tf32's, as the model runs them)."""
     import jax
     import jax.numpy as jnp
 
+    from neobert_jax.model import tf32
+
     preset = jax.lax.DotAlgorithmPreset
-    one_pass = tf32_dot(emulate)
     if method == "ieee":
         return lambda a, b: jax.lax.dot(a, b, precision=preset.F32_F32_F32)
     if method == "x3":
         return lambda a, b: jax.lax.dot(a, b, precision=preset.TF32_TF32_F32_X3)
     if method == "tf32":
-        return one_pass
-
-    def split(x):
-        hi = round_to_tf32(x)
-        return hi, x - hi
-
+        return lambda a, b: tf32.one_pass(a, b, emulate)
     if method == "x3-split":
-        def three(a, b):
-            (a_hi, a_lo), (b_hi, b_lo) = split(a), split(b)
-            return one_pass(a_lo, b_hi) + one_pass(a_hi, b_lo) + one_pass(a_hi, b_hi)  # small terms first
-        return three
+        return lambda a, b: tf32.three_pass(a, b, emulate)
     if method == "x3-concat":
         def concat(a, b):
-            (a_hi, a_lo), (b_hi, b_lo) = split(a), split(b)
-            return one_pass(jnp.concatenate([a_lo, a_hi, a_hi], axis=1), jnp.concatenate([b_hi, b_lo, b_hi], axis=0))
+            (a_hi, a_lo), (b_hi, b_lo) = tf32.split(a), tf32.split(b)
+            return tf32.one_pass(jnp.concatenate([a_lo, a_hi, a_hi], axis=1),
+                                 jnp.concatenate([b_hi, b_lo, b_hi], axis=0), emulate)
         return concat
     raise ValueError(f"unknown method {method!r}; one of {METHODS}")
 

@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 ROWS = {
-    # name: (framework, precision, attention implementation[+rope: RoPE inside the Pallas kernel], data[, float32
-    # matmul algorithm override])
+    # name: (framework, precision, attention implementation[+rope: RoPE inside the Pallas kernel][+split: the
+    # products' TF32 passes written out], data[, float32 matmul algorithm override])
     "torch-bf16": ("torch", "bf16", "sdpa", "random"),
     "jax-bf16-xla": ("jax", "bf16", "xla", "random"),
     "jax-bf16-cudnn": ("jax", "bf16", "cudnn", "random"),
@@ -42,6 +42,7 @@ ROWS = {
     "jax-fp32": ("jax", "fp32", "auto", "random"),  # the project's fp32: 3-pass TF32 matmuls on GPU
     "jax-fp32-pallas": ("jax", "fp32", "pallas", "random"),  # our kernel with 3-pass TF32 dots
     "jax-fp32-rope": ("jax", "fp32", "auto+rope", "random"),
+    "jax-fp32-split": ("jax", "fp32", "auto+split", "random"),  # model.tf32_split: the passes written out
     "jax-fp32-plain": ("jax", "fp32", "xla", "random", "float32"),  # single-pass IEEE float32 matmuls
     "torch-bf16-text": ("torch", "bf16", "sdpa", "text"),
     "jax-bf16-text": ("jax", "bf16", "auto", "text"),
@@ -52,19 +53,27 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermed
 SPECIAL_IDS = dict(pad_token_id=3, cls_token_id=1, sep_token_id=2, bos_token_id=1, eos_token_id=2)
 
 
-def model_config(args, vocab_size: int, precision: str, implementation: str):
-    """The JAX config of --arch at the benchmark's shape (NeoBERT keeps only the pad id of the special ids)."""
+def model_config(args, vocab_size: int, precision: str, implementation: str, algorithm: str | None = None, mesh=None):
+    """The JAX config of --arch at the benchmark's shape (NeoBERT keeps only the pad id of the special ids), with
+    the runtime fields a run at `precision` gets (model_init.runtime_policy: its kernels, and on GPU fp32 the 3-pass
+    TF32 dots of the kernels), `implementation` as "backend[+rope][+split]" (model.rope_in_kernel,
+    model.tf32_split); `algorithm` "float32": plain float32 matmuls, kernels included."""
     import dataclasses
 
-    from neobert_jax.runtime.model_init import architecture
+    from neobert_jax.mlm.config import default_config
+    from neobert_jax.runtime.model_init import architecture, runtime_policy
 
     config_class = architecture(args.arch).config_class
     names = {f.name for f in dataclasses.fields(config_class)}
     special = {k: v for k, v in SPECIAL_IDS.items() if k in names}
-    implementation, _, extra = implementation.partition("+")
-    return config_class(vocab_size=vocab_size, **(TINY if args.tiny else STUDENT), **special,
-                        dtype="bfloat16" if precision == "bf16" else "float32", attn_implementation=implementation,
-                        rope_in_kernel=extra == "rope")
+    implementation, *extras = implementation.split("+")
+    cfg = default_config()
+    cfg.train.precision = precision
+    cfg.model.update(attn_implementation=implementation, rope_in_kernel="rope" in extras, tf32_split="split" in extras)
+    policy = runtime_policy(cfg, mesh)
+    if algorithm == "float32":
+        policy["tf32x3"] = False
+    return config_class(vocab_size=vocab_size, **(TINY if args.tiny else STUDENT), **special, **policy)
 
 
 def random_batches(args, vocab_size: int, count: int) -> list[dict]:
@@ -143,9 +152,9 @@ def run_jax(args, precision: str, implementation: str, data: str, algorithm: str
         vocab, _, batches = text_batches(args, "best_fit", args.steps + args.warmup)
     cfg = default_config()
     cfg.train.grad_accum_steps, cfg.train.precision = 1, precision
-    config = model_config(args, vocab, precision, implementation)
-    parts, params = ModelParts.split(architecture(args.arch).model_class(config, rngs=nnx.Rngs(0)))
     mesh = sharding.make_mesh(cfg.mesh)
+    config = model_config(args, vocab, precision, implementation, algorithm, mesh)
+    parts, params = ModelParts.split(architecture(args.arch).model_class(config, rngs=nnx.Rngs(0)))
     optimizer, hparams = Optimizer(cfg.train), hyperparameters(cfg.train, 10_000)
     tx = optimizer.tx(hparams)
     state_sh = state_shardings(parts, tx, hparams, mesh)
@@ -217,7 +226,8 @@ def profile_steps(args, run_step, hlo: str, steps: int = 5) -> None:
     end = max(e["ts"] + e["dur"] for e in kernels)
     total = sum(busy.values())
     print(f"profile {args.worker}: {steps} steps, device span {(end - start) / 1e3 / steps:.2f} ms/step, "
-          f"kernels {total / 1e3 / steps:.2f} ms/step, idle {1 - total / (end - start):.1%}")
+          f"kernels {total / 1e3 / steps:.2f} ms/step ({len(kernels) / steps:.0f} launches/step), "
+          f"idle {1 - total / (end - start):.1%}")
     for name, us in sorted(busy.items(), key=lambda kv: -kv[1])[:40]:
         print(f"  {us / 1e3 / steps:8.3f} ms/step {us / total:6.1%}  {name[:110]}")
         if us / total > 0.01:  # what the fusion is: its HLO instruction (shape, operands, fused computation)

@@ -34,3 +34,28 @@ def test_tiny_neobert_rows_give_a_table_of_both_frameworks(tmp_path):
     table = proc.stdout[proc.stdout.index("neobert (tiny)"):].splitlines()
     assert [line.split()[0] for line in table[2:]] == ["jax-fp32", "torch-fp32"]
     assert float(table[2].split()[1].replace(",", "")) > 0
+
+
+def test_the_benchmarks_model_runs_with_the_runtime_policy_a_run_gets():
+    """The JAX rows' model takes its runtime fields from model_init.runtime_policy, as a run's does: on
+    the GPU, fp32 rows then have the kernels' 3-pass TF32 dots (tf32x3) and the attention `auto` picks
+    for them. Before, the rows built the model without the policy, so fp32's local layers ran XLA."""
+    import argparse
+    import importlib.util
+
+    from neobert_jax.mlm.config import default_config
+    from neobert_jax.runtime.model_init import runtime_policy
+
+    spec = importlib.util.spec_from_file_location("bench_throughput", os.path.join(REPO, "scripts", "bench_throughput.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(arch="modernbert", tiny=True)
+    cfg = default_config()
+    for precision in ("fp32", "bf16"):
+        cfg.train.precision = precision
+        policy = runtime_policy(cfg, None)
+        config = bench.model_config(args, 512, precision, "auto")
+        assert {k: getattr(config, k) for k in policy} == policy, precision
+    both = bench.model_config(args, 512, "fp32", "pallas+rope+split")
+    assert (both.attn_implementation, both.rope_in_kernel, both.tf32_split) == ("pallas", True, True)
+    assert not bench.model_config(args, 512, "fp32", "auto", algorithm="float32").tf32x3

@@ -197,3 +197,41 @@ def test_model_with_gpu_kernels_matches_xla(dtype, precision, rtol, family, rope
     relative = jax.tree.map(lambda g, r: float(jnp.linalg.norm(g - r) / (jnp.linalg.norm(r) + 1e-12)), grads, grads_ref)
     worst = max(jax.tree.leaves(relative))
     assert worst < rtol * 5, worst
+
+
+def test_tf32_split_products_are_float32_accurate_on_the_gpu():
+    """model/tf32.py with real TF32 passes (not emulated): the product and both gradients' products
+    within float32's accuracy of float64, at a weight gradient's long K."""
+    from neobert_jax.model import tf32
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((8, 1024, 384), np.float32), rng.standard_normal((384, 768), np.float32) / 20
+    g = rng.standard_normal((8, 1024, 768), np.float32)
+    y, pull_back = jax.jit(lambda x, w: jax.vjp(tf32.matmul, x, w))(x, w)
+    d_x, d_w = pull_back(g)
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    for out, ref in ((y, x64 @ w64), (d_x, g64 @ w64.T), (d_w, x64.reshape(-1, 384).T @ g64.reshape(-1, 768))):
+        assert np.linalg.norm(np.asarray(out, np.float64) - ref) / np.linalg.norm(ref) < 1e-6
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_model_with_tf32_split_products_matches_xlas_algorithm(family):
+    """model.tf32_split on the GPU: the fp32 MLM loss and gradients equal those of XLA's own 3-pass
+    algorithm (the shipped fp32) within the fp32 model tolerance above."""
+    model_class, make_config = MODELS[family]
+    base = make_config(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
+                       num_attention_heads=2, pad_token_id=3, dtype="float32", tf32x3=True)
+    rng = np.random.RandomState(1)
+    ids_BT = jnp.asarray(rng.randint(5, 512, (B, T)), jnp.int32)
+    labels_BT = jnp.where(rng.rand(B, T) < 0.3, ids_BT, -100)
+
+    def loss_and_grads(split):
+        graphdef, state = nnx.split(model_class(base.replace(tf32_split=split), rngs=nnx.Rngs(0)))
+        loss = lambda state: nnx.merge(graphdef, state).mlm_nll(ids_BT, labels_BT).sum() / jnp.sum(labels_BT >= 0)
+        with jax.default_matmul_precision("TF32_TF32_F32_X3"):
+            return jax.jit(jax.value_and_grad(loss))(state)
+
+    (value, grads), (value_ref, grads_ref) = loss_and_grads(True), loss_and_grads(False)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-4)
+    relative = jax.tree.map(lambda g, r: float(jnp.linalg.norm(g - r) / (jnp.linalg.norm(r) + 1e-12)), grads, grads_ref)
+    assert max(jax.tree.leaves(relative)) < 5e-4

@@ -56,5 +56,6 @@ class MaskedLM(nnx.Module):
         weight_VD, bias_V = self._decoder()
         labels = jnp.asarray(labels, jnp.int32)
         nll = decoder_nll(x.reshape(-1, x.shape[-1]), weight_VD, bias_V, labels.reshape(-1),
-                          self.config.logsumexp, self.config.mesh)
+                          self.config.logsumexp, self.config.mesh,
+                          self.config.tf32x3 and self.config.tf32_split and x.dtype == jnp.float32)
         return nll.reshape(labels.shape)

@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.logsumexp = "auto"
     c.model.remat = "none"  # none | full | dots: per-layer activation checkpointing
     c.model.rope_in_kernel = False  # RoPE inside the Pallas attention kernel (GPU; measured in docs/performance.md)
+    # fp32 on GPU: the dense layers' and head's products as three TF32 passes written out (cuBLAS may run them)
+    # rather than XLA's 3-pass algorithm (Triton only); as accurate either way (neobert_jax/model/tf32.py)
+    c.model.tf32_split = False
 
     # Weights & Biases beside metrics.jsonl and TensorBoard (optional: pip install wandb)
     c.logging = ml_collections.ConfigDict({"wandb": False, "wandb_project": "neobert_jax", "wandb_name": "",

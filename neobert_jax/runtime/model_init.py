@@ -189,7 +189,7 @@ def runtime_policy(config, mesh) -> dict:
                 remat=m.remat, layer_norm_backward=kernel_backend(m.layer_norm_backward, platform),
                 logsumexp=kernel_backend(m.logsumexp, platform),
                 tf32x3=matmul_precision(config.train.precision) == "TF32_TF32_F32_X3",
-                rope_in_kernel=m.rope_in_kernel, mesh=mesh)
+                rope_in_kernel=m.rope_in_kernel, tf32_split=m.tf32_split, mesh=mesh)
 
 
 def build_model(config, tokenizer_size: int, special_token_ids: dict[str, int], log=print, *, mesh=None):
