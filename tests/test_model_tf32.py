@@ -34,8 +34,13 @@ def test_three_passes_and_their_gradients_are_float32_accurate():
     x, w = rng.standard_normal((4, 16, 96), np.float32), rng.standard_normal((96, 40), np.float32)
     g = rng.standard_normal((4, 16, 40), np.float32)
     x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
-    y, pull_back = jax.vjp(tf32.matmul, x, w)
-    d_x, d_w = pull_back(g)
+
+    @jax.jit
+    def product_and_gradients(x, w, g):
+        y, pull_back = jax.vjp(tf32.matmul, x, w)
+        return (y, *pull_back(g))
+
+    y, d_x, d_w = product_and_gradients(x, w, g)
     assert relative(y, x64 @ w64) < 1e-6
     assert relative(d_x, g64 @ w64.T) < 1e-6
     assert relative(d_w, x64.reshape(-1, 96).T @ g64.reshape(-1, 40)) < 1e-6
@@ -65,7 +70,7 @@ def test_models_with_split_products_match_plain_float32(arch):
             return jnp.sum(nnx.merge(graphdef, state).mlm_nll(ids, labels, masked_positions_BM=positions))
 
         dots = str(jax.make_jaxpr(jax.value_and_grad(loss))(state)).count("dot_general")
-        return jax.value_and_grad(loss)(state), dots
+        return jax.jit(jax.value_and_grad(loss))(state), dots
 
     ((v_ref, g_ref), plain_dots), ((v, g), split_dots) = value_and_grads(False), value_and_grads(True)
     assert split_dots > 2 * plain_dots, (split_dots, plain_dots)  # the dense layers' and head's products split
