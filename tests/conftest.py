@@ -141,13 +141,18 @@ def tiny_config(output_dir, corpus: str, **overrides):
         "train.export_hf": False,
     }
     values.update(overrides)
+    return set_keys(c, values)
+
+
+def set_keys(config, values: dict):
+    """config with each dotted key of `values` ("train.seq_len") set; returns config."""
     for key, value in values.items():
         *sections, name = key.split(".")
-        node = c
+        node = config
         for section in sections:
             node = node[section]
         node[name] = value
-    return c
+    return config
 
 
 def snapshot(path) -> dict:

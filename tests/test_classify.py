@@ -18,7 +18,7 @@ from flax import nnx
 from scipy import stats
 from sklearn import metrics as sk
 
-from conftest import packed_and_one_a_row
+from conftest import packed_and_one_a_row, set_keys
 from neobert_jax.classify.head import SequenceClassifier, load_classifier, read_classifier_labels, save_classifier_dir
 from neobert_jax.classify.task import train_classifier
 from neobert_jax.config import ModernBertConfig
@@ -72,13 +72,7 @@ def task(tmp_path_factory, tiny_tokenizer_dir, tiny_hf_dir):
 def config_for(output_dir, init_from, **values):
     cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "classify.py"))
     cfg.output_dir, cfg.init_from = str(output_dir), str(init_from)
-    for key, value in {**RUN, **values}.items():
-        *sections, name = key.split(".")
-        node = cfg
-        for section in sections:
-            node = node[section]
-        node[name] = value
-    return cfg
+    return set_keys(cfg, {**RUN, **values})
 
 
 def test_cli_run_improves_accuracy_and_its_export_gives_the_same_logits(task, tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import packed_and_one_a_row
+from conftest import packed_and_one_a_row, set_keys
 from neobert_jax.classify.tag_data import (IGNORE, Sentences, TaggedTokens, WordTokenizer, check_tags,
                                            encode_sentences, read_sentences, tag_names)
 from neobert_jax.classify.tag_eval import tag_metrics
@@ -108,13 +108,7 @@ def task(tmp_path_factory, tiny_tokenizer_dir, tiny_hf_dir):
 def config_for(output_dir, init_from, **values):
     cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", "tag.py"))
     cfg.output_dir, cfg.init_from = str(output_dir), str(init_from)
-    for key, value in {**RUN, **values}.items():
-        *sections, name = key.split(".")
-        node = cfg
-        for section in sections:
-            node = node[section]
-        node[name] = value
-    return cfg
+    return set_keys(cfg, {**RUN, **values})
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ so this checks its keys against the programs they stand for."""
 import json
 import os
 
+from conftest import set_keys
 from neobert_jax.classify import task as classify_task
 from neobert_jax.classify.config import validate as validate_classify
 from neobert_jax.classify.setup import setup_classify
@@ -26,13 +27,7 @@ DATA_CHANGES = {"train.learning_rate": 1e-4, "train.warmup_fraction": 0.3, "trai
 def configured(config_file, output_dir, values: dict):
     cfg = runtime_config.load_config_file(os.path.join(REPO, "configs", config_file))
     cfg.output_dir = str(output_dir)
-    for key, value in values.items():
-        *sections, name = key.split(".")
-        node = cfg
-        for section in sections:
-            node = node[section]
-        node[name] = value
-    return cfg
+    return set_keys(cfg, values)
 
 
 def lowered(cfg, validate, setup_fn, module, task_cls) -> tuple[str, str]:
