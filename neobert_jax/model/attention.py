@@ -58,11 +58,12 @@ def _per_device(kernel, mesh, *arrays):
     return run(*arrays)[0]
 
 
-def _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, mesh, **options):
-    """A Pallas kernel per device, interpreted on CPU so that it is testable anywhere."""
+def _pallas_kernel(kernel, *arrays_BT, window, scale, mesh, **options):
+    """A Pallas kernel per device over its (batch-leading) arrays, interpreted on CPU so that it is
+    testable anywhere."""
     interpret = jax.default_backend() == "cpu"
     return _per_device(lambda *args: kernel(*args, window=window, scale=scale, interpret=interpret, **options),
-                       mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+                       mesh, *arrays_BT)
 
 
 def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
@@ -71,18 +72,14 @@ def pallas_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf3
     of rope_cos_sin, applied to the unrotated q and k inside the kernel."""
     from neobert_jax.model.attention_pallas import pallas_attention
 
-    if rope is None:
-        return _pallas_kernel(pallas_attention, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, window=window, scale=scale,
-                              mesh=mesh, tf32x3=tf32x3)
     half = q_BTNH.shape[-1] // 2  # rotate-half tables repeat their first half
-    interpret = jax.default_backend() == "cpu"
+    tables = () if rope is None else (rope[0][:, :, 0, :half], rope[1][:, :, 0, :half])
 
-    def kernel(q, k, v, seg, cos, sin):
-        return pallas_attention(q, k, v, seg, window=window, scale=scale, interpret=interpret, tf32x3=tf32x3,
-                                rope=(cos, sin))
+    def kernel(q, k, v, seg, *cos_sin, **options):
+        return pallas_attention(q, k, v, seg, rope=cos_sin or None, **options)
 
-    return _per_device(kernel, mesh, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, rope[0][:, :, 0, :half],
-                       rope[1][:, :, 0, :half])
+    return _pallas_kernel(kernel, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *tables, window=window, scale=scale,
+                          mesh=mesh, tf32x3=tf32x3)
 
 
 def cudnn_backend(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, *, window, scale, tf32x3=False, mesh=None,
