@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from neobert_jax.model import tf32
 from neobert_jax.model.decoder_loss import decoder_nll
 
 
@@ -57,5 +58,5 @@ class MaskedLM(nnx.Module):
         labels = jnp.asarray(labels, jnp.int32)
         nll = decoder_nll(x.reshape(-1, x.shape[-1]), weight_VD, bias_V, labels.reshape(-1),
                           self.config.logsumexp, self.config.mesh,
-                          self.config.tf32x3 and self.config.tf32_split and x.dtype == jnp.float32)
+                          tf32.applies(self.config, x.dtype))
         return nll.reshape(labels.shape)

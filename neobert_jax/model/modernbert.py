@@ -18,7 +18,7 @@ from neobert_jax.config import SLIDING, ModernBertConfig
 from neobert_jax.model.attention import attention, rope_cos_sin
 from neobert_jax.model.masked_lm import MaskedLM
 from neobert_jax.model.layer_norm import add_layer_norm, layer_norm
-from neobert_jax.model.tf32 import matmul as tf32_split_matmul
+from neobert_jax.model import tf32
 
 REMAT_POLICIES = {
     "full": None,
@@ -52,7 +52,7 @@ class Linear(nnx.Module):
         )
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32), logical_axes=axes[1:]) if use_bias else None
         self.dtype = jnp.dtype(config.dtype)
-        self.tf32_split = config.tf32x3 and config.tf32_split and self.dtype == jnp.float32
+        self.tf32_split = tf32.applies(config, self.dtype)
 
     def __call__(self, x):
         return self.split(x, 1)[0]
@@ -67,7 +67,7 @@ class Linear(nnx.Module):
         x = x.astype(self.dtype)
         kernels = jnp.split(self.kernel[...].astype(self.dtype), parts, axis=1)
         biases = jnp.split(self.bias[...].astype(self.dtype), parts) if self.bias is not None else [None] * parts
-        dot = tf32_split_matmul if self.tf32_split else jnp.dot
+        dot = tf32.matmul if self.tf32_split else jnp.dot
         return [dot(x, k) if b is None else dot(x, k) + b for k, b in zip(kernels, biases)]
 
 

@@ -46,6 +46,12 @@ def three_pass(a, b, emulate: bool):
     return (one_pass(a_lo, b_hi, emulate) + one_pass(a_hi, b_lo, emulate)) + one_pass(a_hi, b_hi, emulate)
 
 
+def applies(config, dtype) -> bool:
+    """Whether a model config (either family) asks for written-out passes for products in `dtype`: only
+    under the fp32 GPU policy (tf32x3), with model.tf32_split on."""
+    return bool(config.tf32x3 and config.tf32_split) and jnp.dtype(dtype) == jnp.float32
+
+
 def emulated() -> bool:
     """Whether this platform lacks TF32 (all but the GPU), so that passes are emulated."""
     return jax.default_backend() != "gpu"
