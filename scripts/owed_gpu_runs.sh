@@ -100,6 +100,7 @@ for phase in "$@"; do
                --config.output_dir=/tmp/owed/probe_$mode --config.resume=False --config.compilation_cache_dir=$cache \
                > "$RES/probe_$mode.log" 2>&1
            { echo "## probe $mode"; grep -o -e 'start-up: .*' -e '^run: .*' -e '^error.*' "$RES/probe_$mode.log"
+             echo "programs loaded from the executable cache: $(grep -c 'compiled program loaded from' "$RES/probe_$mode.log")"
              grep -o 'Finished XLA compilation of [^ ]* in [0-9.]* sec' "$RES/probe_$mode.log" | sort -t' ' -k7 -g | tail -4
            } >> "$OUT/summary.log"
        done ;;
