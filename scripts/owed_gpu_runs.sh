@@ -77,9 +77,11 @@ for phase in "$@"; do
        python3 scripts/bench_throughput.py --rows jax-bf16-auto --batch 2 --profile "$RES/profile_2rows" \
            --out "$RES/throughput_2rows.json" > "$RES/profile_2rows.log" 2>&1
        awk '/^profile/ {p = 16} /: batch [0-9]+ x seq/ {t = 1} p > 0 || t {print; p--}' "$RES/profile_2rows.log" >> "$OUT/summary.log" ;;
-    P) # where the first run's start-up goes (its start-up line) and the largest programs; cold caches: as shipped, no autotuning,
-       # autotuning without its buffer initialisation and result checks (level 1), no Triton GEMMs (cuBLAS only); a rerun on
-       # the first cache (the executable cache: no tracing), and one with another learning rate and length
+    P) # where the first run's start-up goes (its start-up line), the largest programs and, on the cold runs, XLA's passes
+       # (scripts/compile_passes.py); cold caches: as shipped, autotuning without its buffer initialisation and result
+       # checks (level 1), without the fusion autotuner (native vs Triton emitters for reductions and transposes), with no
+       # Triton GEMMs (cuBLAS only), bf16; a rerun on the first cache (the executable cache: no tracing), and one with
+       # another learning rate and length. (No autotuning at all: 10.2 s of 28.8, 4.5x slower steps, 2026-12-07.)
        start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
        if [ ! -d "$start" ]; then  # no A or B before it: a few pretraining steps give a start (only its shape matters)
            python3 -c "import json, sys; [print(' '.join(json.loads(l)['positive'].split())) for l in sys.stdin if l.strip()]" \
@@ -89,19 +91,25 @@ for phase in "$@"; do
                > "$RES/probe_start.log" 2>&1 || { echo "## probe: no start (probe_start.log)" >> "$OUT/summary.log"; continue; }
            start=$work/probe_mlm/hf
        fi
-       for mode in cold noautotune autotune1 notriton rerun rerun-lr; do
-           flags=; [ $mode = noautotune ] && flags=--xla_gpu_autotune_level=0
-           [ $mode = autotune1 ] && flags=--xla_gpu_autotune_level=1
-           [ $mode = notriton ] && flags=--xla_gpu_enable_triton_gemm=false
+       for mode in cold autotune1 nofusiontune cold-bf16 rerun notriton rerun-lr; do
+           flags=; other=
+           case $mode in
+           autotune1) flags=--xla_gpu_autotune_level=1 ;;
+           nofusiontune) flags=--xla_gpu_experimental_enable_fusion_autotuner=false ;;
+           notriton) flags=--xla_gpu_enable_triton_gemm=false ;;
+           cold-bf16) other=--config.train.precision=bf16 ;;
+           rerun-lr) other="--config.train.learning_rate=1e-4 --config.train.epochs=2" ;;
+           esac
+           timers=(); case $mode in cold|cold-bf16) timers=(TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1,gpu_compiler=1,nvptx_compiler=1) ;; esac
            cache=/tmp/owed/cache_$mode; [ "${mode#rerun}" != $mode ] && cache=/tmp/owed/cache_cold
-           other=; [ $mode = rerun-lr ] && other="--config.train.learning_rate=1e-4 --config.train.epochs=2"
-           XLA_FLAGS=$flags JAX_LOG_COMPILES=1 python3 scripts/contrastive.py --config configs/contrastive.py \
+           env "${timers[@]}" XLA_FLAGS=$flags JAX_LOG_COMPILES=1 python3 scripts/contrastive.py --config configs/contrastive.py \
                --config.init_from="$start" --config.data.train_files="$PAIRS/info/train.jsonl" $other \
                --config.output_dir=/tmp/owed/probe_$mode --config.resume=False --config.compilation_cache_dir=$cache \
                > "$RES/probe_$mode.log" 2>&1
            { echo "## probe $mode"; grep -o -e 'start-up: .*' -e '^run: .*' -e '^error.*' "$RES/probe_$mode.log"
              echo "programs loaded from the executable cache: $(grep -c 'compiled program loaded from' "$RES/probe_$mode.log")"
              grep -o 'Finished XLA compilation of [^ ]* in [0-9.]* sec' "$RES/probe_$mode.log" | sort -t' ' -k7 -g | tail -4
+             [ ${#timers[@]} -gt 0 ] && python3 scripts/compile_passes.py "$RES/probe_$mode.log" --top 20 2>&1
            } >> "$OUT/summary.log"
        done ;;
     F) start=$work/stdlib/mlm/hf; [ -d "$start" ] || start=$work/info/mlm/hf
