@@ -20,7 +20,8 @@ import collections
 import re
 import sys
 
-LINE = re.compile(r"^[IWE]\d{4} [\d:.]+\s+(?P<thread>\d+) (?P<source>[\w.]+):\d+\] (?P<text>.*)$")
+# a log line can follow a progress bar's text on the same terminal line, so it is searched for, not matched
+LINE = re.compile(r"[IWE]\d{4} [\d:.]+\s+(?P<thread>\d+) (?P<source>[\w.]+):\d+\] (?P<text>.*)$")
 TIMER = re.compile(r"^(?P<label>.+?) time: [\d.]+ \w+ \((?P<us>\d+) us\)")
 PIPELINE = re.compile(r"^Running HLO pass pipeline on module (?P<module>[^:\s]+):")
 
@@ -31,7 +32,7 @@ def parse(lines) -> tuple[dict, dict]:
     timers = collections.defaultdict(lambda: [0.0, 0])
     module_of_thread = {}
     for line in lines:
-        m = LINE.match(line.rstrip("\n"))
+        m = LINE.search(line.rstrip("\n"))
         if not m:
             continue
         text, thread = m["text"], m["thread"]
