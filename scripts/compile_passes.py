@@ -5,7 +5,8 @@ fusion, the backend's code generation. Run the command with XLA's own timers swi
 its log:
 
     TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1,gpu_compiler=1,nvptx_compiler=1 \
-        python scripts/contrastive.py ... 2> run.log          # cpu_compiler=1 on the CPU
+        python scripts/contrastive.py ... --config.compilation_cache_dir= --config.resume=False 2> run.log
+                                                              # cpu_compiler=1 on the CPU
     python scripts/compile_passes.py run.log --module jit_train_step
 
 Two tables: the compiler's own timers that name the module (its HLO passes, its backend), and the
@@ -66,7 +67,8 @@ def report(passes: dict, timers: dict, module: str, top: int) -> str:
     if not named and not ranked:
         known = sorted(set(passes) | {m for label in timers for m in re.findall(r"\bjit_\w+", label)})
         raise ValueError(f"no timers for module {module!r} in the log (modules seen: {', '.join(known) or 'none'}; "
-                         "was it run with TF_CPP_MIN_LOG_LEVEL=0 and TF_CPP_VMODULE set?)")
+                         "was it run with TF_CPP_MIN_LOG_LEVEL=0 and TF_CPP_VMODULE set, and did it compile the "
+                         "program, not load it from a cache or resume past it?)")
     parts = []
     if named:
         parts.append(table(sorted(named, key=lambda kv: -kv[1][0]), f"{module}: compiler timer"))
